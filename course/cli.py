@@ -1,0 +1,102 @@
+"""The `course` command line.
+
+    course grade SUBMISSION [--assignment ID] [--json FILE] [--device D]
+    course release [ID ...] [--check]
+    course validate
+
+Exit status: 0 when grading completed (whatever the score), 2 for a bad command line, 3 for a configuration
+problem, 1 for other problems (e.g. a stale release with --check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from course.errors import CourseError, UsageError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="course", description="Autograding for the LLMs-from-scratch course.")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="the course folder (default: the nearest folder holding course.yml)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    grade = commands.add_parser("grade", help="grade a submission notebook (or a folder holding it)")
+    grade.add_argument("submission", type=Path, help="a notebook, or a folder that holds the assignment's notebook")
+    grade.add_argument("--assignment", metavar="ID", help="the assignment id (default: inferred from the notebook)")
+    grade.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON to FILE")
+    grade.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: course.yml's device policy)")
+
+    release = commands.add_parser("release", help="generate assignments/ from solutions/ with nbgrader")
+    release.add_argument("ids", nargs="*", metavar="ID", help="assignment ids (default: all)")
+    release.add_argument("--check", action="store_true", help="only check that assignments/ is up to date")
+
+    commands.add_parser("validate", help="check course.yml, the files it names and the graders' points")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except CourseError as exc:
+        print(f"course: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def cmd_grade(args) -> int:
+    from course.config import load_course
+    from course.grading.runner import grade_notebook
+    from course.reporters.json_report import write_json
+    from course.reporters.terminal import render_table
+    from course.submission import resolve_submission
+
+    course = load_course(args.root)
+    assignment, notebook = resolve_submission(course, args.submission, args.assignment)
+    report = grade_notebook(course, assignment, notebook, device=args.device)
+    print(render_table(report))
+    if args.json:
+        write_json(report, args.json)
+    return 0
+
+
+def cmd_release(args) -> int:
+    from course import release
+    from course.config import load_course
+
+    course = load_course(args.root)
+    ids = args.ids or [a.id for a in course.assignments]
+    for assignment_id in ids:
+        try:
+            course.assignment(assignment_id)
+        except KeyError as exc:
+            raise UsageError(str(exc.args[0])) from None
+    if args.check:
+        problems = release.stale_files(course, ids)
+        if problems:
+            print("assignments/ is out of date with solutions/ (run `course release`):", file=sys.stderr)
+            for problem in problems:
+                print("  " + problem, file=sys.stderr)
+            return 1
+        print(f"assignments/ is up to date for {', '.join(ids)}")
+        return 0
+    release.generate(course, ids)
+    print(f"generated assignments/ for {', '.join(ids)}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from course.config import load_course
+    from course.grading.runner import collect_points
+
+    course = load_course(args.root)
+    for assignment in course.assignments:
+        points = collect_points(course, assignment)
+        print(f"{assignment.id}: {len(points)} tests, {sum(points.values()):g} points")
+    print("course.yml is valid")
+    return 0
+
+
+COMMANDS = {"grade": cmd_grade, "release": cmd_release, "validate": cmd_validate}

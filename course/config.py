@@ -1,0 +1,188 @@
+"""course.yml: what the course contains, loaded through a schema.
+
+course.yml is the one place that says which assignments exist, their notebooks, graders, points, per-test
+timeouts, the reference module each one is graded against and the support modules its students may import.
+Every problem is reported as a ConfigError that names the file and the key.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from course.errors import ConfigError
+
+CONFIG_NAME = "course.yml"
+
+DevicePolicy = Literal["auto", "cpu", "cuda", "mps"]
+
+# A dotted module name inside the reference package: names only, so it cannot spell a path that leaves reference/.
+_REFERENCE_MODULE = re.compile(r"reference(\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+class Assignment(BaseModel):
+    """One chapter's assignment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[a-z0-9_]+$")
+    title: str
+    notebook: str = Field(description="file name of the notebook in solutions/<id>/ and assignments/<id>/")
+    grader: str = Field(description="path of the grader module, relative to the course root")
+    reference: str = Field(description="dotted name of the chapter's reference module (never shown to students)")
+    support: list[str] = Field(default_factory=list, description="reference modules students may import")
+    points: int = Field(gt=0)
+    timeout: float = Field(default=30.0, gt=0, description="seconds each grader test may spend in student code")
+
+
+class CourseConfig(BaseModel):
+    """The whole course."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    title: str
+    device: DevicePolicy = "auto"
+    assignments: list[Assignment] = Field(min_length=1)
+
+
+class Course:
+    """A loaded course: the validated configuration plus the folder it lives in."""
+
+    def __init__(self, root: Path, config: CourseConfig):
+        self.root = root
+        self.config = config
+
+    @property
+    def title(self) -> str:
+        return self.config.title
+
+    @property
+    def assignments(self) -> list[Assignment]:
+        return list(self.config.assignments)
+
+    def assignment(self, assignment_id: str) -> Assignment:
+        for assignment in self.config.assignments:
+            if assignment.id == assignment_id:
+                return assignment
+        known = ", ".join(a.id for a in self.config.assignments)
+        raise KeyError(f"unknown assignment {assignment_id!r} (course.yml has: {known})")
+
+    def solution_notebook(self, assignment: Assignment) -> Path:
+        return self.root / "solutions" / assignment.id / assignment.notebook
+
+    def release_notebook(self, assignment: Assignment) -> Path:
+        return self.root / "assignments" / assignment.id / assignment.notebook
+
+    def grader_path(self, assignment: Assignment) -> Path:
+        return self.root / assignment.grader
+
+    def module_path(self, dotted: str) -> Path:
+        """File of a reference module named in course.yml, e.g. reference.text_data -> reference/text_data.py."""
+        return self.root.joinpath(*dotted.split(".")).with_suffix(".py")
+
+
+def find_course_root(start: Path | None = None) -> Path:
+    """The nearest folder at or above `start` (default: the working directory) that holds course.yml."""
+    start = (start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / CONFIG_NAME).is_file():
+            return folder
+    raise ConfigError(f"no {CONFIG_NAME} found in {start} or any folder above it")
+
+
+def load_course(root: Path | None = None) -> Course:
+    """Read, validate and cross-check course.yml in `root`.
+
+    Without `root`, the nearest folder at or above the working directory that holds course.yml is used. An
+    explicit `root` must hold course.yml itself: it never silently falls back to an enclosing course.
+    """
+    if root is None:
+        root = find_course_root()
+    else:
+        root = Path(root).resolve()
+        if not (root / CONFIG_NAME).is_file():
+            raise ConfigError(f"{root / CONFIG_NAME}: not found (is {root} the course folder?)")
+    path = root / CONFIG_NAME
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with 'title' and 'assignments' at the top level")
+    try:
+        config = CourseConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation_error(path, raw, exc)) from None
+    course = Course(root, config)
+    _check_files(path, course)
+    return course
+
+
+def _describe_validation_error(path: Path, raw: dict, exc: ValidationError) -> str:
+    lines = [f"{path}: {exc.error_count()} problem(s):"]
+    for error in exc.errors():
+        key = _format_key(raw, error["loc"])
+        if error["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        elif error["type"] == "missing":
+            lines.append(f"  {key}: required key is missing")
+        else:
+            lines.append(f"  {key}: {error['msg']} (got {error.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _format_key(raw: dict, loc: tuple) -> str:
+    """('assignments', 1, 'grder') -> assignments[1] (ch03_attention).grder"""
+    parts: list[str] = []
+    node = raw
+    for item in loc:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            if isinstance(node, list) and item < len(node):
+                node = node[item]
+                if isinstance(node, dict) and "id" in node:
+                    label += f" ({node['id']})"
+            parts.append(label)
+        else:
+            parts.append(("." if parts else "") + str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts) or "(top level)"
+
+
+def _check_files(path: Path, course: Course) -> None:
+    """Every file course.yml points to must exist; ids must be unique; support never includes the graded module."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    for index, assignment in enumerate(course.config.assignments):
+        where = f"assignments[{index}] ({assignment.id})"
+        if assignment.id in seen:
+            problems.append(f"  {where}.id: duplicate assignment id")
+        seen.add(assignment.id)
+        notebook = course.solution_notebook(assignment)
+        if Path(assignment.notebook).name != assignment.notebook or assignment.notebook in ("", ".", ".."):
+            problems.append(f"  {where}.notebook: {assignment.notebook!r} must be a file name, not a path "
+                            "(the notebook is solutions/<id>/<notebook> and assignments/<id>/<notebook>)")
+        elif not notebook.is_file():
+            problems.append(f"  {where}.notebook: {notebook.relative_to(course.root)} does not exist")
+        grader = Path(assignment.grader)
+        if grader.is_absolute() or ".." in grader.parts or grader.parts[:1] != ("graders",):
+            problems.append(f"  {where}.grader: {assignment.grader!r} must be a path inside graders/, e.g. "
+                            f"graders/{assignment.id}.py")
+        elif not course.grader_path(assignment).is_file():
+            problems.append(f"  {where}.grader: {assignment.grader} does not exist")
+        for key, modules in (("reference", [assignment.reference]), ("support", assignment.support)):
+            for module in modules:
+                if not _REFERENCE_MODULE.fullmatch(module):
+                    problems.append(f"  {where}.{key}: {module!r} is not a module of the reference package")
+                elif not course.module_path(module).is_file():
+                    problems.append(f"  {where}.{key}: {course.module_path(module).relative_to(course.root)} does not exist")
+        if assignment.reference in assignment.support:
+            problems.append(f"  {where}.support: must not include the graded module {assignment.reference}")
+    if problems:
+        raise ConfigError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(problems))

@@ -1,0 +1,108 @@
+"""Grade one submission notebook: start the worker, run the assignment's grader with pytest, collect results."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from pathlib import Path
+
+import pytest
+
+from course.config import Assignment, Course
+from course.errors import ConfigError
+from course.grading.device import resolve_device
+from course.grading.plugin import GradingPlugin
+from course.notebook import NotebookError, grading_cells, read_notebook
+from course.results import GradeReport, TestResult
+from course.worker.client import WorkerClient
+
+
+def grade_notebook(course: Course, assignment: Assignment, notebook_path: Path,
+                   device: str | None = None) -> GradeReport:
+    started = time.monotonic()
+    device = resolve_device(device or course.config.device)
+    notes: list[str] = []
+    load_problem = None
+    client = None
+    try:
+        selection = grading_cells(read_notebook(notebook_path))
+        notes.extend(selection.notes)
+    except NotebookError as exc:
+        load_problem = str(exc)
+        notes.append(load_problem)
+    else:
+        client = WorkerClient(
+            cells=[{"label": c.label, "source": c.source} for c in selection.cells],
+            support_files=_support_files(course, assignment),
+            tiktoken_files=_tiktoken_files(),
+            device=device,
+        )
+        client.start()  # torch imports in the worker while pytest collects the grader here
+    try:
+        plugin = GradingPlugin(client, device=device, timeout=assignment.timeout, load_problem=load_problem)
+        _run_pytest(course, assignment, plugin)
+    finally:
+        if client is not None:
+            client.close()
+    _check_points(course, assignment, plugin)
+    tests = [plugin.results.get(nodeid) or _no_result(nodeid, points) for nodeid, points in plugin.points.items()]
+    return GradeReport(assignment=assignment.id, tests=tests, notebook=str(notebook_path), device=device,
+                       duration=time.monotonic() - started, notes=notes)
+
+
+def collect_points(course: Course, assignment: Assignment) -> dict[str, float]:
+    """The grader's tests and their points, without running anything; checks them against course.yml."""
+    plugin = GradingPlugin(None, device="cpu", timeout=assignment.timeout)
+    _run_pytest(course, assignment, plugin, "--collect-only")
+    _check_points(course, assignment, plugin)
+    return {nodeid.split("::")[-1]: points for nodeid, points in plugin.points.items()}
+
+
+def _run_pytest(course: Course, assignment: Assignment, plugin: GradingPlugin, *extra: str) -> None:
+    grader = course.grader_path(assignment)
+    args = [*extra,
+        str(grader),
+        "-c", str(grader.parent / "pytest.ini"),
+        "--rootdir", str(grader.parent),
+        "--confcutdir", str(grader.parent),
+        "--import-mode=importlib",
+        "-p", "no:cacheprovider",
+        "-q", "--no-header", "-W", "ignore::pytest.PytestAssertRewriteWarning",
+    ]
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+        exit_code = pytest.main(args, plugins=[plugin])
+    if plugin.collection_errors or exit_code in (pytest.ExitCode.INTERNAL_ERROR, pytest.ExitCode.USAGE_ERROR):
+        details = "\n".join(plugin.collection_errors) or output.getvalue()[-2000:]
+        raise ConfigError(f"{assignment.grader}: the grader of {assignment.id} could not be collected:\n{details}")
+
+
+def _check_points(course: Course, assignment: Assignment, plugin: GradingPlugin) -> None:
+    total = sum(plugin.points.values())
+    if total != assignment.points:
+        raise ConfigError(
+            f"{course.root / 'course.yml'}: assignments ({assignment.id}).points is {assignment.points}, but the "
+            f"tests in {assignment.grader} are worth {total:g} points in all"
+        )
+
+
+def _no_result(nodeid: str, points: float) -> TestResult:
+    return TestResult(name=nodeid.split("::")[-1], status="error", score=0.0, max_score=points,
+                      message="No result: the test did not run to completion.")
+
+
+def _support_files(course: Course, assignment: Assignment) -> dict[str, Path]:
+    files = {}
+    for module in assignment.support:
+        path = course.module_path(module)
+        files[str(path.relative_to(course.root))] = path
+    return files
+
+
+def _tiktoken_files() -> dict[str, Path]:
+    """The GPT-2 BPE files, checked and seeded into tiktoken's cache, to be copied into the worker's cache."""
+    from reference.tiktoken_offline import ENCODER_JSON_URL, VOCAB_BPE_URL, cache_file_name, seed_tiktoken_cache
+
+    cache = seed_tiktoken_cache()
+    return {name: cache / name for name in (cache_file_name(VOCAB_BPE_URL), cache_file_name(ENCODER_JSON_URL))}

@@ -1,0 +1,1 @@
+"""Renderers of a GradeReport: a terminal table and JSON."""

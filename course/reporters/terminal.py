@@ -1,0 +1,33 @@
+"""The score table printed by `course grade`."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+
+from course.results import GradeReport
+
+SYMBOLS = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "timeout": "TIMEOUT"}
+
+
+def render_table(report: GradeReport, width: int | None = None) -> str:
+    width = width or min(shutil.get_terminal_size((100, 20)).columns, 120)
+    name_width = max([len(t.name) for t in report.tests] + [4])
+    lines = [f"{report.assignment}  ({report.notebook}, device {report.device})", ""]
+    header = f"{'test'.ljust(name_width)}  {'status':7}  {'points':>9}"
+    lines += [header, "-" * len(header)]
+    for test in report.tests:
+        points = f"{test.score:g}/{test.max_score:g}"
+        lines.append(f"{test.name.ljust(name_width)}  {SYMBOLS[test.status]:7}  {points:>9}")
+        if test.status != "passed":
+            detail = test.message
+            if test.description and test.description != test.name:
+                detail = f"Checks: {test.description.rstrip('.')}. {detail}"
+            for line in textwrap.wrap(detail, width=max(width - 6, 40)):
+                lines.append("      " + line)
+    lines.append("-" * len(header))
+    lines.append(f"{'total'.ljust(name_width)}  {'':7}  {f'{report.score:g}/{report.max_score:g}':>9}")
+    for note in report.notes:
+        lines += [""] + textwrap.wrap("Note: " + note, width=width)
+    lines.append(f"\ngraded in {report.duration:.1f} s")
+    return "\n".join(lines)

@@ -1,0 +1,55 @@
+"""The one result data model that every reporter renders."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+Status = Literal["passed", "failed", "error", "timeout"]
+STATUSES: tuple[str, ...] = ("passed", "failed", "error", "timeout")
+
+
+@dataclass
+class TestResult:
+    name: str
+    status: Status
+    score: float
+    max_score: float
+    message: str = ""
+    duration: float = 0.0
+    description: str = ""  # what the test checks (the first line of its docstring)
+
+    __test__ = False  # not a pytest test class
+
+
+@dataclass
+class GradeReport:
+    assignment: str
+    tests: list[TestResult]
+    notebook: str = ""
+    device: str = "cpu"
+    duration: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def score(self) -> float:
+        return sum(t.score for t in self.tests)
+
+    @property
+    def max_score(self) -> float:
+        return sum(t.max_score for t in self.tests)
+
+    def to_dict(self) -> dict:
+        return {
+            "assignment": self.assignment,
+            "notebook": self.notebook,
+            "device": self.device,
+            "score": self.score,
+            "max_score": self.max_score,
+            "duration": round(self.duration, 3),
+            "notes": list(self.notes),
+            "tests": [
+                {k: (round(v, 3) if k == "duration" else v) for k, v in asdict(t).items() if k != "description"}
+                for t in self.tests
+            ],
+        }

@@ -1,0 +1,224 @@
+"""The worker process: the only place where student code runs.
+
+Started by the trusted client as `python -I bootstrap.py` in a fresh temporary folder with a scrubbed
+environment. It loads the submission's cells into a module named `submission`, then answers `call` requests:
+each one runs a small probe function (sent as source by the grader; it holds no expected values) against that
+module and sends back what the probe returned. It never sees an expected value and never decides a verdict.
+
+Channel: requests arrive on the original stdin, replies leave on a private copy of the original stdout.
+The student's own prints are sent to stderr so they can never be mistaken for a reply.
+This file needs only the standard library and torch (it does not import the `course` package).
+"""
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import linecache
+import os
+import sys
+import traceback
+import types
+
+CELL_PREFIX = "<cell "
+PROBE_PREFIX = "<probe "
+
+
+def _load_protocol():
+    """Import protocol.py from beside this file (with -I the script's folder is not on sys.path)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location("_course_worker_protocol", os.path.join(here, "protocol.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class GuardedImports(importlib.abc.MetaPathFinder):
+    """Makes the course's own packages importable only from the support folder.
+
+    `reference`, `graders` and `course` may be installed in the environment (editable or not). Inside the
+    worker, a module of those packages is found only if a copy of it was placed in the support folder, i.e.
+    only the support modules that course.yml allows for this assignment.
+    """
+
+    def __init__(self, blocked_packages, support_dir):
+        self.blocked = set(blocked_packages)
+        self.support_dir = support_dir
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.partition(".")[0] not in self.blocked:
+            return None
+        search = [self.support_dir] if "." not in fullname else path
+        spec = importlib.machinery.PathFinder.find_spec(fullname, search)
+        if spec is None or not str(spec.origin or "").startswith(self.support_dir):
+            raise ModuleNotFoundError(f"No module named {fullname!r} (not available to submissions)", name=fullname)
+        return spec
+
+
+class MissingDefinition(AttributeError):
+    """A name the grader needs is not defined by the notebook."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        self.name = name
+
+
+class SubmissionModule(types.ModuleType):
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise MissingDefinition(name)
+
+
+class BadOutput(Exception):
+    """A probe returned something that cannot be sent back safely."""
+
+
+class Worker:
+    def __init__(self, protocol, torch, requests_fd, replies_fd):
+        self.protocol = protocol
+        self.torch = torch
+        self.requests_fd = requests_fd
+        self.replies_fd = replies_fd
+        self.device = "cpu"
+        self.module = None
+
+    # -- the request loop -------------------------------------------------------------------------------
+    def serve(self):
+        while True:
+            try:
+                request = self.protocol.receive(self.requests_fd)
+            except self.protocol.ChannelClosed:
+                return
+            handler = getattr(self, "op_" + str(request.get("op")), None)
+            if handler is None:
+                reply = {"ok": False, "kind": "protocol", "message": f"unknown op {request.get('op')!r}"}
+            else:
+                reply = handler(request)
+            try:
+                self.protocol.send(self.replies_fd, reply)
+            except self.protocol.BadMessage:
+                self.protocol.send(self.replies_fd, {"ok": False, "kind": "bad_output", "message": "unsendable reply"})
+
+    def op_configure(self, request):
+        support_dir = request["support_dir"]
+        sys.meta_path.insert(0, GuardedImports(request["blocked_packages"], support_dir))
+        sys.path.insert(0, support_dir)
+        self.device = request["device"]
+        self.torch.set_num_threads(int(request["threads"]))
+        return {"ok": True, "pid": os.getpid(), "torch": str(self.torch.__version__)}
+
+    def op_load(self, request):
+        """Execute the chosen cells, in order, into a fresh `submission` module; a failing cell does not stop the rest."""
+        module = SubmissionModule("submission")
+        module.__dict__["__builtins__"] = __builtins__
+        sys.modules["submission"] = module
+        cell_errors = []
+        for cell in request["cells"]:
+            filename = f"{CELL_PREFIX}{cell['label']}>"
+            linecache.cache[filename] = (len(cell["source"]), None, cell["source"].splitlines(True), filename)
+            try:
+                code = compile(cell["source"], filename, "exec")
+                exec(code, module.__dict__)
+            except BaseException as exc:  # noqa: BLE001 - a student's cell may raise anything, SystemExit included
+                cell_errors.append({"label": cell["label"], "message": describe_exception(exc)})
+        self.module = module
+        return {"ok": True, "cell_errors": cell_errors}
+
+    def op_call(self, request):
+        if self.module is None:
+            return {"ok": False, "kind": "protocol", "message": "no submission loaded"}
+        name = request["probe_name"]
+        namespace = {"__name__": "probe", "torch": self.torch, "nn": self.torch.nn, "F": self.torch.nn.functional,
+                     "DEVICE": self.device}
+        filename = f"{PROBE_PREFIX}{name}>"
+        linecache.cache[filename] = (len(request["probe_source"]), None, request["probe_source"].splitlines(True), filename)
+        try:
+            exec(compile(request["probe_source"], filename, "exec"), namespace)
+            kwargs = self.to_device(request["kwargs"])
+        except BaseException as exc:  # noqa: BLE001 - a broken probe is the grader's fault, reported as such
+            return {"ok": False, "kind": "probe_error", "message": describe_exception(exc)}
+        self.torch.manual_seed(0)
+        try:
+            value = namespace[name](self.module, **kwargs)
+        except MissingDefinition as exc:
+            return {"ok": False, "kind": "missing", "message": exc.name}
+        except BaseException as exc:  # noqa: BLE001
+            kind = "not_implemented" if isinstance(exc, NotImplementedError) else "exception"
+            return {"ok": False, "kind": kind, "message": describe_exception(exc)}
+        try:
+            return {"ok": True, "value": self.to_plain(value)}
+        except BadOutput as exc:
+            return {"ok": False, "kind": "bad_output", "message": str(exc)}
+
+    # -- values in and out -----------------------------------------------------------------------------
+    def to_device(self, value):
+        if isinstance(value, self.torch.Tensor):
+            return value.to(self.device)
+        if isinstance(value, dict):
+            return {key: self.to_device(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.to_device(item) for item in value)
+        return value
+
+    def to_plain(self, value, depth=0):
+        """Only plain tensors (on the CPU), numbers, strings, None, and lists/tuples/str-keyed dicts go back."""
+        torch = self.torch
+        if depth > 20:
+            raise BadOutput("the returned value is nested too deeply")
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach()
+            if type(tensor) is not torch.Tensor:
+                tensor = tensor.as_subclass(torch.Tensor)
+            return tensor.to("cpu").clone().contiguous()
+        if value is None or type(value) in (bool, int, float, str):
+            return value
+        if type(value) in (list, tuple):
+            return type(value)(self.to_plain(item, depth + 1) for item in value)
+        if type(value) is dict and all(type(key) is str for key in value):
+            return {key: self.to_plain(item, depth + 1) for key, item in value.items()}
+        raise BadOutput(f"returned an object of type {type(value).__name__}, which the grader cannot use")
+
+
+def describe_exception(exc):
+    """'ValueError: ... (cell 'multi_head_attention', line 12, in forward: `x = ...`)' without grader frames."""
+    if isinstance(exc, SystemExit):
+        text = f"your code called sys.exit({exc.code!r})"
+    elif isinstance(exc, SyntaxError):
+        text = f"SyntaxError: {exc.msg}"
+        if exc.filename and exc.filename.startswith(CELL_PREFIX):
+            label = exc.filename[len(CELL_PREFIX):-1]
+            return f"{text} (cell '{label}', line {exc.lineno}: `{(exc.text or '').strip()}`)"
+        return text
+    else:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(CELL_PREFIX)]
+    if frames:
+        frame = frames[-1]
+        label = frame.filename[len(CELL_PREFIX):-1]
+        where = f"cell '{label}', line {frame.lineno}"
+        if frame.name != "<module>":
+            where += f", in {frame.name}"
+        if frame.line:
+            where += f": `{frame.line.strip()}`"
+        text += f" ({where})"
+    return text
+
+
+def main():
+    # Keep the channel out of the student's way: replies go to a private copy of stdout, prints go to stderr,
+    # and reading stdin from student code sees an empty file.
+    replies_fd = os.dup(1)
+    requests_fd = os.dup(0)
+    os.dup2(2, 1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    sys.stdin = open(os.devnull)
+
+    import torch
+
+    protocol = _load_protocol()
+    Worker(protocol, torch, requests_fd, replies_fd).serve()
+
+
+if __name__ == "__main__":
+    main()

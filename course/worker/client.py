@@ -1,0 +1,213 @@
+"""The trusted side of the worker: start it, load the submission, run probes under a deadline.
+
+One worker serves all the tests of one submission (torch is imported once). A fault in the worker (a crash,
+`os._exit`, a hang past the deadline, garbage on the channel) fails the call that caused it; the worker is
+then killed with its whole process group and started afresh, with the submission reloaded, for the next call.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from course.worker import protocol
+
+BOOTSTRAP = Path(__file__).with_name("bootstrap.py")
+
+# Top-level packages of this repository that student code may only see through the support folder.
+BLOCKED_PACKAGES = ("reference", "graders", "course")
+
+# Environment variables passed through to the worker; everything else is dropped.
+PASSED_ENV_PREFIXES = ("CUDA_", "NVIDIA_", "HIP_", "ROCR_", "PYTORCH_")
+
+
+class StudentCodeError(Exception):
+    """Student code raised, crashed the worker, is missing a definition or returned something unusable."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class StudentTimeout(Exception):
+    """Student code did not finish before the deadline."""
+
+
+class GraderBug(Exception):
+    """A probe failed for a reason that is the grader's fault, not the student's."""
+
+
+@dataclass
+class LoadReport:
+    cell_errors: list[dict]
+
+
+class WorkerClient:
+    def __init__(self, cells: list[dict], support_files: dict[str, Path], device: str = "cpu",
+                 threads: int = 1, startup_timeout: float = 120.0, tiktoken_files: dict[str, Path] | None = None):
+        """
+        cells: [{"label", "source"}] to execute, in order, as the submission module.
+        support_files: relative path inside the support folder -> file to copy there (e.g. reference/text_data.py).
+        tiktoken_files: cache name -> file, seeded into the worker's private TIKTOKEN_CACHE_DIR.
+        """
+        self.cells = cells
+        self.support_files = support_files
+        self.tiktoken_files = tiktoken_files or {}
+        self.device = device
+        self.threads = threads
+        self.startup_timeout = startup_timeout
+        self.process: subprocess.Popen | None = None
+        self.workdir: Path | None = None
+        self.load_report: LoadReport | None = None
+        self.fatal: Exception | None = None  # a load that crashed or hung: not retried for every test
+        self.configured = False
+        self.starts = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the process (returns at once; torch is imported in the background)."""
+        self.workdir = Path(tempfile.mkdtemp(prefix="course-worker-"))
+        support = self.workdir / "support"
+        for relative, source in self.support_files.items():
+            target = support / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+        for package in {Path(r).parts[0] for r in self.support_files}:
+            (support / package / "__init__.py").touch()
+        support.mkdir(exist_ok=True)
+        cache = self.workdir / "tiktoken-cache"
+        cache.mkdir()
+        for name, source in self.tiktoken_files.items():
+            shutil.copyfile(source, cache / name)
+        home = self.workdir / "home"
+        home.mkdir()
+        (home / "tmp").mkdir()
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(home),
+            "TMPDIR": str(home / "tmp"),
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONHASHSEED": "0",
+            "TIKTOKEN_CACHE_DIR": str(cache),
+            "OMP_NUM_THREADS": str(self.threads),
+        }
+        env.update({k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV_PREFIXES)})
+        self.log = open(self.workdir / "worker-stderr.log", "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-I", str(BOOTSTRAP)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+            cwd=home, env=env, start_new_session=True, close_fds=True,
+        )
+        self.starts += 1
+        self.load_report = None
+        # Sent now, answered once torch is imported; the reply is awaited by the first load().
+        protocol.send(self.process.stdin.fileno(), {
+            "op": "configure", "support_dir": str(support), "device": self.device, "threads": self.threads,
+            "blocked_packages": list(BLOCKED_PACKAGES)})
+        self.configured = False
+
+    def close(self) -> None:
+        self._kill()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def _kill(self) -> None:
+        if self.process is not None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.process.wait()
+            for stream in (self.process.stdin, self.process.stdout):
+                stream.close()
+            self.process = None
+            self.log.close()
+
+    def _alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    # -- requests --------------------------------------------------------------------------------------------
+    def load(self, timeout: float) -> LoadReport:
+        """Make sure a live worker holds the submission; returns what went wrong while executing its cells."""
+        if self.fatal is not None:
+            raise self.fatal
+        if self._alive() and self.load_report is not None:
+            return self.load_report
+        if not self._alive():
+            self.close()
+            self.start()
+        try:
+            if not self.configured:
+                self._receive(time.monotonic() + self.startup_timeout, during="starting the grading process")
+                self.configured = True
+            reply = self._request({"op": "load", "cells": self.cells}, timeout=timeout,
+                                  during="running your notebook's cells")
+        except (StudentTimeout, StudentCodeError) as exc:
+            self.fatal = exc
+            raise
+        self.load_report = LoadReport(cell_errors=list(reply["cell_errors"]))
+        return self.load_report
+
+    def call(self, probe_name: str, probe_source: str, kwargs: dict, timeout: float):
+        """Run a probe against the loaded submission; returns its (plain) value or raises."""
+        started = time.monotonic()
+        self.load(timeout)
+        remaining = max(timeout - (time.monotonic() - started), 0.1)
+        reply = self._request({"op": "call", "probe_name": probe_name, "probe_source": probe_source,
+                               "kwargs": kwargs}, timeout=remaining, during="running your code")
+        if reply.get("ok"):
+            return reply["value"]
+        if reply.get("kind") == "probe_error":
+            raise GraderBug(reply.get("message", ""))
+        raise StudentCodeError(str(reply.get("kind")), str(reply.get("message", "")))
+
+    def _request(self, message: dict, timeout: float, during: str) -> dict:
+        assert self.process is not None
+        try:
+            protocol.send(self.process.stdin.fileno(), message)
+        except protocol.ChannelClosed:
+            pass  # the worker is gone; _receive reports how it ended
+        return self._receive(time.monotonic() + timeout, during)
+
+    def _receive(self, deadline: float, during: str) -> dict:
+        assert self.process is not None
+        try:
+            reply = protocol.receive(self.process.stdout.fileno(), deadline)
+        except protocol.ChannelTimeout:
+            self._kill()
+            raise StudentTimeout(f"stopped after the time limit while {during} (an endless loop, or far too slow?)") from None
+        except protocol.ChannelClosed:
+            code = self.process.wait(timeout=5) if self.process else None
+            self._kill()
+            raise StudentCodeError("crash", f"the grading process ended while {during} ({_describe_exit(code)})") from None
+        except protocol.BadMessage as exc:
+            self._kill()
+            raise StudentCodeError("bad_output", f"garbled reply from the grading process while {during}: {exc}") from None
+        if not isinstance(reply, dict):
+            self._kill()
+            raise StudentCodeError("bad_output", f"garbled reply from the grading process while {during}")
+        return reply
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "it stopped answering"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (out of memory?)" if name == "SIGKILL" else " (a crash in native code?)" if name == "SIGSEGV" else ""
+        return f"killed by {name}{hint}"
+    return f"exit status {code}: did your code call os._exit() or exit()?"

@@ -1,0 +1,253 @@
+"""Grader of chapter 2: working with text data.
+
+The tokenizer tests send a vocabulary built by the reference and compare token ids and decoded text; the data
+tests run the student's GPTDatasetV1 / create_dataloader_v1 with GPT-2's tokenizer (tiktoken, offline) in the
+worker and compare every input/target window; the embedding test loads the reference's embedding weights.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+from course.grading import expect_close, expect_equal, expect_true, probe
+from reference import text_data as ref
+from reference.tiktoken_offline import get_gpt2_tokenizer
+
+# Original sample text: punctuation, quotes, apostrophes, a double dash, and repeated words.
+TEXT = (
+    'The lighthouse keeper counted the waves -- one, two, three -- and wrote "calm" in his log. '
+    "Nobody asked him why; the sea didn't care either. At dawn he climbed the stairs again: "
+    "ninety-two steps, a kettle, a lamp, and the long grey horizon. Was it lonely? Perhaps. "
+    "But the gulls knew his name, and the ships (when they came) always slowed to wave."
+)
+MORE_TEXT = "He watched the ships. The ships watched him -- or so he said, laughing, to the gulls!"
+UNKNOWN_TEXT = "The keeper bought a telescope, and the mermaids sang (quietly) to him."
+HINT_SPLIT = "split with re.split(r'([,.:;?_!\"()\\']|--|\\s)', text), then keep item.strip() for non-empty items."
+
+
+def v2_vocab():
+    return ref.build_vocab(ref.simple_tokenize(TEXT), special_tokens=["<|endoftext|>", "<|unk|>"])
+
+
+# -- probes: run in the worker against the student's module ---------------------------------------------------
+
+@probe
+def tokenize_texts(student, texts):
+    return [student.simple_tokenize(text) for text in texts]
+
+
+@probe
+def build_vocabs(student, cases):
+    return [student.build_vocab(tokens, special_tokens=specials) for tokens, specials in cases]
+
+
+@probe
+def encode_texts(student, class_name, vocab, texts):
+    tokenizer = getattr(student, class_name)(vocab)
+    return [list(tokenizer.encode(text)) for text in texts]
+
+
+@probe
+def decode_ids(student, class_name, vocab, id_lists):
+    tokenizer = getattr(student, class_name)(vocab)
+    return [tokenizer.decode(ids) for ids in id_lists]
+
+
+@probe
+def dataset_windows(student, text, settings):
+    import tiktoken
+
+    tokenizer = tiktoken.get_encoding("gpt2")
+    results = []
+    for max_length, stride in settings:
+        dataset = student.GPTDatasetV1(text, tokenizer, max_length=max_length, stride=stride)
+        results.append([tuple(dataset[i]) for i in range(len(dataset))])
+    return results
+
+
+@probe
+def dataloader_batches(student, text, kwargs_list):
+    results = []
+    for kwargs in kwargs_list:
+        torch.manual_seed(kwargs.pop("seed", 0))
+        loader = student.create_dataloader_v1(text, **kwargs)
+        results.append([tuple(batch) for batch in loader])
+    return results
+
+
+@probe
+def input_embeddings(student, token_weight, pos_weight, token_ids_list):
+    token_layer = nn.Embedding(*token_weight.shape).to(DEVICE)
+    pos_layer = nn.Embedding(*pos_weight.shape).to(DEVICE)
+    with torch.no_grad():
+        token_layer.weight.copy_(token_weight)
+        pos_layer.weight.copy_(pos_weight)
+        return [student.create_input_embeddings(ids, token_layer, pos_layer) for ids in token_ids_list]
+
+
+# -- section 2.2: tokenizing text ------------------------------------------------------------------------------
+
+@pytest.mark.points(1)
+def test_simple_tokenize(submission):
+    """simple_tokenize splits on punctuation, double dashes and whitespace, and drops the whitespace."""
+    texts = [TEXT, MORE_TEXT, "  Hello,   world.  ", 'Is "this" -- (really) a_test?']
+    got = submission.run(tokenize_texts, texts=texts)
+    for index, text in enumerate(texts):
+        expect_equal(got[index], ref.simple_tokenize(text), what=f"simple_tokenize of text {index + 1}",
+                     hint=HINT_SPLIT)
+
+
+# -- section 2.3: token ids --------------------------------------------------------------------------------------
+
+@pytest.mark.points(1)
+def test_build_vocab(submission):
+    """build_vocab numbers the sorted distinct tokens from 0, then appends the special tokens."""
+    tokens = ref.simple_tokenize(TEXT)
+    cases = [(tokens, []), (tokens, ["<|endoftext|>", "<|unk|>"]), (["b", "a", "b", "<|unk|>"], ["<|endoftext|>", "<|unk|>"])]
+    got = submission.run(build_vocabs, cases=cases)
+    for index, (case_tokens, specials) in enumerate(cases):
+        expect_equal(got[index], ref.build_vocab(case_tokens, special_tokens=specials),
+                     what=f"vocabulary {index + 1} (special tokens {specials})",
+                     hint="sorted(set(tokens)) numbered from 0, then the special tokens in the given order, "
+                          "skipping any that are already in the vocabulary.")
+
+
+@pytest.mark.points(1)
+def test_tokenizer_v1_encode(submission):
+    """SimpleTokenizerV1.encode maps text to the ids of its tokens."""
+    vocab = ref.build_vocab(ref.simple_tokenize(TEXT + " " + MORE_TEXT))
+    texts = [TEXT, MORE_TEXT]
+    got = submission.run(encode_texts, class_name="SimpleTokenizerV1", vocab=vocab, texts=texts)
+    tokenizer = ref.SimpleTokenizerV1(vocab)
+    for index, text in enumerate(texts):
+        expect_equal(got[index], tokenizer.encode(text), what=f"token ids of text {index + 1}",
+                     hint="tokenize with simple_tokenize, then look each token up in self.str_to_int.")
+
+
+@pytest.mark.points(1)
+def test_tokenizer_v1_decode(submission):
+    """SimpleTokenizerV1.decode joins the tokens and removes the space before punctuation."""
+    vocab = ref.build_vocab(ref.simple_tokenize(TEXT + " " + MORE_TEXT))
+    tokenizer = ref.SimpleTokenizerV1(vocab)
+    id_lists = [tokenizer.encode(MORE_TEXT), tokenizer.encode('He wrote "calm" (when the ships came), and the sea?')]
+    got = submission.run(decode_ids, class_name="SimpleTokenizerV1", vocab=vocab, id_lists=id_lists)
+    for index, ids in enumerate(id_lists):
+        expect_equal(got[index], tokenizer.decode(ids), what=f"decoded text {index + 1}",
+                     hint="join with ' ', then re.sub(r'\\s+([,.?!\"()\\'])', r'\\1', text) to remove the space "
+                          "before punctuation.")
+
+
+@pytest.mark.points(2)
+def test_tokenizer_v2_unknown_words(submission):
+    """SimpleTokenizerV2 maps words outside the vocabulary to <|unk|>, and decodes them as such."""
+    vocab = v2_vocab()
+    tokenizer = ref.SimpleTokenizerV2(vocab)
+    got = submission.run(encode_texts, class_name="SimpleTokenizerV2", vocab=vocab, texts=[UNKNOWN_TEXT, "Zebras; quokkas: yes."])
+    expect_equal(got, [tokenizer.encode(UNKNOWN_TEXT), tokenizer.encode("Zebras; quokkas: yes.")],
+                 what="token ids of texts with unknown words",
+                 hint='replace every token that is not in self.str_to_int by "<|unk|>" before looking ids up.')
+    ids = tokenizer.encode(UNKNOWN_TEXT)
+    decoded = submission.run(decode_ids, class_name="SimpleTokenizerV2", vocab=vocab, id_lists=[ids])
+    expect_equal(decoded[0], tokenizer.decode(ids), what="decoded text with <|unk|> tokens",
+                 hint="join with ' ' and remove the space before , . : ; ? ! \" ( ) '")
+
+
+@pytest.mark.points(1)
+def test_tokenizer_v2_endoftext(submission):
+    """SimpleTokenizerV2 keeps <|endoftext|> between joined texts, through encode and decode."""
+    vocab = v2_vocab()
+    tokenizer = ref.SimpleTokenizerV2(vocab)
+    text = " <|endoftext|> ".join(["The sea didn't care.", "Was it lonely? Perhaps: the gulls knew."])
+    got = submission.run(encode_texts, class_name="SimpleTokenizerV2", vocab=vocab, texts=[text])
+    expect_equal(got[0], tokenizer.encode(text), what="token ids of two texts joined by <|endoftext|>",
+                 hint="<|endoftext|> is one token of the vocabulary.")
+    decoded = submission.run(decode_ids, class_name="SimpleTokenizerV2", vocab=vocab, id_lists=[tokenizer.encode(text)])
+    expect_equal(decoded[0], tokenizer.decode(tokenizer.encode(text)), what="decoded text with <|endoftext|>",
+                 hint="decode as in V1, also removing the space before : and ;")
+
+
+# -- section 2.6: data sampling with a sliding window ----------------------------------------------------------
+
+def reference_windows(text, max_length, stride):
+    dataset = ref.GPTDatasetV1(text, get_gpt2_tokenizer(), max_length=max_length, stride=stride)
+    return [tuple(dataset[i]) for i in range(len(dataset))]
+
+
+@pytest.mark.points(3)
+def test_dataset_windows(submission):
+    """GPTDatasetV1: every input window and its target (shifted by one), for several max_length/stride pairs."""
+    settings = [(4, 1), (4, 4), (6, 5), (3, 7), (8, 2)]
+    got = submission.run(dataset_windows, text=TEXT, settings=settings)
+    for index, (max_length, stride) in enumerate(settings):
+        expected = reference_windows(TEXT, max_length, stride)
+        what = f"dataset with max_length={max_length}, stride={stride}"
+        expect_equal(len(got[index]), len(expected), what=f"{what}: number of windows",
+                     hint="one window starts every `stride` tokens, for i in range(0, len(token_ids) - max_length, stride).")
+        expect_equal(got[index], expected, what=f"{what}: (input, target) pairs",
+                     hint="input = token_ids[i:i + max_length], target = token_ids[i + 1:i + max_length + 1].")
+
+
+@pytest.mark.points(1)
+def test_dataset_short_texts(submission):
+    """GPTDatasetV1 on texts of exactly max_length and max_length + 1 tokens (and with <|endoftext|>)."""
+    text = "The gulls knew his name. <|endoftext|> The ships slowed."
+    length = len(get_gpt2_tokenizer().encode(text, allowed_special={"<|endoftext|>"}))
+    settings = [(length, 1), (length - 1, 1), (length - 1, 3)]
+    got = submission.run(dataset_windows, text=text, settings=settings)
+    for index, (max_length, stride) in enumerate(settings):
+        expect_equal(got[index], reference_windows(text, max_length, stride),
+                     what=f"windows of a {length}-token text with max_length={max_length}, stride={stride}",
+                     hint="a window needs max_length + 1 tokens (its target is shifted by one), so a text of "
+                          "max_length tokens gives none and one of max_length + 1 tokens gives exactly one; "
+                          "encode with allowed_special={'<|endoftext|>'}.")
+
+
+@pytest.mark.points(2)
+def test_dataloader_batches(submission):
+    """create_dataloader_v1: batches of GPT-2 token ids, with and without drop_last (shuffle off)."""
+    # TEXT has 87 GPT-2 tokens: with max_length 4 and stride 2 the last window starts at token 82, the last
+    # possible start, and its 42 windows leave a partial batch of 2 for drop_last to drop.
+    kwargs_list = [
+        {"batch_size": 4, "max_length": 4, "stride": 2, "shuffle": False, "drop_last": True},
+        {"batch_size": 4, "max_length": 4, "stride": 2, "shuffle": False, "drop_last": False},
+        {"batch_size": 2, "max_length": 6, "stride": 3, "shuffle": False},
+    ]
+    got = submission.run(dataloader_batches, text=TEXT, kwargs_list=[dict(k) for k in kwargs_list])
+    for index, kwargs in enumerate(kwargs_list):
+        expected = [tuple(batch) for batch in ref.create_dataloader_v1(TEXT, **kwargs)]
+        expect_equal(got[index], expected, what=f"batches of create_dataloader_v1({', '.join(f'{k}={v}' for k, v in kwargs.items())})",
+                     hint="use tiktoken.get_encoding('gpt2'), GPTDatasetV1 and DataLoader(dataset, batch_size=..., "
+                          "shuffle=..., drop_last=..., num_workers=...).")
+
+
+@pytest.mark.points(1)
+def test_dataloader_shuffle(submission):
+    """create_dataloader_v1(shuffle=True) yields the same windows as shuffle=False, in another order."""
+    kwargs = {"batch_size": 1, "max_length": 4, "stride": 4, "drop_last": False}
+    ordered, shuffled = submission.run(dataloader_batches, text=TEXT, kwargs_list=[
+        dict(kwargs, shuffle=False), dict(kwargs, shuffle=True, seed=123)])
+    expect_equal(len(shuffled), len(ordered), what="number of batches with shuffle=True",
+                 hint="shuffling changes the order of the windows, not their number.")
+    as_lists = lambda batches: [[t.tolist() for t in batch] for batch in batches]  # noqa: E731
+    expect_true(sorted(as_lists(shuffled)) == sorted(as_lists(ordered)), what="windows with shuffle=True",
+                problem="are not the same windows as with shuffle=False.")
+    expect_true(as_lists(shuffled) != as_lists(ordered), what="order of the windows with shuffle=True",
+                problem="is the same as with shuffle=False: the shuffle argument is ignored.",
+                hint="pass shuffle=shuffle to the DataLoader.")
+
+
+# -- section 2.8: token and position embeddings ----------------------------------------------------------------
+
+@pytest.mark.points(2)
+def test_input_embeddings(submission):
+    """create_input_embeddings adds position embeddings (0..num_tokens-1) to the token embeddings."""
+    generator = torch.Generator().manual_seed(42)
+    token_weight = torch.randn(50, 6, generator=generator)
+    pos_weight = torch.randn(8, 6, generator=generator)
+    token_ids_list = [torch.randint(0, 50, (2, 8), generator=generator), torch.randint(0, 50, (3, 5), generator=generator)]
+    got = submission.run(input_embeddings, token_weight=token_weight, pos_weight=pos_weight, token_ids_list=token_ids_list)
+    token_layer, pos_layer = nn.Embedding.from_pretrained(token_weight), nn.Embedding.from_pretrained(pos_weight)
+    for index, ids in enumerate(token_ids_list):
+        expect_close(got[index], ref.create_input_embeddings(ids, token_layer, pos_layer),
+                     what=f"input embeddings of token ids of shape {tuple(ids.shape)}",
+                     hint="token_embedding_layer(token_ids) + pos_embedding_layer(torch.arange(num_tokens)).")

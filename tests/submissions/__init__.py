@@ -1,0 +1,1 @@
+"""Submissions derived from the solution notebooks: realistic bugs (mutants) and correct variants."""

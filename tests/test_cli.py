@@ -1,0 +1,112 @@
+"""`course grade`, `course validate` and `course release --check` as a user runs them."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.conftest import REPO, load_json, run_cli
+
+TEST_FIELDS = {"name", "status", "score", "max_score", "message", "duration"}
+
+
+def test_grade_solution_folder_gives_full_marks_and_json(tmp_path):
+    out = tmp_path / "result.json"
+    done = run_cli("grade", "solutions/ch03_attention", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "total" in done.stdout and "16/16" in done.stdout
+    result = load_json(out)
+    assert result["assignment"] == "ch03_attention"
+    assert result["score"] == result["max_score"] == 16
+    assert len(result["tests"]) >= 8
+    for test in result["tests"]:
+        assert TEST_FIELDS <= set(test) and test["status"] == "passed" and test["score"] == test["max_score"]
+
+
+def test_grade_untouched_release_gives_zero_with_feedback(tmp_path):
+    out = tmp_path / "result.json"
+    done = run_cli("grade", "assignments/ch02_text_data", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "0/16" in done.stdout and "Not implemented yet" in done.stdout
+    result = load_json(out)
+    assert result["score"] == 0 and result["max_score"] == 16
+    assert {t["status"] for t in result["tests"]} == {"error"}
+    # Feedback never shows the grader's source or a traceback.
+    assert "Traceback" not in done.stdout and "def test_" not in done.stdout and "@probe" not in done.stdout
+
+
+def test_assignment_is_inferred_from_a_renamed_notebook(tmp_path):
+    renamed = tmp_path / "my work (final).ipynb"
+    shutil.copy(REPO / "solutions/ch02_text_data/ch02_text_data.ipynb", renamed)
+    out = tmp_path / "r.json"
+    done = run_cli("grade", str(renamed), "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    assert load_json(out)["assignment"] == "ch02_text_data"
+
+
+def test_broken_notebook_still_writes_a_result(tmp_path):
+    broken = tmp_path / "ch03_attention.ipynb"
+    broken.write_text('{"cells": [', encoding="utf-8")
+    out = tmp_path / "r.json"
+    done = run_cli("grade", str(broken), "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    result = load_json(out)
+    assert result["score"] == 0 and result["max_score"] == 16
+    assert all("JSON error at line 1" in t["message"] for t in result["tests"])
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["grade", "no/such/notebook.ipynb"], "no such file or folder"),
+    (["grade", "solutions/ch03_attention", "--assignment", "ch99_nope"], "unknown assignment 'ch99_nope'"),
+    (["grade", "tests"], "expected a notebook named"),
+    (["grade", "solutions/ch03_attention", "--device", "tpu"], "unknown device 'tpu'"),
+    (["grade"], "the following arguments are required"),
+])
+def test_bad_command_lines_exit_2_with_a_message(args, expected):
+    done = run_cli(*args)
+    assert done.returncode == 2
+    assert expected in done.stderr
+
+
+def test_configuration_error_exits_3_and_names_the_key(tmp_path):
+    root = tmp_path / "course"
+    root.mkdir()
+    for folder in ("solutions", "graders", "reference"):
+        (root / folder).symlink_to(REPO / folder)
+    text = (REPO / "course.yml").read_text(encoding="utf-8").replace("points: 16", "points: 15", 1)
+    (root / "course.yml").write_text(text, encoding="utf-8")
+    done = run_cli("--root", str(root), "grade", str(REPO / "solutions/ch02_text_data"))
+    assert done.returncode == 3
+    assert "course.yml" in done.stderr and "(ch02_text_data).points is 15" in done.stderr
+    assert "16 points" in done.stderr
+
+
+def test_validate_reports_tests_and_points():
+    done = run_cli("validate")
+    assert done.returncode == 0, done.stderr
+    assert "ch02_text_data:" in done.stdout and "ch03_attention:" in done.stdout and "16 points" in done.stdout
+
+
+def test_release_is_up_to_date_with_solutions():
+    done = run_cli("release", "--check")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_release_check_detects_a_stale_assignment(tmp_path):
+    root = tmp_path / "course"
+    shutil.copytree(REPO, root, ignore=shutil.ignore_patterns(".git", "__pycache__", ".venv", "*.egg-info"))
+    notebook = root / "solutions/ch03_attention/ch03_attention.ipynb"
+    notebook.write_text(notebook.read_text(encoding="utf-8").replace("Multi-head", "Multi-headed", 1), encoding="utf-8")
+    done = run_cli("--root", str(root), "release", "--check", "ch03_attention")
+    assert done.returncode == 1
+    assert "assignments/ch03_attention/ch03_attention.ipynb: differs" in done.stderr
+
+
+def test_release_contains_no_solution_code():
+    for notebook in (REPO / "assignments").rglob("*.ipynb"):
+        text = notebook.read_text(encoding="utf-8")
+        assert "BEGIN SOLUTION" not in text and "END SOLUTION" not in text, notebook
+        assert "raise NotImplementedError()" in text, notebook
+    shipped = {p.name for p in (REPO / "assignments").rglob("*") if p.is_file()}
+    assert not {name for name in shipped if name.endswith(".py")}, "no grader or reference module is shipped"

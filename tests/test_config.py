@@ -1,0 +1,262 @@
+"""course.yml: the repository's own file loads, and every kind of mistake is a ConfigError naming file and key."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from course.config import CONFIG_NAME, find_course_root, load_course
+from course.errors import ConfigError
+
+from .conftest import REPO
+
+REPO_CONFIG = yaml.safe_load((REPO / CONFIG_NAME).read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The repository's course.yml
+
+
+def test_repository_course_loads(course):
+    assert course.root == REPO
+    assert [a.id for a in course.assignments] == ["ch02_text_data", "ch03_attention"]
+    assert course.config.device == "auto"
+    assert course.title == "Build a Large Language Model (From Scratch)"
+    ch03 = course.assignment("ch03_attention")
+    assert ch03.reference == "reference.attention"
+    assert ch03.support == ["reference.tiktoken_offline", "reference.text_data"]
+    assert ch03.points == 16 and ch03.timeout == 30
+
+
+def test_course_paths(course):
+    ch02 = course.assignment("ch02_text_data")
+    assert course.module_path("reference.text_data") == REPO / "reference" / "text_data.py"
+    assert course.module_path(ch02.reference).is_file()
+    assert course.solution_notebook(ch02) == REPO / "solutions" / "ch02_text_data" / "ch02_text_data.ipynb"
+    assert course.release_notebook(ch02) == REPO / "assignments" / "ch02_text_data" / "ch02_text_data.ipynb"
+    assert course.grader_path(ch02) == REPO / "graders" / "ch02_text_data.py"
+    assert course.solution_notebook(ch02).is_file()
+
+
+def test_unknown_assignment_id_names_the_known_ones(course):
+    with pytest.raises(KeyError, match="ch02_text_data, ch03_attention"):
+        course.assignment("ch99_nothing")
+
+
+def test_load_course_finds_the_root_from_a_subfolder(monkeypatch):
+    monkeypatch.chdir(REPO / "reference")
+    assert load_course().root == REPO
+
+
+def test_explicit_root_never_falls_back_to_an_enclosing_course():
+    with pytest.raises(ConfigError, match=r"reference/course\.yml: not found"):
+        load_course(REPO / "reference")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Broken copies of course.yml
+
+
+def make_root(tmp_path: Path, config=None, text: str | None = None) -> Path:
+    """A course root in tmp_path: REPO's solutions/, graders/ and reference/ linked in, and the given course.yml."""
+    root = tmp_path / "course"
+    root.mkdir()
+    for name in ("solutions", "graders", "reference"):
+        (root / name).symlink_to(REPO / name, target_is_directory=True)
+    if text is None:
+        text = yaml.safe_dump(config, sort_keys=False)
+    (root / CONFIG_NAME).write_text(text, encoding="utf-8")
+    return root
+
+
+def config_error(root: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_course(root)
+    message = str(info.value)
+    assert str(root / CONFIG_NAME) in message, message
+    return message
+
+
+def modified(change) -> dict:
+    config = copy.deepcopy(REPO_CONFIG)
+    change(config)
+    return config
+
+
+def test_unmodified_copy_loads(tmp_path):
+    course = load_course(make_root(tmp_path, REPO_CONFIG))
+    assert course.root == tmp_path / "course"
+    assert len(course.assignments) == 2
+
+
+def test_unknown_top_level_key(tmp_path):
+    message = config_error(make_root(tmp_path, modified(lambda c: c.update(devices="cpu"))))
+    assert "devices: unknown key" in message
+
+
+def test_unknown_key_in_an_assignment(tmp_path):
+    def typo(config):
+        config["assignments"][1]["grder"] = config["assignments"][1].pop("grader")
+
+    message = config_error(make_root(tmp_path, modified(typo)))
+    assert "assignments[1] (ch03_attention).grder: unknown key" in message
+    assert "assignments[1] (ch03_attention).grader: required key is missing" in message
+
+
+def test_missing_points(tmp_path):
+    message = config_error(make_root(tmp_path, modified(lambda c: c["assignments"][0].pop("points"))))
+    assert "assignments[0] (ch02_text_data).points: required key is missing" in message
+
+
+def test_missing_title(tmp_path):
+    message = config_error(make_root(tmp_path, modified(lambda c: c.pop("title"))))
+    assert "title: required key is missing" in message
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "value"),
+    [
+        (lambda c: c["assignments"][0].update(points=-1), "assignments[0] (ch02_text_data).points", "-1"),
+        (lambda c: c["assignments"][1].update(timeout=0), "assignments[1] (ch03_attention).timeout", "0"),
+        (lambda c: c.update(device="gpu"), "device", "'gpu'"),
+        (lambda c: c["assignments"][0].update(points="many"), "assignments[0] (ch02_text_data).points", "'many'"),
+        (lambda c: c["assignments"][0].update(id="Ch02 Text"), "assignments[0] (Ch02 Text).id", "'Ch02 Text'"),
+        (lambda c: c["assignments"][1].update(support="reference.text_data"),
+         "assignments[1] (ch03_attention).support", "'reference.text_data'"),
+    ],
+    ids=["negative-points", "zero-timeout", "unknown-device", "points-not-a-number", "bad-id", "support-not-a-list"],
+)
+def test_wrong_type_or_value(tmp_path, change, key, value):
+    message = config_error(make_root(tmp_path, modified(change)))
+    assert re.search(rf"^  {re.escape(key)}: .*\(got {re.escape(value)}\)$", message, re.M), message
+
+
+def test_notebook_that_does_not_exist(tmp_path):
+    message = config_error(make_root(tmp_path, modified(lambda c: c["assignments"][0].update(notebook="ch2.ipynb"))))
+    assert "assignments[0] (ch02_text_data).notebook: solutions/ch02_text_data/ch2.ipynb does not exist" in message
+
+
+@pytest.mark.parametrize("notebook", ["../ch03_attention/ch03_attention.ipynb", "/etc/hostname", "sub/x.ipynb"])
+def test_notebook_must_be_a_file_name(tmp_path, notebook):
+    """Not a path: the same name is used in solutions/<id>/ and assignments/<id>/ (and an absolute one once crashed)."""
+    message = config_error(make_root(tmp_path, modified(lambda c: c["assignments"][0].update(notebook=notebook))))
+    assert "assignments[0] (ch02_text_data).notebook:" in message
+    assert repr(notebook) in message
+
+
+def test_grader_that_does_not_exist(tmp_path):
+    message = config_error(make_root(tmp_path, modified(lambda c: c["assignments"][1].update(grader="graders/ch3.py"))))
+    assert "assignments[1] (ch03_attention).grader: graders/ch3.py does not exist" in message
+
+
+def test_reference_module_that_does_not_exist(tmp_path):
+    message = config_error(
+        make_root(tmp_path, modified(lambda c: c["assignments"][1].update(reference="reference.atention")))
+    )
+    assert "assignments[1] (ch03_attention).reference: reference/atention.py does not exist" in message
+
+
+def test_support_module_that_does_not_exist(tmp_path):
+    message = config_error(
+        make_root(tmp_path, modified(lambda c: c["assignments"][0]["support"].append("reference.gpt")))
+    )
+    assert "assignments[0] (ch02_text_data).support: reference/gpt.py does not exist" in message
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "graders.ch02_text_data",  # exists, but is a hidden grader
+        "reference",  # the package itself
+        "referenceX.text_data",
+        f"reference.{REPO / 'graders' / 'ch02_text_data'}",  # an absolute path, to a file that exists
+        "reference./etc/hostname",  # an absolute path, to a file that does not exist (once a ValueError)
+        "reference.text_data.",
+        "reference.text-data",
+    ],
+)
+def test_support_module_outside_the_reference_package(tmp_path, module):
+    message = config_error(make_root(tmp_path, modified(lambda c: c["assignments"][0]["support"].append(module))))
+    assert f"assignments[0] (ch02_text_data).support: {module!r} is not a module of the reference package" in message
+
+
+def test_reference_module_outside_the_reference_package(tmp_path):
+    message = config_error(
+        make_root(tmp_path, modified(lambda c: c["assignments"][0].update(reference="graders.ch02_text_data")))
+    )
+    assert "assignments[0] (ch02_text_data).reference: 'graders.ch02_text_data' is not a module" in message
+
+
+def test_support_must_not_include_the_graded_module(tmp_path):
+    message = config_error(
+        make_root(tmp_path, modified(lambda c: c["assignments"][1]["support"].append("reference.attention")))
+    )
+    assert "assignments[1] (ch03_attention).support: must not include the graded module reference.attention" in message
+
+
+def test_duplicate_assignment_ids(tmp_path):
+    message = config_error(
+        make_root(tmp_path, modified(lambda c: c["assignments"].append(copy.deepcopy(c["assignments"][0]))))
+    )
+    assert "assignments[2] (ch02_text_data).id: duplicate assignment id" in message
+    assert "assignments[0] (ch02_text_data).id" not in message
+
+
+def test_all_file_problems_are_reported_together(tmp_path):
+    def break_two(config):
+        config["assignments"][0]["grader"] = "graders/missing.py"
+        config["assignments"][1]["notebook"] = "missing.ipynb"
+
+    message = config_error(make_root(tmp_path, modified(break_two)))
+    assert "2 problem(s)" in message
+    assert "(ch02_text_data).grader" in message and "(ch03_attention).notebook" in message
+
+
+def test_invalid_yaml(tmp_path):
+    message = config_error(make_root(tmp_path, text="title: x\nassignments: [\n  - id: a\n"))
+    assert "not valid YAML" in message
+    assert "line" in message  # PyYAML's mark: where the problem is
+
+
+def test_not_utf8(tmp_path):
+    root = make_root(tmp_path, REPO_CONFIG)
+    (root / CONFIG_NAME).write_bytes(b"title: caf\xe9\n")
+    assert "not UTF-8" in config_error(root)
+
+
+@pytest.mark.parametrize("text", ["- title: x\n- assignments: []\n", "", "just a string\n"],
+                         ids=["list", "empty-file", "scalar"])
+def test_top_level_is_not_a_mapping(tmp_path, text):
+    message = config_error(make_root(tmp_path, text=text))
+    assert "expected a mapping" in message
+
+
+def test_empty_assignments_list(tmp_path):
+    message = config_error(make_root(tmp_path, modified(lambda c: c.update(assignments=[]))))
+    assert re.search(r"^  assignments: .*at least 1", message, re.M), message
+
+
+def test_assignment_that_is_not_a_mapping(tmp_path):
+    message = config_error(make_root(tmp_path, modified(lambda c: c["assignments"].append("ch04_gpt"))))
+    assert re.search(r"^  assignments\[2\]: .*\(got 'ch04_gpt'\)$", message, re.M), message
+
+
+def test_no_course_yml_anywhere(tmp_path):
+    empty = tmp_path / "nowhere" / "deeper"
+    empty.mkdir(parents=True)
+    if any((folder / CONFIG_NAME).is_file() for folder in empty.parents):
+        pytest.skip(f"a {CONFIG_NAME} exists above {tmp_path}")
+    with pytest.raises(ConfigError, match=rf"no course\.yml found in {re.escape(str(empty))}"):
+        find_course_root(empty)
+
+
+@pytest.mark.parametrize("grader", ["/etc/hostname", "../graders/ch02_text_data.py", "reference/attention.py"])
+def test_grader_must_live_in_graders(tmp_path, grader):
+    text = (REPO / "course.yml").read_text(encoding="utf-8").replace("graders/ch02_text_data.py", grader, 1)
+    root = make_root(tmp_path, text=text)
+    with pytest.raises(ConfigError, match=r"assignments\[0\] \(ch02_text_data\)\.grader: .* must be a path inside graders/"):
+        load_course(root)

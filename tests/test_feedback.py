@@ -1,0 +1,86 @@
+"""Failure messages teach (what, how far off, where, a hint) without revealing the expected values; the
+reporters render one result model."""
+
+from __future__ import annotations
+
+import ast
+import json
+
+import pytest
+import torch
+
+from course.grading.compare import GradingFailure, expect_close, expect_equal, expect_tensor, expect_true
+from course.reporters.json_report import write_json
+from course.reporters.terminal import render_table
+from course.results import GradeReport, TestResult
+from tests.conftest import REPO
+
+
+def failure(function, *args, **kwargs) -> str:
+    with pytest.raises(GradingFailure) as excinfo:
+        function(*args, **kwargs)
+    return str(excinfo.value)
+
+
+def test_close_values_pass_and_far_values_report_size_and_position_not_the_answer():
+    expected = torch.tensor([[0.25, 0.5], [0.75, 1.0]])
+    expect_close(expected + 1e-7, expected, what="output")
+    got = expected.clone()
+    got[1, 0] = 0.123
+    message = failure(expect_close, got, expected, what="attention output", hint="check the mask.")
+    assert message.startswith("attention output: values differ")
+    assert "0.627" in message and "(1, 0)" in message and "1 of 4" in message and "Hint: check the mask." in message
+    assert "0.75" not in message  # the expected value at that position is never shown
+
+
+def test_shape_type_dtype_and_nan_are_named():
+    expected = torch.zeros(2, 3)
+    assert "shape (3, 2) is wrong: expected (2, 3)" in failure(expect_close, torch.zeros(3, 2), expected, what="x")
+    assert "expected a tensor, got list" in failure(expect_close, [[0.0] * 3] * 2, expected, what="x")
+    assert "dtype torch.int64 is wrong" in failure(expect_close, torch.zeros(2, 3, dtype=torch.long), expected, what="x")
+    got = torch.zeros(2, 3)
+    got[0, 2] = float("nan")
+    assert "nan at position (0, 2)" in failure(expect_close, got, expected, what="x")
+    assert "shape (4,) is wrong" in failure(expect_tensor, torch.zeros(4), what="x", shape=(2, 2))
+
+
+def test_exact_comparisons_point_at_the_first_difference():
+    assert "item 2 is wrong (yours: 9)" in failure(expect_equal, [1, 2, 9], [1, 2, 3], what="ids")
+    assert "has 2 items, expected 3" in failure(expect_equal, [1, 2], [1, 2, 3], what="ids")
+    message = failure(expect_equal, "Hello , world", "Hello, world", what="text")
+    assert "differs from character 5" in message and "'Hello , world'" in message
+    message = failure(expect_equal, torch.tensor([[1, 2], [3, 5]]), torch.tensor([[1, 2], [3, 4]]), what="t")
+    assert "first at position (1, 1)" in message and "your value there: 5" in message
+    assert "1 expected key(s) missing, e.g. 'b'" in failure(expect_equal, {"a": 1}, {"a": 1, "b": 2}, what="vocab")
+    assert "is 1, which is wrong" in failure(expect_equal, 1, 2, what="count")
+    expect_equal((torch.tensor([1]), [2, "x"]), (torch.tensor([1]), [2, "x"]), what="nested")
+    assert "the outputs changed" in failure(expect_true, False, what="causality", problem="the outputs changed")
+
+
+def test_graders_use_only_teaching_checks():
+    """A bare `assert` in a grader would print the expected value through pytest's assertion rewriting."""
+    for grader in (REPO / "graders").glob("ch*.py"):
+        tree = ast.parse(grader.read_text(encoding="utf-8"))
+        asserts = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Assert)]
+        assert asserts == [], f"{grader.name}: bare assert on lines {asserts}"
+
+
+def sample_report() -> GradeReport:
+    return GradeReport(assignment="ch03_attention", notebook="nb.ipynb", duration=1.5, tests=[
+        TestResult("test_a", "passed", 2, 2, duration=0.1, description="A works."),
+        TestResult("test_b", "failed", 0, 1, "output: values differ. Hint: mask.", 0.2, "B works."),
+        TestResult("test_c", "timeout", 0, 3, "Your code did not finish in time", 3.0),
+    ])
+
+
+def test_terminal_table_and_json_render_the_same_result(tmp_path):
+    report = sample_report()
+    table = render_table(report, width=100)
+    assert "test_b" in table and "FAIL" in table and "TIMEOUT" in table and "2/6" in table
+    assert "Checks: B works. output: values differ. Hint: mask." in table
+    path = tmp_path / "out" / "result.json"
+    write_json(report, path)
+    data = json.loads(path.read_text())
+    assert data["score"] == 2 and data["max_score"] == 6 and data["assignment"] == "ch03_attention"
+    assert [t["status"] for t in data["tests"]] == ["passed", "failed", "timeout"]
+    assert set(data["tests"][0]) == {"name", "status", "score", "max_score", "message", "duration"}

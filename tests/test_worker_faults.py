@@ -1,0 +1,164 @@
+"""Faults in student code cost the test that met them, never the run: a hang is a timeout, a crash or an
+exception is an error with a clear message, the worker is restarted and the other tests still pass."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from course.grading.runner import grade_notebook
+from course.worker.client import StudentCodeError, WorkerClient
+from tests.submissions.build import cell_by_id, load, source, with_edits
+
+CH03 = "ch03_attention"
+
+
+def grade_with(course, tmp_path, *, timeout=None, **edits):
+    assignment = course.assignment(CH03)
+    if timeout is not None:
+        assignment = assignment.model_copy(update={"timeout": timeout})
+    notebook = with_edits(course.solution_notebook(assignment), tmp_path / assignment.notebook, **edits)
+    report = grade_notebook(course, assignment, notebook, device="cpu")
+    return {t.name: t for t in report.tests}, report
+
+
+def body_replaced(course, grade_id, old, new):
+    text = source(cell_by_id(load(course.solution_notebook(course.assignment(CH03))), grade_id))
+    assert text.count(old) == 1
+    return {grade_id: text.replace(old, new)}
+
+
+def only_failures(results):
+    return {name: (t.status, t.message) for name, t in results.items() if t.status != "passed"}
+
+
+def test_endless_loop_is_a_timeout_and_the_rest_still_pass(course, tmp_path):
+    sources = body_replaced(course, "simplified_self_attention", "attn_scores = inputs @ inputs.T",
+                            "while True:\n        pass")
+    results, report = grade_with(course, tmp_path, timeout=3, sources=sources)
+    failures = only_failures(results)
+    assert list(failures) == ["test_simplified_self_attention"]
+    assert failures["test_simplified_self_attention"][0] == "timeout"
+    assert "did not finish in time" in failures["test_simplified_self_attention"][1]
+    assert report.score == report.max_score - 1
+
+
+def test_os_exit_is_an_error_and_the_worker_restarts(course, tmp_path):
+    sources = body_replaced(course, "self_attention_v1", "keys = x @ self.W_key", "import os; os._exit(0)\n        keys = x @ self.W_key")
+    results, _ = grade_with(course, tmp_path, sources=sources)
+    failures = only_failures(results)
+    assert list(failures) == ["test_self_attention_v1"]
+    status, message = failures["test_self_attention_v1"]
+    assert status == "error" and "ended" in message and "os._exit" in message
+
+
+def test_exception_names_the_cell_and_line(course, tmp_path):
+    sources = body_replaced(course, "self_attention_v2", "keys = self.W_key(x)",
+                            "raise ValueError('shapes confuse me')\n        keys = self.W_key(x)")
+    results, _ = grade_with(course, tmp_path, sources=sources)
+    status, message = only_failures(results)["test_self_attention_v2"]
+    assert status == "error"
+    assert "ValueError: shapes confuse me" in message and "cell 'self_attention_v2'" in message and "in forward" in message
+
+
+def test_syntax_error_in_one_cell_keeps_the_other_cells(course, tmp_path):
+    sources = body_replaced(course, "multi_head_attention_wrapper", "return torch.cat(", "return torch.cat((")
+    results, _ = grade_with(course, tmp_path, sources=sources)
+    failures = only_failures(results)
+    assert set(failures) == {"test_wrapper_output"}
+    status, message = failures["test_wrapper_output"]
+    assert status == "error" and "MultiHeadAttentionWrapper` is not defined" in message
+    assert "SyntaxError" in message and "multi_head_attention_wrapper" in message
+
+
+def test_renamed_function_is_reported_as_missing(course, tmp_path):
+    sources = body_replaced(course, "simplified_self_attention", "def simplified_self_attention(", "def simple_attention(")
+    results, _ = grade_with(course, tmp_path, sources=sources)
+    status, message = only_failures(results)["test_simplified_self_attention"]
+    assert status == "error" and "`simplified_self_attention` is not defined in your notebook" in message
+
+
+def test_demo_cells_and_prints_do_not_interfere(course, tmp_path):
+    """Demo cells (no nbgrader metadata) are not executed; prints in graded code do not corrupt the channel."""
+    assignment = course.assignment(CH03)
+    notebook = load(course.solution_notebook(assignment))
+    notebook["cells"].append({"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+                              "source": "import os\nos._exit(3)  # a demo cell that would kill the grader"})
+    cell = cell_by_id(notebook, "simplified_self_attention")
+    cell["source"] = source(cell).replace("attn_scores = inputs @ inputs.T",
+                                          "print('debug ' * 10000)\n    attn_scores = inputs @ inputs.T")
+    path = tmp_path / assignment.notebook
+    path.write_text(json.dumps(notebook), encoding="utf-8")
+    report = grade_notebook(course, assignment, path, device="cpu")
+    assert report.score == report.max_score, only_failures({t.name: t for t in report.tests})
+
+
+def test_unusable_return_value_is_an_error(course, tmp_path):
+    sources = body_replaced(course, "simplified_self_attention", "return attn_weights @ inputs",
+                            "return object()")
+    results, _ = grade_with(course, tmp_path, sources=sources)
+    status, message = only_failures(results)["test_simplified_self_attention"]
+    assert status == "error" and "returned an object of type object" in message
+
+
+PROBE_SOURCE = '''def inspect_worker(student, names):
+    import importlib, os, sys
+    found = {}
+    for name in names:
+        try:
+            importlib.import_module(name)
+            found[name] = "imported"
+        except ImportError as exc:
+            found[name] = str(exc)
+    return {"found": found, "cwd": os.getcwd(), "home": os.environ.get("HOME", ""),
+            "env": sorted(os.environ), "isolated": sys.flags.isolated}
+'''
+
+
+def test_worker_sees_support_modules_only(course):
+    assignment = course.assignment(CH03)
+    support = {str(course.module_path(m).relative_to(course.root)): course.module_path(m) for m in assignment.support}
+    client = WorkerClient(cells=[], support_files=support)
+    client.start()
+    try:
+        names = ["reference.text_data", "reference.tiktoken_offline", "reference.attention", "graders",
+                 "graders.ch03_attention", "course", "course.worker.client"]
+        value = client.call("inspect_worker", PROBE_SOURCE, {"names": names}, timeout=60)
+    finally:
+        workdir = client.workdir
+        client.close()
+    found = value["found"]
+    assert found["reference.text_data"] == "imported" and found["reference.tiktoken_offline"] == "imported"
+    for blocked in names[2:]:
+        assert "not available to submissions" in found[blocked], (blocked, found[blocked])
+    assert value["isolated"] == 1
+    assert value["cwd"].startswith(str(workdir)) and value["home"].startswith(str(workdir))
+    assert not [name for name in value["env"] if "TOKEN" in name and name != "TIKTOKEN_CACHE_DIR"]
+    assert not Path(workdir).exists(), "the worker's folder is removed after grading"
+
+
+def test_probe_bug_is_reported_as_a_grader_error(course):
+    client = WorkerClient(cells=[], support_files={})
+    client.start()
+    try:
+        with pytest.raises(Exception) as excinfo:
+            client.call("broken", "def broken(student):\n    return undefined_name\n", {}, timeout=60)
+        assert isinstance(excinfo.value, StudentCodeError)  # a NameError inside the call: reported, not fatal
+        assert "NameError" in excinfo.value.message
+        assert client.call("ok", "def ok(student):\n    return torch.ones(2)\n", {}, timeout=60).tolist() == [1.0, 1.0]
+    finally:
+        client.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the crash test relies on Linux signals")
+def test_segfault_is_an_error(course, tmp_path):
+    sources = body_replaced(course, "simplified_self_attention", "attn_scores = inputs @ inputs.T",
+                            "import ctypes; ctypes.string_at(0)\n    attn_scores = inputs @ inputs.T")
+    results, _ = grade_with(course, tmp_path, sources=sources)
+    failures = only_failures(results)
+    assert list(failures) == ["test_simplified_self_attention"]
+    status, message = failures["test_simplified_self_attention"]
+    assert status == "error" and "SIGSEGV" in message
