@@ -4,6 +4,7 @@ exception is an error with a clear message, the worker is restarted and the othe
 from __future__ import annotations
 
 import json
+import time
 import sys
 from pathlib import Path
 
@@ -162,3 +163,15 @@ def test_segfault_is_an_error(course, tmp_path):
     assert list(failures) == ["test_simplified_self_attention"]
     status, message = failures["test_simplified_self_attention"]
     assert status == "error" and "SIGSEGV" in message
+
+
+def test_endless_loop_while_loading_times_out_once_for_all_tests(course, tmp_path):
+    """A hang at the top level of a solution cell is met once; every test then fails at once with that message."""
+    sources = body_replaced(course, "simplified_self_attention", "def simplified_self_attention(",
+                            "while True:\n    pass\n\ndef simplified_self_attention(")
+    started = time.monotonic()
+    results, report = grade_with(course, tmp_path, timeout=2, sources=sources)
+    assert time.monotonic() - started < 20
+    assert {t.status for t in results.values()} == {"timeout"}
+    assert all("while running your notebook's cells" in t.message for t in results.values())
+    assert report.score == 0

@@ -23,21 +23,30 @@ from course.worker.client import GraderBug, StudentCodeError, StudentTimeout
 
 
 class Submission:
-    """The `submission` fixture: runs probes against the student's module, within the test's time budget."""
+    """The `submission` fixture: runs probes against the student's module, within the test's time budget.
 
-    def __init__(self, client, deadline: float, device: str, load_problem: str | None):
+    The budget (course.yml's per-test `timeout`) counts only the time the test's probes spend in the worker,
+    not the time to (re)start the worker and load the notebook, so a restart never eats a test's budget.
+    """
+
+    def __init__(self, client, timeout: float, device: str, load_problem: str | None):
         self._client = client
-        self._deadline = deadline
+        self._timeout = timeout
+        self._used = 0.0
         self.device = device
         self._load_problem = load_problem
 
     def run(self, probe_function, **kwargs):
         if self._load_problem is not None:
             raise StudentCodeError("notebook", self._load_problem)
-        remaining = self._deadline - time.monotonic()
+        remaining = self._timeout - self._used
         if remaining <= 0:
-            raise StudentTimeout("the time limit for this test was used up before this step")
-        return self._client.call(probe_function.__name__, probe_function.probe_source, kwargs, remaining)
+            raise StudentTimeout(f"the {self._timeout:g} s time limit for this test was used up before this step")
+        started = time.monotonic()
+        try:
+            return self._client.call(probe_function.__name__, probe_function.probe_source, kwargs, remaining)
+        finally:
+            self._used += time.monotonic() - started - self._client.last_overhead
 
     def cell_errors(self) -> list[dict]:
         report = self._client.load_report if self._client is not None else None
@@ -78,7 +87,7 @@ class GradingPlugin:
     # -- the fixture -----------------------------------------------------------------------------------------
     @pytest.fixture
     def submission(self, request):
-        self.current = Submission(self.client, time.monotonic() + self.timeout, self.device, self.load_problem)
+        self.current = Submission(self.client, self.timeout, self.device, self.load_problem)
         return self.current
 
     # -- outcomes --------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ def grade_notebook(course: Course, assignment: Assignment, notebook_path: Path,
             support_files=_support_files(course, assignment),
             tiktoken_files=_tiktoken_files(),
             device=device,
+            load_timeout=assignment.timeout,
         )
         client.start()  # torch imports in the worker while pytest collects the grader here
     try:

@@ -52,10 +52,12 @@ class LoadReport:
 
 class WorkerClient:
     def __init__(self, cells: list[dict], support_files: dict[str, Path], device: str = "cpu",
-                 threads: int = 1, startup_timeout: float = 120.0, tiktoken_files: dict[str, Path] | None = None):
+                 threads: int = 1, startup_timeout: float = 120.0, load_timeout: float = 30.0,
+                 tiktoken_files: dict[str, Path] | None = None):
         """
         cells: [{"label", "source"}] to execute, in order, as the submission module.
         support_files: relative path inside the support folder -> file to copy there (e.g. reference/text_data.py).
+        startup_timeout: for the interpreter and torch to start. load_timeout: for the cells to execute.
         tiktoken_files: cache name -> file, seeded into the worker's private TIKTOKEN_CACHE_DIR.
         """
         self.cells = cells
@@ -64,6 +66,8 @@ class WorkerClient:
         self.device = device
         self.threads = threads
         self.startup_timeout = startup_timeout
+        self.load_timeout = load_timeout
+        self.last_overhead = 0.0  # seconds the last call() spent (re)starting the worker and loading the submission
         self.process: subprocess.Popen | None = None
         self.workdir: Path | None = None
         self.load_report: LoadReport | None = None
@@ -111,10 +115,13 @@ class WorkerClient:
         self.starts += 1
         self.load_report = None
         # Sent now, answered once torch is imported; the reply is awaited by the first load().
-        protocol.send(self.process.stdin.fileno(), {
-            "op": "configure", "support_dir": str(support), "device": self.device, "threads": self.threads,
-            "blocked_packages": list(BLOCKED_PACKAGES)})
         self.configured = False
+        try:
+            protocol.send(self.process.stdin.fileno(), {
+                "op": "configure", "support_dir": str(support), "device": self.device, "threads": self.threads,
+                "blocked_packages": list(BLOCKED_PACKAGES)})
+        except protocol.ChannelClosed:
+            pass  # the worker died at once; load() reports how it ended
 
     def close(self) -> None:
         self._kill()
@@ -138,8 +145,12 @@ class WorkerClient:
         return self.process is not None and self.process.poll() is None
 
     # -- requests --------------------------------------------------------------------------------------------
-    def load(self, timeout: float) -> LoadReport:
-        """Make sure a live worker holds the submission; returns what went wrong while executing its cells."""
+    def load(self) -> LoadReport:
+        """Make sure a live worker holds the submission; returns what went wrong while executing its cells.
+
+        A start or a load that crashes or hangs is fatal: every later call fails with the same message at once,
+        instead of waiting for the same hang again in every test.
+        """
         if self.fatal is not None:
             raise self.fatal
         if self._alive() and self.load_report is not None:
@@ -151,21 +162,26 @@ class WorkerClient:
             if not self.configured:
                 self._receive(time.monotonic() + self.startup_timeout, during="starting the grading process")
                 self.configured = True
-            reply = self._request({"op": "load", "cells": self.cells}, timeout=timeout,
+            reply = self._request({"op": "load", "cells": self.cells}, timeout=self.load_timeout,
                                   during="running your notebook's cells")
         except (StudentTimeout, StudentCodeError) as exc:
             self.fatal = exc
             raise
-        self.load_report = LoadReport(cell_errors=list(reply["cell_errors"]))
+        self.load_report = LoadReport(cell_errors=list(reply.get("cell_errors", [])))
         return self.load_report
 
     def call(self, probe_name: str, probe_source: str, kwargs: dict, timeout: float):
-        """Run a probe against the loaded submission; returns its (plain) value or raises."""
+        """Run a probe against the loaded submission within `timeout` seconds; returns its (plain) value or raises.
+
+        Starting the worker and loading the submission are not part of `timeout` (see `last_overhead`).
+        """
         started = time.monotonic()
-        self.load(timeout)
-        remaining = max(timeout - (time.monotonic() - started), 0.1)
+        try:
+            self.load()
+        finally:
+            self.last_overhead = time.monotonic() - started
         reply = self._request({"op": "call", "probe_name": probe_name, "probe_source": probe_source,
-                               "kwargs": kwargs}, timeout=remaining, during="running your code")
+                               "kwargs": kwargs}, timeout=timeout, during="running your code")
         if reply.get("ok"):
             return reply["value"]
         if reply.get("kind") == "probe_error":
@@ -182,11 +198,12 @@ class WorkerClient:
 
     def _receive(self, deadline: float, during: str) -> dict:
         assert self.process is not None
+        limit = deadline - time.monotonic()
         try:
             reply = protocol.receive(self.process.stdout.fileno(), deadline)
         except protocol.ChannelTimeout:
             self._kill()
-            raise StudentTimeout(f"stopped after the time limit while {during} (an endless loop, or far too slow?)") from None
+            raise StudentTimeout(f"stopped after {limit:.1f} s while {during} (an endless loop, or far too slow?)") from None
         except protocol.ChannelClosed:
             code = self.process.wait(timeout=5) if self.process else None
             self._kill()
