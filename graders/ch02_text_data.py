@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from course.grading import expect_close, expect_equal, expect_true, probe
+from course.grading import expect_close, expect_count, expect_equal, expect_true, probe
 from reference import text_data as ref
 from reference.tiktoken_offline import get_gpt2_tokenizer
 
@@ -173,18 +173,26 @@ def reference_windows(text, max_length, stride):
     return [tuple(dataset[i]) for i in range(len(dataset))]
 
 
+def expect_pairs(got, expected, *, what, unit, count_hint, hint):
+    """Compare lists of (inputs, targets) pairs: the count first, then each pair with a readable label."""
+    expect_count(len(got), len(expected), what=f"{what}: number of {unit}s", hint=count_hint)
+    for index, (got_pair, expected_pair) in enumerate(zip(got, expected)):
+        expect_count(len(got_pair), 2, what=f"{what}: {unit} {index}: number of tensors",
+                     hint="each item is a pair (inputs, targets).")
+        for part, got_part, expected_part in zip(("inputs", "targets"), got_pair, expected_pair):
+            expect_equal(got_part, expected_part, what=f"{what}: {unit} {index}, {part}", hint=hint)
+
+
 @pytest.mark.points(3)
 def test_dataset_windows(submission):
     """GPTDatasetV1: every input window and its target (shifted by one), for several max_length/stride pairs."""
     settings = [(4, 1), (4, 4), (6, 5), (3, 7), (8, 2)]
     got = submission.run(dataset_windows, text=TEXT, settings=settings)
     for index, (max_length, stride) in enumerate(settings):
-        expected = reference_windows(TEXT, max_length, stride)
-        what = f"dataset with max_length={max_length}, stride={stride}"
-        expect_equal(len(got[index]), len(expected), what=f"{what}: number of windows",
-                     hint="one window starts every `stride` tokens, for i in range(0, len(token_ids) - max_length, stride).")
-        expect_equal(got[index], expected, what=f"{what}: (input, target) pairs",
-                     hint="input = token_ids[i:i + max_length], target = token_ids[i + 1:i + max_length + 1].")
+        expect_pairs(got[index], reference_windows(TEXT, max_length, stride),
+                     what=f"GPTDatasetV1 with max_length={max_length}, stride={stride}", unit="window",
+                     count_hint="a window starts every `stride` tokens: for i in range(0, len(token_ids) - max_length, stride).",
+                     hint="inputs = token_ids[i:i + max_length], targets = token_ids[i + 1:i + max_length + 1].")
 
 
 @pytest.mark.points(1)
@@ -195,11 +203,11 @@ def test_dataset_short_texts(submission):
     settings = [(length, 1), (length - 1, 1), (length - 1, 3)]
     got = submission.run(dataset_windows, text=text, settings=settings)
     for index, (max_length, stride) in enumerate(settings):
-        expect_equal(got[index], reference_windows(text, max_length, stride),
-                     what=f"windows of a {length}-token text with max_length={max_length}, stride={stride}",
-                     hint="a window needs max_length + 1 tokens (its target is shifted by one), so a text of "
-                          "max_length tokens gives none and one of max_length + 1 tokens gives exactly one; "
-                          "encode with allowed_special={'<|endoftext|>'}.")
+        expect_pairs(got[index], reference_windows(text, max_length, stride), unit="window",
+                     what=f"GPTDatasetV1 on a {length}-token text with max_length={max_length}, stride={stride}",
+                     count_hint="a window needs max_length + 1 tokens (its targets are shifted by one), so a text "
+                                "of max_length tokens gives none and one of max_length + 1 tokens gives exactly one.",
+                     hint="encode with allowed_special={'<|endoftext|>'}; targets are the inputs shifted by one.")
 
 
 @pytest.mark.points(2)
@@ -215,9 +223,12 @@ def test_dataloader_batches(submission):
     got = submission.run(dataloader_batches, text=TEXT, kwargs_list=[dict(k) for k in kwargs_list])
     for index, kwargs in enumerate(kwargs_list):
         expected = [tuple(batch) for batch in ref.create_dataloader_v1(TEXT, **kwargs)]
-        expect_equal(got[index], expected, what=f"batches of create_dataloader_v1({', '.join(f'{k}={v}' for k, v in kwargs.items())})",
-                     hint="use tiktoken.get_encoding('gpt2'), GPTDatasetV1 and DataLoader(dataset, batch_size=..., "
-                          "shuffle=..., drop_last=..., num_workers=...).")
+        arguments = ", ".join(f"{key}={value}" for key, value in kwargs.items())
+        expect_pairs(got[index], expected, what=f"create_dataloader_v1({arguments})", unit="batch",
+                     count_hint="pass batch_size and drop_last on to the DataLoader; drop_last=True drops a last, "
+                                "smaller batch.",
+                     hint="use tiktoken.get_encoding('gpt2'), your GPTDatasetV1 and DataLoader(dataset, "
+                          "batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers).")
 
 
 @pytest.mark.points(1)
@@ -226,7 +237,7 @@ def test_dataloader_shuffle(submission):
     kwargs = {"batch_size": 1, "max_length": 4, "stride": 4, "drop_last": False}
     ordered, shuffled = submission.run(dataloader_batches, text=TEXT, kwargs_list=[
         dict(kwargs, shuffle=False), dict(kwargs, shuffle=True, seed=123)])
-    expect_equal(len(shuffled), len(ordered), what="number of batches with shuffle=True",
+    expect_count(len(shuffled), len(ordered), what="number of batches with shuffle=True",
                  hint="shuffling changes the order of the windows, not their number.")
     as_lists = lambda batches: [[t.tolist() for t in batch] for batch in batches]  # noqa: E731
     expect_true(sorted(as_lists(shuffled)) == sorted(as_lists(ordered)), what="windows with shuffle=True",

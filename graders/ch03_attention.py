@@ -15,8 +15,7 @@ from reference import attention as ref
 HINT_SCALE = "scale the attention scores by the square root of the key dimension (head_dim for several heads)."
 HINT_MASK = ("a token must not attend to later tokens: fill the scores above the diagonal with -inf BEFORE the "
              "softmax, using self.mask cut to the number of tokens.")
-HINT_SOFTMAX = "the softmax normalises each row of attention scores: dim=-1."
-HINT_EVAL = "in eval mode nn.Dropout is the identity: use self.dropout (not F.dropout(..., training=True))."
+HINT_EVAL = "in eval mode dropout must be off: use self.dropout (an nn.Dropout), not F.dropout(..., training=True)."
 
 
 def rand(seed, *shape):
@@ -57,14 +56,80 @@ def run_train_and_eval(student, class_name, init, state, x):
     return [out_eval, out_train]
 
 
+# -- naming classic mistakes (trusted side) ---------------------------------------------------------------------
+
+def attention_with(model, x, *, causal, scale="head_dim", softmax_dim=-1, out_proj=True):
+    """The attention of `model` (the reference, with its weights) computed with or without a known mistake.
+
+    Works for SelfAttention_v1/v2 (2-D inputs, no mask), CausalAttention and MultiHeadAttention.
+    """
+    batched = x.dim() == 3
+    x = x if batched else x.unsqueeze(0)
+    b, num_tokens, _ = x.shape
+    project = lambda w: x @ w if isinstance(w, torch.nn.Parameter) else w(x)  # noqa: E731
+    queries, keys, values = project(model.W_query), project(model.W_key), project(model.W_value)
+    d_out = keys.shape[-1]
+    num_heads = getattr(model, "num_heads", 1)
+    head_dim = d_out // num_heads
+    split = lambda t: t.view(b, num_tokens, num_heads, head_dim).transpose(1, 2)  # noqa: E731
+    queries, keys, values = split(queries), split(keys), split(values)
+    attn_scores = queries @ keys.transpose(2, 3)  # (b, num_heads, num_tokens, num_tokens)
+    if causal:
+        future = torch.triu(torch.ones(num_tokens, num_tokens, dtype=torch.bool), diagonal=1)
+        attn_scores = attn_scores.masked_fill(future, -torch.inf)
+    divisor = {"head_dim": head_dim, "d_out": d_out, None: 1}[scale]
+    attn_weights = torch.softmax(attn_scores / divisor ** 0.5, dim=softmax_dim)
+    context = (attn_weights @ values).transpose(1, 2).reshape(b, num_tokens, d_out)
+    if out_proj and hasattr(model, "out_proj"):
+        context = model.out_proj(context)
+    return context if batched else context[0]
+
+
+# (what the output matches, the fix, the options of attention_with that reproduce it)
+CLASSIC_MISTAKES = [
+    ("attention without the causal mask", "fill the scores above the diagonal with -inf before the softmax.",
+     {"causal": False}),
+    ("scores scaled by sqrt(d_out) instead of sqrt(head_dim)", "divide by self.head_dim ** 0.5.",
+     {"scale": "d_out"}),
+    ("unscaled scores", "divide the scores by the square root of the key dimension before the softmax.",
+     {"scale": None}),
+    ("a softmax over the wrong dimension (dim=-2)", "normalise each row: torch.softmax(..., dim=-1).",
+     {"softmax_dim": -2}),
+    ("attention without the output projection", "return self.out_proj(context_vec).", {"out_proj": False}),
+]
+
+
+def diagnose(model, x, got, *, causal) -> str | None:
+    """If the student's output equals a classic mistake's output, say which one (never the expected values)."""
+    if not isinstance(got, torch.Tensor) or not got.is_floating_point():
+        return None
+    with torch.no_grad():
+        for description, fix, options in CLASSIC_MISTAKES:
+            if options.get("out_proj") is False and not hasattr(model, "out_proj"):
+                continue
+            mistaken = attention_with(model, x, **{"causal": causal, **options})
+            if got.shape == mistaken.shape and torch.allclose(got.double(), mistaken.double(), atol=1e-4, rtol=1e-4):
+                return f"your output is exactly what {description} gives: {fix}"
+    return None
+
+
 # -- helpers on the trusted side -------------------------------------------------------------------------------
 
 def check_outputs(submission, cls, init, inputs, *, what, hint, seed=123):
     model = reference_module(cls, seed, **init)
     got = submission.run(run_module, class_name=cls.__name__, init=init, state=model.state_dict(), inputs=inputs)
+    causal = "context_length" in init
     with torch.no_grad():
         for index, x in enumerate(inputs):
-            expect_close(got[index], model(x), what=f"{what}, input of shape {tuple(x.shape)}", hint=hint)
+            expected = model(x)
+            specific = None
+            if cls is not ref.MultiHeadAttentionWrapper:
+                candidate = got[index]
+                close = (isinstance(candidate, torch.Tensor) and candidate.shape == expected.shape
+                         and torch.allclose(candidate.double(), expected.double(), atol=1e-5, rtol=1e-5))
+                specific = None if close else diagnose(model, x, candidate, causal=causal)
+            expect_close(got[index], expected, what=f"{what}, input of shape {tuple(x.shape)}",
+                         hint=specific or hint)
 
 
 def check_causal(submission, cls, init, *, what):
@@ -149,7 +214,7 @@ def test_causal_attention_output(submission):
     for qkv_bias in (False, True):
         check_outputs(submission, ref.CausalAttention, dict(CAUSAL, qkv_bias=qkv_bias), [rand(6, 2, 6, 3)],
                       what=f"CausalAttention output (qkv_bias={qkv_bias})",
-                      hint=f"{HINT_MASK} Also: {HINT_EVAL}")
+                      hint=f"{HINT_MASK} And {HINT_EVAL}")
 
 
 @pytest.mark.points(1)
@@ -180,7 +245,8 @@ def test_wrapper_output(submission):
     init = {"d_in": 3, "d_out": 2, "context_length": 6, "dropout": 0.2, "num_heads": 3}
     check_outputs(submission, ref.MultiHeadAttentionWrapper, init, [rand(9, 2, 6, 3)],
                   what="MultiHeadAttentionWrapper output (3 heads of width 2)",
-                  hint="concatenate the heads' outputs with torch.cat(..., dim=-1): (b, num_tokens, num_heads * d_out).")
+                  hint="run every head of self.heads (your CausalAttention: if its tests fail, fix those first) "
+                       "and concatenate their outputs with torch.cat(..., dim=-1): (b, num_tokens, num_heads * d_out).")
 
 
 MHA_CONFIGS = [
@@ -197,9 +263,9 @@ def test_mha_output(submission):
         x = rand(10 + index, 2, init["context_length"], init["d_in"])
         check_outputs(submission, ref.MultiHeadAttention, init, [x],
                       what=f"MultiHeadAttention output ({init['num_heads']} heads, d_out={init['d_out']})",
-                      hint="split d_out into num_heads heads of head_dim with .view + .transpose(1, 2); "
-                           f"{HINT_SCALE} Combine the heads back to (b, num_tokens, d_out) and apply out_proj. "
-                           + HINT_SOFTMAX)
+                      hint="split d_out into num_heads heads of head_dim with .view(b, num_tokens, "
+                           "num_heads, head_dim).transpose(1, 2), and combine them back the same way before "
+                           "out_proj; " + HINT_SCALE)
 
 
 @pytest.mark.points(1)

@@ -40,9 +40,9 @@ def test_mutant_loses_exactly_the_targeted_points(course, grade, tmp_path, mutan
     report = grade(notebook, mutant.assignment)
     failed = {t.name for t in report.tests if t.status != "passed"}
     assert failed == set(mutant.breaks), {t.name: t.message for t in report.tests if t.status != "passed"}
-    for test in report.tests:
-        if test.status != "passed":
-            assert test.score == 0 and test.message, test
+    failing = [t for t in report.tests if t.status != "passed"]
+    assert all(t.score == 0 and t.message for t in failing)
+    assert any(mutant.says in t.message for t in failing), "the grader should name this mistake"
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{v.assignment}-{v.name}")
@@ -61,3 +61,25 @@ def test_every_grader_test_is_killed_by_some_mutant(course, assignment_id):
     killed = set().union(*(m.breaks for m in MUTANTS if m.assignment == assignment_id))
     assert tests - killed == set(), "grader tests that no mutant fails"
     assert killed - tests == set(), "mutants name tests that do not exist"
+
+
+def test_mistake_oracle_without_mistakes_is_the_reference():
+    """The ch03 grader names classic mistakes by recomputing attention with one mistake switched on; with none
+    switched on, that computation must equal the reference, or its diagnoses would be wrong."""
+    import torch
+
+    from graders.ch03_attention import attention_with, reference_module
+    from reference import attention as ref
+
+    cases = [
+        (ref.SelfAttention_v1, {"d_in": 3, "d_out": 2}, (6, 3), False),
+        (ref.SelfAttention_v2, {"d_in": 4, "d_out": 3, "qkv_bias": True}, (5, 4), False),
+        (ref.CausalAttention, {"d_in": 3, "d_out": 2, "context_length": 6, "dropout": 0.5}, (2, 6, 3), True),
+        (ref.MultiHeadAttention, {"d_in": 6, "d_out": 6, "context_length": 8, "dropout": 0.1, "num_heads": 3},
+         (2, 5, 6), True),
+    ]
+    for cls, init, shape, causal in cases:
+        model = reference_module(cls, 0, **init)
+        x = torch.rand(*shape)
+        with torch.no_grad():
+            torch.testing.assert_close(attention_with(model, x, causal=causal), model(x), atol=1e-6, rtol=1e-5)

@@ -15,7 +15,14 @@ A grader test reads like pytest:
         expect_close(got, ref(x), what="output", hint="...")
 """
 
-from course.grading.compare import GradingFailure, expect_close, expect_equal, expect_tensor, expect_true
+from course.grading.compare import (
+    GradingFailure,
+    expect_close,
+    expect_count,
+    expect_equal,
+    expect_tensor,
+    expect_true,
+)
 from course.grading.probes import probe
 
-__all__ = ["GradingFailure", "expect_close", "expect_equal", "expect_tensor", "expect_true", "probe"]
+__all__ = ["GradingFailure", "expect_close", "expect_count", "expect_equal", "expect_tensor", "expect_true", "probe"]

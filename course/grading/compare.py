@@ -46,6 +46,14 @@ def _position(index: int, shape: torch.Size) -> str:
     return "(" + ", ".join(str(c) for c in reversed(coords)) + ")"
 
 
+def expect_count(got, expected: int, *, what: str, hint: str | None = None) -> None:
+    """A count (of windows, batches, items) must match; counts are not answers, so both are shown."""
+    if type(got) is not int:
+        _fail(what, f"expected a whole number, got {type(got).__name__}.", hint)
+    if got != expected:
+        _fail(what, f"is {got}, expected {expected}.", hint)
+
+
 def expect_tensor(got, *, what: str, shape: tuple[int, ...] | torch.Size, hint: str | None = None) -> torch.Tensor:
     """`got` must be a tensor of the given shape; returns it (use before slicing a student's result)."""
     if not isinstance(got, torch.Tensor):

@@ -18,6 +18,7 @@ class Mutant:
     cell: str  # grade_id of the edited cell
     edits: tuple[tuple[str, str], ...]
     breaks: frozenset[str]
+    says: str = ""  # a phrase that at least one failing test's message contains: the grader names the mistake
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,8 @@ class Variant:
     sources: dict[str, str] = field(default_factory=dict)  # grade_id -> whole new cell source
 
 
-def mutant(name, assignment, cell, edits, breaks):
-    return Mutant(name, assignment, cell, tuple(edits), frozenset(breaks))
+def mutant(name, assignment, cell, edits, breaks, says=""):
+    return Mutant(name, assignment, cell, tuple(edits), frozenset(breaks), says)
 
 
 CH02, CH03 = "ch02_text_data", "ch03_attention"
@@ -82,11 +83,11 @@ MUTANTS = [
            {"test_self_attention_v1"}),
     mutant("v2_not_scaled", CH03, "self_attention_v2",
            [("torch.softmax(attn_scores / keys.shape[-1] ** 0.5, dim=-1)", "torch.softmax(attn_scores, dim=-1)")],
-           {"test_self_attention_v2"}),
+           {"test_self_attention_v2"}, says="exactly what unscaled scores give"),
     mutant("causal_missing_mask", CH03, "causal_attention",
            [("attn_scores.masked_fill_(self.mask.bool()[:num_tokens, :num_tokens], -torch.inf)", "pass")],
            {"test_causal_attention_output", "test_causal_attention_is_causal", "test_causal_attention_shorter_input",
-            "test_wrapper_output"}),
+            "test_wrapper_output"}, says="exactly what attention without the causal mask"),
     mutant("causal_mask_not_cut_to_length", CH03, "causal_attention",
            [("self.mask.bool()[:num_tokens, :num_tokens]", "self.mask.bool()")],
            {"test_causal_attention_shorter_input"}),
@@ -98,10 +99,10 @@ MUTANTS = [
            {"test_wrapper_output"}),
     mutant("mha_scaled_by_d_out", CH03, "multi_head_attention",
            [("attn_scores / self.head_dim ** 0.5", "attn_scores / self.d_out ** 0.5")],
-           {"test_mha_output", "test_mha_shorter_input"}),
+           {"test_mha_output", "test_mha_shorter_input"}, says="exactly what scores scaled by sqrt(d_out)"),
     mutant("mha_softmax_over_queries", CH03, "multi_head_attention",
            [("torch.softmax(attn_scores / self.head_dim ** 0.5, dim=-1)", "torch.softmax(attn_scores / self.head_dim ** 0.5, dim=-2)")],
-           MHA_ALL),
+           MHA_ALL, says="exactly what a softmax over the wrong dimension"),
     mutant("mha_mask_filled_with_zero", CH03, "multi_head_attention",
            [("-torch.inf)", "0.0)")],
            MHA_ALL),
@@ -115,7 +116,7 @@ MUTANTS = [
            MHA_ALL),
     mutant("mha_missing_out_proj", CH03, "multi_head_attention",
            [("return self.out_proj(context_vecs)", "return context_vecs")],
-           {"test_mha_output", "test_mha_shorter_input"}),
+           {"test_mha_output", "test_mha_shorter_input"}, says="exactly what attention without the output projection"),
     mutant("mha_dropout_even_in_eval", CH03, "multi_head_attention",
            [("attn_weights = self.dropout(attn_weights)",
              "attn_weights = torch.nn.functional.dropout(attn_weights, self.dropout.p, training=True)")],
