@@ -160,7 +160,7 @@ class WorkerClient:
             self.start()
         try:
             if not self.configured:
-                self._receive(time.monotonic() + self.startup_timeout, during="starting the grading process")
+                self._receive(time.monotonic() + self.startup_timeout, during="starting the process that runs your code")
                 self.configured = True
             reply = self._request({"op": "load", "cells": self.cells}, timeout=self.load_timeout,
                                   during="running your notebook's cells")
@@ -207,13 +207,13 @@ class WorkerClient:
         except protocol.ChannelClosed:
             code = self.process.wait(timeout=5) if self.process else None
             self._kill()
-            raise StudentCodeError("crash", f"the grading process ended while {during} ({_describe_exit(code)})") from None
+            raise StudentCodeError("crash", f"the process running your code ended while {during} ({_describe_exit(code)})") from None
         except protocol.BadMessage as exc:
             self._kill()
-            raise StudentCodeError("bad_output", f"garbled reply from the grading process while {during}: {exc}") from None
+            raise StudentCodeError("bad_output", f"garbled reply from the process running your code while {during}: {exc}") from None
         if not isinstance(reply, dict):
             self._kill()
-            raise StudentCodeError("bad_output", f"garbled reply from the grading process while {during}")
+            raise StudentCodeError("bad_output", f"garbled reply from the process running your code while {during}")
         return reply
 
 
