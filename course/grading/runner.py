@@ -68,7 +68,7 @@ def _run_pytest(course: Course, assignment: Assignment, plugin: GradingPlugin, *
         "--rootdir", str(grader.parent),
         "--confcutdir", str(grader.parent),
         "--import-mode=importlib",
-        "-p", "no:cacheprovider",
+        "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:xdist",  # deterministic, in-process, no cache files
         "-q", "--no-header", "-W", "ignore::pytest.PytestAssertRewriteWarning",
     ]
     output = io.StringIO()
