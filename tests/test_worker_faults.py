@@ -175,3 +175,20 @@ def test_endless_loop_while_loading_times_out_once_for_all_tests(course, tmp_pat
     assert {t.status for t in results.values()} == {"timeout"}
     assert all("while running your notebook's cells" in t.message for t in results.values())
     assert report.score == 0
+
+
+def test_one_worker_serves_many_calls_and_a_crash_costs_one_restart():
+    cells = [{"label": "answer", "source": "def answer():\n    return 42\n"}]
+    client = WorkerClient(cells=cells, support_files={})
+    client.start()
+    ask = "def ask(student):\n    return student.answer()\n"
+    try:
+        assert [client.call("ask", ask, {}, timeout=60) for _ in range(3)] == [42, 42, 42]
+        assert client.starts == 1, "torch is imported once per submission, not once per call"
+        with pytest.raises(StudentCodeError) as excinfo:
+            client.call("die", "def die(student):\n    import os\n    os._exit(7)\n", {}, timeout=60)
+        assert excinfo.value.kind == "crash" and "exit status 7" in excinfo.value.message
+        assert client.call("ask", ask, {}, timeout=60) == 42
+        assert client.starts == 2
+    finally:
+        client.close()
