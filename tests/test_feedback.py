@@ -84,3 +84,16 @@ def test_terminal_table_and_json_render_the_same_result(tmp_path):
     assert data["score"] == 2 and data["max_score"] == 6 and data["assignment"] == "ch03_attention"
     assert [t["status"] for t in data["tests"]] == ["passed", "failed", "timeout"]
     assert set(data["tests"][0]) == {"name", "status", "score", "max_score", "message", "duration"}
+
+
+def test_a_hint_function_is_called_only_when_the_check_fails():
+    calls = []
+
+    def hint():
+        calls.append(1)
+        return "the named mistake."
+
+    expect_close(torch.ones(2), torch.ones(2), what="x", hint=hint)
+    assert calls == []
+    assert "Hint: the named mistake." in failure(expect_close, torch.zeros(2), torch.ones(2), what="x", hint=hint)
+    assert calls == [1]

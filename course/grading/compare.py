@@ -26,7 +26,10 @@ def set_device(device: str) -> None:
     _device = device.split(":")[0]
 
 
-def _fail(what: str, problem: str, hint: str | None) -> None:
+def _fail(what: str, problem: str, hint) -> None:
+    """`hint` is a string, or a function returning one: computed only on failure (e.g. a costly diagnosis)."""
+    if callable(hint):
+        hint = hint()
     message = f"{what}: {problem}"
     if hint:
         message += f" Hint: {hint}"
