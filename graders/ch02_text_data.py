@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from course.grading import expect_close, expect_count, expect_equal, expect_true, probe
+from course.grading import ListOf, expect_close, expect_count, expect_equal, expect_true, probe
 from reference import text_data as ref
 from reference.tiktoken_offline import get_gpt2_tokenizer
 
@@ -31,29 +31,29 @@ def v2_vocab():
 
 # -- probes: run in the worker against the student's module ---------------------------------------------------
 
-@probe
+@probe(returns=ListOf(length="texts"))
 def tokenize_texts(student, texts):
     return [student.simple_tokenize(text) for text in texts]
 
 
-@probe
+@probe(returns=ListOf(length="cases"))
 def build_vocabs(student, cases):
     return [student.build_vocab(tokens, special_tokens=specials) for tokens, specials in cases]
 
 
-@probe
+@probe(returns=ListOf(ListOf(), length="texts"))
 def encode_texts(student, class_name, vocab, texts):
     tokenizer = getattr(student, class_name)(vocab)
     return [list(tokenizer.encode(text)) for text in texts]
 
 
-@probe
+@probe(returns=ListOf(length="id_lists"))
 def decode_ids(student, class_name, vocab, id_lists):
     tokenizer = getattr(student, class_name)(vocab)
     return [tokenizer.decode(ids) for ids in id_lists]
 
 
-@probe
+@probe(returns=ListOf(ListOf(ListOf()), length="settings"))
 def dataset_windows(student, text, settings):
     import tiktoken
 
@@ -65,7 +65,7 @@ def dataset_windows(student, text, settings):
     return results
 
 
-@probe
+@probe(returns=ListOf(ListOf(ListOf()), length="kwargs_list"))
 def dataloader_batches(student, text, kwargs_list):
     results = []
     for kwargs in kwargs_list:
@@ -75,7 +75,7 @@ def dataloader_batches(student, text, kwargs_list):
     return results
 
 
-@probe
+@probe(returns=ListOf(length="token_ids_list"))
 def input_embeddings(student, token_weight, pos_weight, token_ids_list):
     token_layer = nn.Embedding(*token_weight.shape).to(DEVICE)
     pos_layer = nn.Embedding(*pos_weight.shape).to(DEVICE)
@@ -239,6 +239,9 @@ def test_dataloader_shuffle(submission):
         dict(kwargs, shuffle=False), dict(kwargs, shuffle=True, seed=123)])
     expect_count(len(shuffled), len(ordered), what="number of batches with shuffle=True",
                  hint="shuffling changes the order of the windows, not their number.")
+    for batch in ordered + shuffled:
+        expect_true(all(isinstance(part, torch.Tensor) for part in batch), what="create_dataloader_v1 batches",
+                    problem="hold something other than tensors.", hint="iterate over a torch DataLoader.")
     as_lists = lambda batches: [[t.tolist() for t in batch] for batch in batches]  # noqa: E731
     expect_true(sorted(as_lists(shuffled)) == sorted(as_lists(ordered)), what="windows with shuffle=True",
                 problem="are not the same windows as with shuffle=False.")

@@ -9,7 +9,7 @@ own outputs, so correct implementations written differently (einsum, scaled_dot_
 import pytest
 import torch
 
-from course.grading import expect_close, expect_tensor, expect_true, probe
+from course.grading import ListOf, expect_close, expect_tensor, expect_true, probe
 from reference import attention as ref
 
 HINT_SCALE = "scale the attention scores by the square root of the key dimension (head_dim for several heads)."
@@ -30,13 +30,13 @@ def reference_module(cls, seed, **init):
 
 # -- probes: run in the worker against the student's module ---------------------------------------------------
 
-@probe
+@probe(returns=ListOf(length="inputs"))
 def call_function(student, name, inputs):
     function = getattr(student, name)
     return [function(x) for x in inputs]
 
 
-@probe
+@probe(returns=ListOf(length="inputs"))
 def run_module(student, class_name, init, state, inputs, train=False):
     module = getattr(student, class_name)(**init).to(DEVICE)
     module.load_state_dict(state)
@@ -45,7 +45,7 @@ def run_module(student, class_name, init, state, inputs, train=False):
         return [module(x) for x in inputs]
 
 
-@probe
+@probe(returns=ListOf(length=2))
 def run_train_and_eval(student, class_name, init, state, x):
     module = getattr(student, class_name)(**init).to(DEVICE)
     module.load_state_dict(state)

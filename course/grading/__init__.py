@@ -2,7 +2,7 @@
 
 A grader test reads like pytest:
 
-    @probe
+    @probe(returns=Tensor())
     def mha_forward(student, state, x, config):          # runs in the worker, against the student's module
         mha = student.MultiHeadAttention(**config).to(DEVICE)
         mha.load_state_dict(state)
@@ -23,6 +23,8 @@ from course.grading.compare import (
     expect_tensor,
     expect_true,
 )
+from course.grading.contracts import Anything, ListOf, Tensor
 from course.grading.probes import probe
 
-__all__ = ["GradingFailure", "expect_close", "expect_count", "expect_equal", "expect_tensor", "expect_true", "probe"]
+__all__ = ["Anything", "GradingFailure", "ListOf", "Tensor", "expect_close", "expect_count", "expect_equal",
+           "expect_tensor", "expect_true", "probe"]

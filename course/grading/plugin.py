@@ -18,6 +18,7 @@ import time
 import pytest
 
 from course.grading import compare
+from course.grading.contracts import BadResult, check_result
 from course.results import TestResult
 from course.worker.client import GraderBug, StudentCodeError, StudentTimeout
 
@@ -44,9 +45,13 @@ class Submission:
             raise StudentTimeout(f"the {self._timeout:g} s time limit for this test was used up before this step")
         started = time.monotonic()
         try:
-            return self._client.call(probe_function.__name__, probe_function.probe_source, kwargs, remaining)
+            value = self._client.call(probe_function.__name__, probe_function.probe_source, kwargs, remaining)
         finally:
             self._used += time.monotonic() - started - self._client.last_overhead
+        try:
+            return check_result(probe_function.probe_returns, value, kwargs)
+        except BadResult as exc:
+            raise StudentCodeError("bad_output", f"Your code's results could not be used: {exc}.") from None
 
     def cell_errors(self) -> list[dict]:
         report = self._client.load_report if self._client is not None else None

@@ -11,11 +11,17 @@ from __future__ import annotations
 import inspect
 import textwrap
 
+from course.grading.contracts import Anything, Spec
 
-def probe(function):
-    source = textwrap.dedent(inspect.getsource(function))
-    lines = source.splitlines()
-    while lines and lines[0].lstrip().startswith("@"):
-        lines.pop(0)  # the decorator itself: the worker has no `probe`
-    function.probe_source = "\n".join(lines) + "\n"
-    return function
+
+def probe(function=None, *, returns: Spec | None = None):
+    def decorate(function):
+        source = textwrap.dedent(inspect.getsource(function))
+        lines = source.splitlines()
+        while lines and not lines[0].lstrip().startswith("def "):
+            lines.pop(0)  # the decorator itself (possibly over several lines): the worker has no `probe`
+        function.probe_source = "\n".join(lines) + "\n"
+        function.probe_returns = returns or Anything()
+        return function
+
+    return decorate(function) if function is not None else decorate
