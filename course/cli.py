@@ -1,6 +1,6 @@
 """The `course` command line.
 
-    course grade SUBMISSION [--assignment ID] [--json FILE] [--device D]
+    course grade SUBMISSION [--assignment ID] [--json FILE] [--device D] [--isolation I]
     course release [ID ...] [--check]
     course validate
 
@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--assignment", metavar="ID", help="the assignment id (default: inferred from the notebook)")
     grade.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON to FILE")
     grade.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: course.yml's device policy)")
+    grade.add_argument("--isolation", choices=["auto", "bubblewrap", "process"],
+                       help="how the worker is isolated (default: course.yml's sandbox.isolation; see "
+                            "docs/trust-model.md)")
 
     release = commands.add_parser("release", help="generate assignments/ from solutions/ with nbgrader")
     release.add_argument("ids", nargs="*", metavar="ID", help="assignment ids (default: all)")
@@ -48,17 +51,24 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_grade(args) -> int:
     from course.config import load_course
-    from course.grading.runner import grade_notebook
-    from course.reporters.json_report import write_json
-    from course.reporters.terminal import render_table
     from course.submission import resolve_submission
 
     course = load_course(args.root)
-    assignment, notebook = resolve_submission(course, args.submission, args.assignment)
-    report = grade_notebook(course, assignment, notebook, device=args.device)
+    notes: list[str] = []  # what resolving the submission guessed, e.g. which of a folder's notebooks is graded
+    assignment, notebook = resolve_submission(course, args.submission, args.assignment, notes)
+
+    from course.grading.runner import grade_notebook  # imports pytest and torch: only once there is work to do
+    from course.reporters.json_report import write_json
+    from course.reporters.terminal import render_table
+
+    report = grade_notebook(course, assignment, notebook, device=args.device, isolation=args.isolation)
+    report.notes[:0] = notes
     print(render_table(report))
     if args.json:
-        write_json(report, args.json)
+        try:
+            write_json(report, args.json)
+        except OSError as exc:
+            raise CourseError(f"{args.json}: the results could not be written ({exc.strerror or exc})") from None
     return 0
 
 

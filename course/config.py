@@ -19,6 +19,7 @@ from course.errors import ConfigError
 CONFIG_NAME = "course.yml"
 
 DevicePolicy = Literal["auto", "cpu", "cuda", "mps"]
+IsolationPolicy = Literal["auto", "bubblewrap", "process"]
 
 # A dotted module name inside the reference package: names only, so it cannot spell a path that leaves reference/.
 _REFERENCE_MODULE = re.compile(r"reference(\.[A-Za-z_][A-Za-z0-9_]*)+")
@@ -39,6 +40,19 @@ class Assignment(BaseModel):
     timeout: float = Field(default=30.0, gt=0, description="seconds each grader test may spend in student code")
 
 
+class SandboxConfig(BaseModel):
+    """Limits and isolation of the worker process that runs student code (see docs/trust-model.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    isolation: IsolationPolicy = Field(
+        default="auto", description="bubblewrap: require Linux namespaces via bwrap; process: limits and audit "
+                                    "hook only; auto: bubblewrap where it works, else process")
+    memory_mb: int = Field(default=4096, ge=1024, description="address-space limit of the worker (CPU grading)")
+    cpu_seconds: int = Field(default=600, ge=10, description="CPU time a worker may use in all (all its tests)")
+    file_mb: int = Field(default=64, ge=1, description="largest file the worker may write")
+
+
 class CourseConfig(BaseModel):
     """The whole course."""
 
@@ -46,6 +60,7 @@ class CourseConfig(BaseModel):
 
     title: str
     device: DevicePolicy = "auto"
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     assignments: list[Assignment] = Field(min_length=1)
 
 

@@ -30,6 +30,7 @@ class GradeReport:
     device: str = "cpu"
     duration: float = 0.0
     notes: list[str] = field(default_factory=list)
+    sandbox: dict = field(default_factory=dict)  # {"isolation": "bubblewrap" | "process", "note": "..."}
 
     @property
     def score(self) -> float:
@@ -48,6 +49,7 @@ class GradeReport:
             "max_score": self.max_score,
             "duration": round(self.duration, 3),
             "notes": list(self.notes),
+            "sandbox": dict(self.sandbox),
             "tests": [
                 {k: (round(v, 3) if k == "duration" else v) for k, v in asdict(t).items() if k != "description"}
                 for t in self.tests

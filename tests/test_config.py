@@ -260,3 +260,18 @@ def test_grader_must_live_in_graders(tmp_path, grader):
     root = make_root(tmp_path, text=text)
     with pytest.raises(ConfigError, match=r"assignments\[0\] \(ch02_text_data\)\.grader: .* must be a path inside graders/"):
         load_course(root)
+
+
+def test_sandbox_settings_are_checked(tmp_path):
+    def change(config):
+        config["sandbox"] = {"isolation": "docker", "memory_mb": 10, "cpu_secs": 5}
+
+    message = config_error(make_root(tmp_path, modified(change)))
+    assert re.search(r"^  sandbox\.isolation: .*\(got 'docker'\)$", message, re.M), message
+    assert re.search(r"^  sandbox\.memory_mb: .*\(got 10\)$", message, re.M), message
+    assert "sandbox.cpu_secs: unknown key" in message
+
+
+def test_sandbox_defaults(course):
+    sandbox = course.config.sandbox
+    assert (sandbox.isolation, sandbox.memory_mb, sandbox.cpu_seconds, sandbox.file_mb) == ("auto", 4096, 600, 64)

@@ -16,15 +16,20 @@ from course.grading.plugin import GradingPlugin
 from course.notebook import NotebookError, grading_cells, read_notebook
 from course.results import GradeReport, TestResult
 from course.worker.client import WorkerClient
+from course.worker.sandbox import plan_sandbox
 
 
 def grade_notebook(course: Course, assignment: Assignment, notebook_path: Path,
-                   device: str | None = None) -> GradeReport:
+                   device: str | None = None, isolation: str | None = None) -> GradeReport:
+    """Grade one notebook; `device` and `isolation` override course.yml's `device` and `sandbox.isolation`."""
     started = time.monotonic()
     device = resolve_device(device or course.config.device)
     notes: list[str] = []
     load_problem = None
     client = None
+    settings = course.config.sandbox
+    sandbox = plan_sandbox(isolation or settings.isolation, memory_mb=settings.memory_mb, cpu_seconds=settings.cpu_seconds,
+                           file_mb=settings.file_mb, device=device)
     try:
         selection = grading_cells(read_notebook(notebook_path))
         notes.extend(selection.notes)
@@ -38,6 +43,7 @@ def grade_notebook(course: Course, assignment: Assignment, notebook_path: Path,
             tiktoken_files=_tiktoken_files(),
             device=device,
             load_timeout=assignment.timeout,
+            sandbox=sandbox,
         )
         client.start()  # torch imports in the worker while pytest collects the grader here
     try:
@@ -49,7 +55,8 @@ def grade_notebook(course: Course, assignment: Assignment, notebook_path: Path,
     _check_points(course, assignment, plugin)
     tests = [plugin.results.get(nodeid) or _no_result(nodeid, points) for nodeid, points in plugin.points.items()]
     return GradeReport(assignment=assignment.id, tests=tests, notebook=str(notebook_path), device=device,
-                       duration=time.monotonic() - started, notes=notes)
+                       duration=time.monotonic() - started, notes=notes,
+                       sandbox={"isolation": sandbox.isolation, "note": sandbox.note})
 
 
 def collect_points(course: Course, assignment: Assignment) -> dict[str, float]:

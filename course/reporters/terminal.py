@@ -29,5 +29,7 @@ def render_table(report: GradeReport, width: int | None = None) -> str:
     lines.append(f"{'total'.ljust(name_width)}  {'':7}  {f'{report.score:g}/{report.max_score:g}':>9}")
     for note in report.notes:
         lines += [""] + textwrap.wrap("Note: " + note, width=width)
+    if report.sandbox.get("note"):
+        lines += [""] + textwrap.wrap("Sandbox: " + report.sandbox["note"], width=width)
     lines.append(f"\ngraded in {report.duration:.1f} s")
     return "\n".join(lines)

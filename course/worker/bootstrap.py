@@ -1,18 +1,21 @@
 """The worker process: the only place where student code runs.
 
-Started by the trusted client as `python -I bootstrap.py` in a fresh temporary folder with a scrubbed
-environment. It loads the submission's cells into a module named `submission`, then answers `call` requests:
+Started by the trusted client as `python -I bootstrap.py SETTINGS` in a fresh temporary folder with a scrubbed
+environment, inside bubblewrap where available (course/worker/sandbox.py). Before torch is imported it puts
+resource limits on itself, and before any student code runs it installs an audit hook (guard.py). It loads the submission's cells into a module named `submission`, then answers `call` requests:
 each one runs a small probe function (sent as source by the grader; it holds no expected values) against that
 module and sends back what the probe returned. It never sees an expected value and never decides a verdict.
 
 Channel: requests arrive on the original stdin, replies leave on a private copy of the original stdout.
 The student's own prints are sent to stderr so they can never be mistaken for a reply.
-This file needs only the standard library and torch (it does not import the `course` package).
+This file needs only the standard library and torch (it does not import the `course` package): the client
+copies it, protocol.py and guard.py into the worker's folder, and they are loaded from there.
 """
 
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import json
 import linecache
 import os
 import sys
@@ -23,10 +26,10 @@ CELL_PREFIX = "<cell "
 PROBE_PREFIX = "<probe "
 
 
-def _load_protocol():
-    """Import protocol.py from beside this file (with -I the script's folder is not on sys.path)."""
+def _load_sibling(name):
+    """Import protocol.py or guard.py from beside this file (with -I the script's folder is not on sys.path)."""
     here = os.path.dirname(os.path.abspath(__file__))
-    spec = importlib.util.spec_from_file_location("_course_worker_protocol", os.path.join(here, "protocol.py"))
+    spec = importlib.util.spec_from_file_location(f"_course_worker_{name}", os.path.join(here, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -74,13 +77,16 @@ class BadOutput(Exception):
 
 
 class Worker:
-    def __init__(self, protocol, torch, requests_fd, replies_fd):
+    def __init__(self, protocol, guard, torch, requests_fd, replies_fd, memory_mb=None):
         self.protocol = protocol
+        self.guard = guard
         self.torch = torch
         self.requests_fd = requests_fd
         self.replies_fd = replies_fd
+        self.memory_mb = memory_mb
         self.device = "cpu"
         self.module = None
+        self.configured = False
 
     # -- the request loop -------------------------------------------------------------------------------
     def serve(self):
@@ -92,19 +98,30 @@ class Worker:
             handler = getattr(self, "op_" + str(request.get("op")), None)
             if handler is None:
                 reply = {"ok": False, "kind": "protocol", "message": f"unknown op {request.get('op')!r}"}
+            elif not self.configured and handler != self.op_configure:
+                reply = {"ok": False, "kind": "protocol", "message": "not configured"}  # sandbox first
             else:
                 reply = handler(request)
+            reply["id"] = request.get("id")  # the client matches replies to requests by this id
             try:
                 self.protocol.send(self.replies_fd, reply)
             except self.protocol.BadMessage:
-                self.protocol.send(self.replies_fd, {"ok": False, "kind": "bad_output", "message": "unsendable reply"})
+                self.protocol.send(self.replies_fd, {"ok": False, "kind": "bad_output", "message": "unsendable reply",
+                                                     "id": request.get("id")})
 
     def op_configure(self, request):
+        if self.configured:
+            return {"ok": False, "kind": "protocol", "message": "already configured"}
         support_dir = request["support_dir"]
         sys.meta_path.insert(0, GuardedImports(request["blocked_packages"], support_dir))
         sys.path.insert(0, support_dir)
         self.device = request["device"]
         self.torch.set_num_threads(int(request["threads"]))
+        if self.device.startswith("cuda"):
+            self.torch.zeros(1, device=self.device)  # initialise CUDA before the audit hook refuses ctypes
+        # From here on, no process, no network, no ctypes, writes only in the working folder.
+        self.guard.install_audit_hook(**request["audit"])
+        self.configured = True
         return {"ok": True, "pid": os.getpid(), "torch": str(self.torch.__version__)}
 
     def op_load(self, request):
@@ -120,7 +137,7 @@ class Worker:
                 code = compile(cell["source"], filename, "exec")
                 exec(code, module.__dict__)
             except BaseException as exc:  # noqa: BLE001 - a student's cell may raise anything, SystemExit included
-                cell_errors.append({"label": cell["label"], "message": describe_exception(exc)})
+                cell_errors.append({"label": cell["label"], "message": describe_exception(exc, self.memory_mb)})
         self.module = module
         return {"ok": True, "cell_errors": cell_errors}
 
@@ -144,7 +161,7 @@ class Worker:
             return {"ok": False, "kind": "missing", "message": exc.name}
         except BaseException as exc:  # noqa: BLE001
             kind = "not_implemented" if isinstance(exc, NotImplementedError) else "exception"
-            return {"ok": False, "kind": kind, "message": describe_exception(exc)}
+            return {"ok": False, "kind": kind, "message": describe_exception(exc, self.memory_mb)}
         try:
             return {"ok": True, "value": self.to_plain(value)}
         except BadOutput as exc:
@@ -179,8 +196,29 @@ class Worker:
         raise BadOutput(f"returned an object of type {type(value).__name__}, which the grader cannot use")
 
 
-def describe_exception(exc):
-    """'ValueError: ... (cell 'multi_head_attention', line 12, in forward: `x = ...`)' without grader frames."""
+def describe_exception(exc, memory_mb=None):
+    """'ValueError: ... (cell 'multi_head_attention', line 12, in forward: `x = ...`)' without grader frames.
+
+    Student exceptions are described defensively: an exception whose __str__ raises or returns a non-string
+    is described by its type name only.
+    """
+    try:
+        text = _describe(exc)
+    except BaseException:  # noqa: BLE001 - a hostile exception type must not break the worker
+        text = _safe_type_name(exc)
+    if memory_mb and (isinstance(exc, MemoryError) or "can't allocate memory" in text):
+        text += f" (the process running your code may use at most {memory_mb} MB)"
+    return text
+
+
+def _safe_type_name(exc):
+    try:
+        return str(type(exc).__name__)
+    except BaseException:  # noqa: BLE001
+        return "an exception"
+
+
+def _describe(exc):
     if isinstance(exc, SystemExit):
         text = f"your code called sys.exit({exc.code!r})"
     elif isinstance(exc, SyntaxError):
@@ -190,7 +228,11 @@ def describe_exception(exc):
             return f"{text} (cell '{label}', line {exc.lineno}: `{(exc.text or '').strip()}`)"
         return text
     else:
-        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        message = str(exc)
+        if type(message) is not str:
+            raise TypeError("__str__ returned a non-string")
+        text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+        text = text[:2000]
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(CELL_PREFIX)]
     if frames:
         frame = frames[-1]
@@ -205,6 +247,10 @@ def describe_exception(exc):
 
 
 def main():
+    settings = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    guard = _load_sibling("guard")
+    limits = settings.get("limits", {})
+    guard.apply_limits(limits)  # before torch is imported, so that nothing escapes them
     # Keep the channel out of the student's way: replies go to a private copy of stdout, prints go to stderr,
     # and reading stdin from student code sees an empty file.
     replies_fd = os.dup(1)
@@ -216,8 +262,8 @@ def main():
 
     import torch
 
-    protocol = _load_protocol()
-    Worker(protocol, torch, requests_fd, replies_fd).serve()
+    protocol = _load_sibling("protocol")
+    Worker(protocol, guard, torch, requests_fd, replies_fd, memory_mb=limits.get("memory_mb")).serve()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ then killed with its whole process group and started afresh, with the submission
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,8 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from course.worker import protocol
+from course.worker.sandbox import SandboxPlan, visible_paths
 
-BOOTSTRAP = Path(__file__).with_name("bootstrap.py")
+# The worker's own code, copied into its folder (the course repository is not visible inside the sandbox).
+RUNTIME_FILES = [Path(__file__).with_name(name) for name in ("bootstrap.py", "protocol.py", "guard.py")]
+# The largest reply accepted from the worker: outputs of tiny models are a few kB.
+MAX_REPLY_BYTES = 64 * 1024 * 1024
 
 # Top-level packages of this repository that student code may only see through the support folder.
 BLOCKED_PACKAGES = ("reference", "graders", "course")
@@ -53,13 +58,15 @@ class LoadReport:
 class WorkerClient:
     def __init__(self, cells: list[dict], support_files: dict[str, Path], device: str = "cpu",
                  threads: int = 1, startup_timeout: float = 120.0, load_timeout: float = 30.0,
-                 tiktoken_files: dict[str, Path] | None = None):
+                 tiktoken_files: dict[str, Path] | None = None, sandbox: SandboxPlan | None = None):
         """
         cells: [{"label", "source"}] to execute, in order, as the submission module.
         support_files: relative path inside the support folder -> file to copy there (e.g. reference/text_data.py).
         startup_timeout: for the interpreter and torch to start. load_timeout: for the cells to execute.
         tiktoken_files: cache name -> file, seeded into the worker's private TIKTOKEN_CACHE_DIR.
+        sandbox: isolation and limits (default: process isolation with no limits, for tests of the client).
         """
+        self.sandbox = sandbox or SandboxPlan(isolation="process", note="")
         self.cells = cells
         self.support_files = support_files
         self.tiktoken_files = tiktoken_files or {}
@@ -74,6 +81,7 @@ class WorkerClient:
         self.fatal: Exception | None = None  # a load that crashed or hung: not retried for every test
         self.configured = False
         self.starts = 0
+        self.request_id = 0
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -94,6 +102,10 @@ class WorkerClient:
         home = self.workdir / "home"
         home.mkdir()
         (home / "tmp").mkdir()
+        runtime = self.workdir / "runtime"
+        runtime.mkdir()
+        for source in RUNTIME_FILES:
+            shutil.copyfile(source, runtime / source.name)
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": str(home),
@@ -106,10 +118,13 @@ class WorkerClient:
             "OMP_NUM_THREADS": str(self.threads),
         }
         env.update({k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV_PREFIXES)})
-        self.log = open(self.workdir / "worker-stderr.log", "wb")
+        # The log lives outside the worker's folder, which student code may write to or empty.
+        log_fd, self.log_path = tempfile.mkstemp(prefix="course-worker-", suffix=".log")
+        self.log = os.fdopen(log_fd, "wb")
+        settings = json.dumps({"limits": self.sandbox.limits})
+        command = self.sandbox.command(sys.executable, runtime / "bootstrap.py", self.workdir, self.device, settings)
         self.process = subprocess.Popen(
-            [sys.executable, "-I", str(BOOTSTRAP)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
             cwd=home, env=env, start_new_session=True, close_fds=True,
         )
         self.starts += 1
@@ -118,14 +133,16 @@ class WorkerClient:
         self.configured = False
         try:
             protocol.send(self.process.stdin.fileno(), {
-                "op": "configure", "support_dir": str(support), "device": self.device, "threads": self.threads,
-                "blocked_packages": list(BLOCKED_PACKAGES)})
+                "op": "configure", "id": self._next_id(), "support_dir": str(support), "device": self.device, "threads": self.threads,
+                "blocked_packages": list(BLOCKED_PACKAGES),
+                "audit": {"writable": [str(self.workdir)], "readable": visible_paths(self.device)}})
         except protocol.ChannelClosed:
             pass  # the worker died at once; load() reports how it ended
 
     def close(self) -> None:
         self._kill()
         if self.workdir is not None:
+            _make_removable(self.workdir)
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
 
@@ -140,6 +157,7 @@ class WorkerClient:
                 stream.close()
             self.process = None
             self.log.close()
+            os.unlink(self.log_path)
 
     def _alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -188,10 +206,14 @@ class WorkerClient:
             raise GraderBug(reply.get("message", ""))
         raise StudentCodeError(str(reply.get("kind")), str(reply.get("message", "")))
 
+    def _next_id(self) -> int:
+        self.request_id += 1
+        return self.request_id
+
     def _request(self, message: dict, timeout: float, during: str) -> dict:
         assert self.process is not None
         try:
-            protocol.send(self.process.stdin.fileno(), message)
+            protocol.send(self.process.stdin.fileno(), {**message, "id": self._next_id()})
         except protocol.ChannelClosed:
             pass  # the worker is gone; _receive reports how it ended
         return self._receive(time.monotonic() + timeout, during)
@@ -200,31 +222,50 @@ class WorkerClient:
         assert self.process is not None
         limit = deadline - time.monotonic()
         try:
-            reply = protocol.receive(self.process.stdout.fileno(), deadline)
+            reply = protocol.receive(self.process.stdout.fileno(), deadline, max_bytes=MAX_REPLY_BYTES)
+            # Student code can write to the channel too: a message with an earlier id is a leftover (the real
+            # reply to a request whose reply was forged) and is skipped. A forged reply with the right id is
+            # no worse than returning those values, and it is checked like any result.
+            while isinstance(reply, dict) and type(reply.get("id")) is int and reply["id"] < self.request_id:
+                reply = protocol.receive(self.process.stdout.fileno(), deadline, max_bytes=MAX_REPLY_BYTES)
         except protocol.ChannelTimeout:
             self._kill()
             raise StudentTimeout(f"stopped after {limit:.1f} s while {during} (an endless loop, or far too slow?)") from None
         except protocol.ChannelClosed:
             code = self.process.wait(timeout=5) if self.process else None
             self._kill()
-            raise StudentCodeError("crash", f"the process running your code ended while {during} ({_describe_exit(code)})") from None
+            raise StudentCodeError("crash", f"the process running your code ended while {during} "
+                                            f"({_describe_exit(code, self.sandbox.isolation)})") from None
         except protocol.BadMessage as exc:
             self._kill()
             raise StudentCodeError("bad_output", f"garbled reply from the process running your code while {during}: {exc}") from None
-        if not isinstance(reply, dict):
+        if not isinstance(reply, dict) or reply.get("id") != self.request_id:
             self._kill()
             raise StudentCodeError("bad_output", f"garbled reply from the process running your code while {during}")
         return reply
 
 
-def _describe_exit(code: int | None) -> str:
+def _make_removable(folder: Path) -> None:
+    """Student code may have made files or folders read-only in its folder: give them back their write bit."""
+    for root, dirs, _files in os.walk(folder):
+        for name in dirs:
+            try:
+                os.chmod(os.path.join(root, name), 0o700, follow_symlinks=False)
+            except (OSError, NotImplementedError):
+                pass
+
+
+def _describe_exit(code: int | None, isolation: str = "process") -> str:
     if code is None:
         return "it stopped answering"
+    if isolation == "bubblewrap" and code > 128:
+        code = 128 - code  # bwrap exits with 128 + N when the worker was killed by signal N
     if code < 0:
         try:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        hint = " (out of memory?)" if name == "SIGKILL" else " (a crash in native code?)" if name == "SIGSEGV" else ""
+        hint = {"SIGKILL": " (out of memory?)", "SIGSEGV": " (a crash in native code?)",
+                "SIGXCPU": " (it used up the CPU time allowed for grading)"}.get(name, "")
         return f"killed by {name}{hint}"
     return f"exit status {code}: did your code call os._exit() or exit()?"

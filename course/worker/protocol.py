@@ -50,11 +50,11 @@ def send(fd: int, obj) -> None:
     _write_all(fd, HEADER.pack(len(payload)) + payload)
 
 
-def receive(fd: int, deadline: float | None = None):
+def receive(fd: int, deadline: float | None = None, max_bytes: int = MAX_MESSAGE_BYTES):
     """Read one message from `fd`; `deadline` is a time.monotonic() value, None waits forever."""
     (length,) = HEADER.unpack(_read_exactly(fd, HEADER.size, deadline))
-    if length > MAX_MESSAGE_BYTES:
-        raise BadMessage(f"message of {length} bytes exceeds the {MAX_MESSAGE_BYTES} byte limit")
+    if length > max_bytes:
+        raise BadMessage(f"message of {length} bytes exceeds the {max_bytes} byte limit")
     return decode(_read_exactly(fd, length, deadline))
 
 

@@ -1,0 +1,145 @@
+"""How the worker is isolated: what it may see, what it may write, how much it may use.
+
+Two levels, chosen by course.yml's `sandbox.isolation` (see docs/trust-model.md):
+
+- "bubblewrap" (Linux, the `bwrap` program): the worker runs in fresh user, mount, PID, network, IPC and UTS
+  namespaces. Its filesystem holds only the system folders (read-only), the Python installation (read-only), an
+  empty /tmp and its own working folder (the only writable place). The course repository, the graders, the
+  reference, the submissions and the user's home are simply not there; there is no network; its processes die
+  with it.
+- "process" (anywhere): the worker is an ordinary process with a scrubbed environment, resource limits and an
+  audit hook (guard.py) that refuses processes, ctypes, sockets, writes outside its folder and reads outside
+  the same paths bubblewrap would show. Defence in depth, but native code could get around it.
+
+Both levels use one list of what the worker may see: `visible_paths`.
+
+"auto" uses bubblewrap where it works and says so in the report when it falls back to "process".
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from course.errors import ConfigError
+
+# System folders the worker needs (read-only): the dynamic loader, libc, libstdc++, CA certificates...
+SYSTEM_FOLDERS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# Files of /etc that programs read at start-up; the rest of /etc (e.g. /etc/shadow for a root user) stays out.
+ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/nsswitch.conf", "/etc/passwd",
+             "/etc/group", "/etc/localtime", "/etc/hosts", "/etc/alternatives", "/etc/os-release")
+# CPU topology, read by torch's thread pools.
+SYS_FOLDERS = ("/sys/devices/system/cpu", "/sys/fs/cgroup")
+# Read by torch and the C library; bubblewrap gives the worker its own /proc and a minimal /dev instead.
+PROC_FILES = ("/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/sys/kernel", "/proc/sys/vm/overcommit_memory")
+DEV_FILES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom", "/dev/shm")
+# GPU device nodes, visible only when grading on CUDA.
+GPU_DEVICES = ("/dev/nvidia*", "/dev/dri")
+
+
+@dataclass(frozen=True)
+class SandboxPlan:
+    """What the client needs to start one worker."""
+
+    isolation: str  # "bubblewrap" or "process"
+    note: str  # one line for the report, e.g. why bubblewrap was not used
+    limits: dict = field(default_factory=dict)  # for guard.apply_limits
+
+    def command(self, python: str, bootstrap: Path, workdir: Path, device: str, settings: str) -> list[str]:
+        """The command line that starts the worker."""
+        worker = [python, "-I", str(bootstrap), settings]
+        if self.isolation != "bubblewrap":
+            return worker
+        return bubblewrap_arguments(workdir, device) + ["--", *worker]
+
+
+def plan_sandbox(policy: str, *, memory_mb: int, cpu_seconds: int, file_mb: int, device: str) -> SandboxPlan:
+    """Decide the isolation for this machine and course.yml's `sandbox` settings."""
+    problem = bubblewrap_problem() if policy in ("auto", "bubblewrap") else "isolation 'process' was chosen"
+    if policy == "bubblewrap" and problem:
+        raise ConfigError(f"course.yml: sandbox.isolation is 'bubblewrap' but bubblewrap cannot run here: {problem}")
+    limits = {"cpu_seconds": cpu_seconds, "file_mb": file_mb}
+    if device == "cpu":
+        limits["memory_mb"] = memory_mb  # CUDA reserves huge address ranges: no address-space limit there
+    if problem is None:
+        # In its own user namespace the worker's process count covers only its own processes.
+        limits["processes"] = 64
+        note = "bubblewrap: the worker sees only the system, Python and its own folder; no network"
+        isolation = "bubblewrap"
+    else:
+        note = f"process isolation only ({problem}); see docs/trust-model.md"
+        isolation = "process"
+    return SandboxPlan(isolation=isolation, note=note, limits=limits)
+
+
+def visible_paths(device: str) -> list[str]:
+    """Everything the worker may read besides its own folder: the system, /etc's start-up files, the Python
+    installation (and GPU device nodes on CUDA). Not the course, the submissions or anyone's home."""
+    paths = [os.path.realpath(p) for p in SYSTEM_FOLDERS if os.path.isdir(p)]
+    paths += [p for p in ETC_FILES + SYS_FOLDERS + PROC_FILES + DEV_FILES if os.path.exists(p)]
+    if not device.startswith("cpu"):
+        paths += [node for pattern in GPU_DEVICES for node in glob.glob(pattern)]
+    return sorted(set(paths)) + python_folders()
+
+
+def python_folders() -> list[str]:
+    """The Python installation the worker runs on (a virtual environment and its base), as real paths."""
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
+    folders = set(prefixes)
+    executable = os.path.realpath(sys.executable)
+    if not any(executable.startswith(p + os.sep) for p in prefixes):
+        folders.add(os.path.dirname(executable))
+    for entry in sys.path:
+        real = os.path.realpath(entry) if entry else ""
+        # Only sys.path entries inside the installation: an editable install's source folder stays out.
+        if real and os.path.isdir(real) and any(real == p or real.startswith(p + os.sep) for p in prefixes):
+            folders.add(real)
+    # Unprefixed symlinks (/usr/bin/python3 -> ...) are covered by the system folders.
+    return sorted(folders)
+
+
+def bubblewrap_arguments(workdir: Path, device: str) -> list[str]:
+    args = ["bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--disable-userns"]
+    for folder in SYSTEM_FOLDERS:
+        if os.path.islink(folder):
+            args += ["--symlink", os.readlink(folder), folder]  # merged /usr: /bin -> usr/bin
+        elif os.path.isdir(folder):
+            args += ["--ro-bind", folder, folder]
+    for path in ETC_FILES + SYS_FOLDERS:
+        args += ["--ro-bind-try", path, path]
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    if not device.startswith("cpu"):
+        for pattern in GPU_DEVICES:
+            for node in glob.glob(pattern):
+                args += ["--dev-bind-try", node, node]
+    for folder in python_folders():
+        if not any(folder == s or folder.startswith(s + os.sep) for s in SYSTEM_FOLDERS if not os.path.islink(s)):
+            args += ["--ro-bind", folder, folder]
+    args += ["--bind", str(workdir), str(workdir), "--chdir", str(workdir / "home")]
+    return args
+
+
+@functools.lru_cache(maxsize=1)
+def bubblewrap_problem() -> str | None:
+    """None if bubblewrap works on this machine, else why not (checked once per process, in ~10 ms)."""
+    if sys.platform != "linux":
+        return f"bubblewrap needs Linux, this is {sys.platform}"
+    if shutil.which("bwrap") is None:
+        return "the bwrap program is not installed (apt install bubblewrap)"
+    probe = bubblewrap_arguments(Path("/"), "cpu")
+    probe = probe[:probe.index("--bind")] + ["--", "/bin/true"]
+    try:
+        result = subprocess.run(probe, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"bwrap could not start ({exc})"
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        return f"bwrap cannot create namespaces here ({reason})"
+    return None
