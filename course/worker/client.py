@@ -133,7 +133,8 @@ class WorkerClient:
         self.configured = False
         try:
             protocol.send(self.process.stdin.fileno(), {
-                "op": "configure", "id": self._next_id(), "support_dir": str(support), "device": self.device, "threads": self.threads,
+                "op": "configure", "id": self._next_id(), "support_dir": str(support), "device": self.device,
+                "threads": self.threads,
                 "blocked_packages": list(BLOCKED_PACKAGES),
                 "audit": {"writable": [str(self.workdir)], "readable": visible_paths(self.device)}})
         except protocol.ChannelClosed:
