@@ -26,13 +26,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def grade_once(submission: Path) -> tuple[float, float, float]:
-    """(wall seconds, seconds reported by the grader, score)."""
+def grade_once(submission: Path, checkout: Path = REPO, extra: tuple[str, ...] = ()) -> tuple[float, float, float]:
+    """(wall seconds, seconds reported by the grader, score) for one `course grade` run in `checkout`."""
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "result.json"
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "course", "grade", str(submission), "--json", str(out), "--device", "cpu"],
-                       cwd=REPO, check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "course", "grade", str(submission), "--json", str(out), "--device", "cpu",
+                        *extra], cwd=checkout, check=True, capture_output=True)
         wall = time.perf_counter() - started
         result = json.loads(out.read_text())
     return wall, result["duration"], result["score"]

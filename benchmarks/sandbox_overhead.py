@@ -13,15 +13,15 @@ Results, with the machine and the date, are kept in docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
+
+import grading_time  # noqa: E402 - the sibling script (benchmarks/ is on sys.path when this file runs)
 
 REPO = Path(__file__).resolve().parents[1]
 ASSIGNMENTS = ["ch02_text_data", "ch03_attention"]
@@ -29,14 +29,7 @@ ASSIGNMENTS = ["ch02_text_data", "ch03_attention"]
 
 def grade_once(checkout: Path, assignment: str, extra: list[str]) -> tuple[float, float, float]:
     """(wall seconds, grading seconds reported in the JSON, score) for one run of `course grade`."""
-    with tempfile.TemporaryDirectory() as scratch:
-        out = Path(scratch) / "result.json"
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "course", "grade", f"solutions/{assignment}", "--json", str(out),
-                        "--device", "cpu", *extra], cwd=checkout, check=True, capture_output=True)
-        wall = time.perf_counter() - started
-        result = json.loads(out.read_text())
-    return wall, result["duration"], result["score"]
+    return grading_time.grade_once(checkout / "solutions" / assignment, checkout, tuple(extra))
 
 
 def main() -> None:
