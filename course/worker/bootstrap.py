@@ -2,9 +2,10 @@
 
 Started by the trusted client as `python -I bootstrap.py SETTINGS` in a fresh temporary folder with a scrubbed
 environment, inside bubblewrap where available (course/worker/sandbox.py). Before torch is imported it puts
-resource limits on itself, and before any student code runs it installs an audit hook (guard.py). It loads the submission's cells into a module named `submission`, then answers `call` requests:
-each one runs a small probe function (sent as source by the grader; it holds no expected values) against that
-module and sends back what the probe returned. It never sees an expected value and never decides a verdict.
+resource limits on itself, and before any student code runs it installs an audit hook (guard.py). It loads the
+submission's cells into a module named `submission`, then answers `call` requests: each one runs a small
+probe function (sent as source by the grader; it holds no expected values) against that module and sends back
+what the probe returned. It never sees an expected value and never decides a verdict.
 
 Channel: requests arrive on the original stdin, replies leave on a private copy of the original stdout.
 The student's own prints are sent to stderr so they can never be mistaken for a reply.

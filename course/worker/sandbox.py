@@ -11,7 +11,8 @@ Two levels, chosen by course.yml's `sandbox.isolation` (see docs/trust-model.md)
   audit hook (guard.py) that refuses processes, ctypes, sockets, writes outside its folder and reads outside
   the same paths bubblewrap would show. Defence in depth, but native code could get around it.
 
-Both levels use one list of what the worker may see: `visible_paths`.
+Both levels draw on the same lists of what the worker may see (SYSTEM_FOLDERS, ETC_FILES, SYS_FOLDERS, the GPU
+nodes and `python_folders`): bubblewrap binds them, and `visible_paths` gives them to the audit hook.
 
 "auto" uses bubblewrap where it works and says so in the report when it falls back to "process".
 """
@@ -84,7 +85,7 @@ def visible_paths(device: str) -> list[str]:
     paths = [os.path.realpath(p) for p in SYSTEM_FOLDERS if os.path.isdir(p)]
     paths += [p for p in ETC_FILES + SYS_FOLDERS + PROC_FILES + DEV_FILES if os.path.exists(p)]
     if not device.startswith("cpu"):
-        paths += [node for pattern in GPU_DEVICES for node in glob.glob(pattern)]
+        paths += gpu_nodes()
     return sorted(set(paths)) + python_folders()
 
 
@@ -104,6 +105,10 @@ def python_folders() -> list[str]:
     return sorted(folders)
 
 
+def gpu_nodes() -> list[str]:
+    return [node for pattern in GPU_DEVICES for node in glob.glob(pattern)]
+
+
 def bubblewrap_arguments(workdir: Path, device: str) -> list[str]:
     args = ["bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--disable-userns"]
@@ -116,9 +121,8 @@ def bubblewrap_arguments(workdir: Path, device: str) -> list[str]:
         args += ["--ro-bind-try", path, path]
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     if not device.startswith("cpu"):
-        for pattern in GPU_DEVICES:
-            for node in glob.glob(pattern):
-                args += ["--dev-bind-try", node, node]
+        for node in gpu_nodes():
+            args += ["--dev-bind-try", node, node]
     for folder in python_folders():
         if not any(folder == s or folder.startswith(s + os.sep) for s in SYSTEM_FOLDERS if not os.path.islink(s)):
             args += ["--ro-bind", folder, folder]

@@ -32,7 +32,7 @@ class Attack:
 
 
 def simple(body: str) -> dict[str, str]:
-    """A cell defining simplified_self_attention(inputs) with `body` (indented by the caller's text)."""
+    """The attack's new source for the simplified_self_attention cell (whose test is TARGET)."""
     return {SIMPLE: body}
 
 
