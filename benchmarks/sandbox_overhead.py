@@ -53,7 +53,7 @@ def main() -> None:
             else:
                 print(f"bubblewrap not measured: {bubblewrap_problem()}", file=sys.stderr)
             runs = {(name, a): [] for name in configurations for a in ASSIGNMENTS}
-            for name, (checkout, extra) in configurations.items():  # warm the file cache
+            for checkout, extra in configurations.values():  # warm the file cache
                 for assignment in ASSIGNMENTS:
                     grade_once(checkout, assignment, extra)
             for _ in range(args.repeat):

@@ -196,7 +196,8 @@ def _check_files(path: Path, course: Course) -> None:
                 if not _REFERENCE_MODULE.fullmatch(module):
                     problems.append(f"  {where}.{key}: {module!r} is not a module of the reference package")
                 elif not course.module_path(module).is_file():
-                    problems.append(f"  {where}.{key}: {course.module_path(module).relative_to(course.root)} does not exist")
+                    missing = course.module_path(module).relative_to(course.root)
+                    problems.append(f"  {where}.{key}: {missing} does not exist")
         if assignment.reference in assignment.support:
             problems.append(f"  {where}.support: must not include the graded module {assignment.reference}")
     if problems:

@@ -189,7 +189,7 @@ def _upgrade(path: Path, data: dict) -> dict:
         import nbformat
 
         return nbformat.convert(nbformat.from_dict(data), 4)
-    except Exception as exc:  # nbformat raises several unrelated types for broken documents
+    except Exception as exc:  # noqa: BLE001 - nbformat raises several unrelated types for broken documents
         raise NotebookError(
             f"{path}: notebook format {data.get('nbformat')!r} could not be converted to version 4 "
             f"({type(exc).__name__}: {exc}); open it in Jupyter and save it again"

@@ -15,25 +15,32 @@ def test_grade_solution_folder_gives_full_marks_and_json(tmp_path):
     out = tmp_path / "result.json"
     done = run_cli("grade", "solutions/ch03_attention", "--json", str(out))
     assert done.returncode == 0, done.stderr
-    assert "total" in done.stdout and "16/16" in done.stdout
+    assert "total" in done.stdout
+    assert "16/16" in done.stdout
     result = load_json(out)
     assert result["assignment"] == "ch03_attention"
     assert result["score"] == result["max_score"] == 16
     assert len(result["tests"]) >= 8
     for test in result["tests"]:
-        assert TEST_FIELDS <= set(test) and test["status"] == "passed" and test["score"] == test["max_score"]
+        assert TEST_FIELDS <= set(test)
+        assert test["status"] == "passed"
+        assert test["score"] == test["max_score"]
 
 
 def test_grade_untouched_release_gives_zero_with_feedback(tmp_path):
     out = tmp_path / "result.json"
     done = run_cli("grade", "assignments/ch02_text_data", "--json", str(out))
     assert done.returncode == 0, done.stderr
-    assert "0/16" in done.stdout and "Not implemented yet" in done.stdout
+    assert "0/16" in done.stdout
+    assert "Not implemented yet" in done.stdout
     result = load_json(out)
-    assert result["score"] == 0 and result["max_score"] == 16
+    assert result["score"] == 0
+    assert result["max_score"] == 16
     assert {t["status"] for t in result["tests"]} == {"error"}
     # Feedback never shows the grader's source or a traceback.
-    assert "Traceback" not in done.stdout and "def test_" not in done.stdout and "@probe" not in done.stdout
+    assert "Traceback" not in done.stdout
+    assert "def test_" not in done.stdout
+    assert "@probe" not in done.stdout
 
 
 def test_assignment_is_inferred_from_a_renamed_notebook(tmp_path):
@@ -52,11 +59,12 @@ def test_broken_notebook_still_writes_a_result(tmp_path):
     done = run_cli("grade", str(broken), "--json", str(out))
     assert done.returncode == 0, done.stderr
     result = load_json(out)
-    assert result["score"] == 0 and result["max_score"] == 16
+    assert result["score"] == 0
+    assert result["max_score"] == 16
     assert all("JSON error at line 1" in t["message"] for t in result["tests"])
 
 
-@pytest.mark.parametrize("args, expected", [
+@pytest.mark.parametrize(("args", "expected"), [
     (["grade", "no/such/notebook.ipynb"], "no such file or folder"),
     (["grade", "solutions/ch03_attention", "--assignment", "ch99_nope"], "unknown assignment 'ch99_nope'"),
     (["grade", "tests"], "expected a notebook named"),
@@ -78,14 +86,17 @@ def test_configuration_error_exits_3_and_names_the_key(tmp_path):
     (root / "course.yml").write_text(text, encoding="utf-8")
     done = run_cli("--root", str(root), "grade", str(REPO / "solutions/ch02_text_data"))
     assert done.returncode == 3
-    assert "course.yml" in done.stderr and "(ch02_text_data).points is 15" in done.stderr
+    assert "course.yml" in done.stderr
+    assert "(ch02_text_data).points is 15" in done.stderr
     assert "16 points" in done.stderr
 
 
 def test_validate_reports_tests_and_points():
     done = run_cli("validate")
     assert done.returncode == 0, done.stderr
-    assert "ch02_text_data:" in done.stdout and "ch03_attention:" in done.stdout and "16 points" in done.stdout
+    assert "ch02_text_data:" in done.stdout
+    assert "ch03_attention:" in done.stdout
+    assert "16 points" in done.stdout
 
 
 def test_release_is_up_to_date_with_solutions():
@@ -106,7 +117,8 @@ def test_release_check_detects_a_stale_assignment(tmp_path):
 def test_release_contains_no_solution_code():
     for notebook in (REPO / "assignments").rglob("*.ipynb"):
         text = notebook.read_text(encoding="utf-8")
-        assert "BEGIN SOLUTION" not in text and "END SOLUTION" not in text, notebook
+        assert "BEGIN SOLUTION" not in text, notebook
+        assert "END SOLUTION" not in text, notebook
         assert "raise NotImplementedError()" in text, notebook
     shipped = {p.name for p in (REPO / "assignments").rglob("*") if p.is_file()}
     assert not {name for name in shipped if name.endswith(".py")}, "no grader or reference module is shipped"

@@ -29,7 +29,8 @@ def test_repository_course_loads(course):
     ch03 = course.assignment("ch03_attention")
     assert ch03.reference == "reference.attention"
     assert ch03.support == ["reference.tiktoken_offline", "reference.text_data"]
-    assert ch03.points == 16 and ch03.timeout == 30
+    assert ch03.points == 16
+    assert ch03.timeout == 30
 
 
 def test_course_paths(course):
@@ -213,7 +214,8 @@ def test_all_file_problems_are_reported_together(tmp_path):
 
     message = config_error(make_root(tmp_path, modified(break_two)))
     assert "2 problem(s)" in message
-    assert "(ch02_text_data).grader" in message and "(ch03_attention).notebook" in message
+    assert "(ch02_text_data).grader" in message
+    assert "(ch03_attention).notebook" in message
 
 
 def test_invalid_yaml(tmp_path):
@@ -258,7 +260,8 @@ def test_no_course_yml_anywhere(tmp_path):
 def test_grader_must_live_in_graders(tmp_path, grader):
     text = (REPO / "course.yml").read_text(encoding="utf-8").replace("graders/ch02_text_data.py", grader, 1)
     root = make_root(tmp_path, text=text)
-    with pytest.raises(ConfigError, match=r"assignments\[0\] \(ch02_text_data\)\.grader: .* must be a path inside graders/"):
+    expected = r"assignments\[0\] \(ch02_text_data\)\.grader: .* must be a path inside graders/"
+    with pytest.raises(ConfigError, match=expected):
         load_course(root)
 
 

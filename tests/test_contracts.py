@@ -23,7 +23,7 @@ def test_nested_lists_and_wrong_container():
         check_result(spec, {"a": 1}, {})
 
 
-@pytest.mark.parametrize("tensor, problem", [
+@pytest.mark.parametrize(("tensor", "problem"), [
     (torch.ones(2, 2).to_sparse(), "special tensor"),
     (torch.empty(3, device="meta"), "special tensor"),
     (torch.ones(2, dtype=torch.complex64), "dtype torch.complex64"),
@@ -36,7 +36,9 @@ def test_odd_tensors_are_refused(tensor, problem):
 def test_tensors_are_normalised_to_plain_contiguous_cpu_tensors():
     parameter = torch.nn.Parameter(torch.arange(6.0).reshape(2, 3))
     out = check_result(Tensor(), parameter.t(), {})
-    assert type(out) is torch.Tensor and out.is_contiguous() and not out.requires_grad
+    assert type(out) is torch.Tensor
+    assert out.is_contiguous()
+    assert not out.requires_grad
     assert torch.equal(out, torch.arange(6.0).reshape(2, 3).t())
 
 

@@ -29,7 +29,10 @@ def test_close_values_pass_and_far_values_report_size_and_position_not_the_answe
     got[1, 0] = 0.123
     message = failure(expect_close, got, expected, what="attention output", hint="check the mask.")
     assert message.startswith("attention output: values differ")
-    assert "0.627" in message and "(1, 0)" in message and "1 of 4" in message and "Hint: check the mask." in message
+    assert "0.627" in message
+    assert "(1, 0)" in message
+    assert "1 of 4" in message
+    assert "Hint: check the mask." in message
     assert "0.75" not in message  # the expected value at that position is never shown
 
 
@@ -37,7 +40,8 @@ def test_shape_type_dtype_and_nan_are_named():
     expected = torch.zeros(2, 3)
     assert "shape (3, 2) is wrong: expected (2, 3)" in failure(expect_close, torch.zeros(3, 2), expected, what="x")
     assert "expected a tensor, got list" in failure(expect_close, [[0.0] * 3] * 2, expected, what="x")
-    assert "dtype torch.int64 is wrong" in failure(expect_close, torch.zeros(2, 3, dtype=torch.long), expected, what="x")
+    integers = torch.zeros(2, 3, dtype=torch.long)
+    assert "dtype torch.int64 is wrong" in failure(expect_close, integers, expected, what="x")
     got = torch.zeros(2, 3)
     got[0, 2] = float("nan")
     assert "nan at position (0, 2)" in failure(expect_close, got, expected, what="x")
@@ -48,9 +52,11 @@ def test_exact_comparisons_point_at_the_first_difference():
     assert "item 2 is wrong (yours: 9)" in failure(expect_equal, [1, 2, 9], [1, 2, 3], what="ids")
     assert "has 2 items, expected 3" in failure(expect_equal, [1, 2], [1, 2, 3], what="ids")
     message = failure(expect_equal, "Hello , world", "Hello, world", what="text")
-    assert "differs from character 5" in message and "'Hello , world'" in message
+    assert "differs from character 5" in message
+    assert "'Hello , world'" in message
     message = failure(expect_equal, torch.tensor([[1, 2], [3, 5]]), torch.tensor([[1, 2], [3, 4]]), what="t")
-    assert "first at position (1, 1)" in message and "your value there: 5" in message
+    assert "first at position (1, 1)" in message
+    assert "your value there: 5" in message
     assert "1 expected key(s) missing, e.g. 'b'" in failure(expect_equal, {"a": 1}, {"a": 1, "b": 2}, what="vocab")
     assert "is 1, which is wrong" in failure(expect_equal, 1, 2, what="count")
     expect_equal((torch.tensor([1]), [2, "x"]), (torch.tensor([1]), [2, "x"]), what="nested")
@@ -76,12 +82,17 @@ def sample_report() -> GradeReport:
 def test_terminal_table_and_json_render_the_same_result(tmp_path):
     report = sample_report()
     table = render_table(report, width=100)
-    assert "test_b" in table and "FAIL" in table and "TIMEOUT" in table and "2/6" in table
+    assert "test_b" in table
+    assert "FAIL" in table
+    assert "TIMEOUT" in table
+    assert "2/6" in table
     assert "Checks: B works. output: values differ. Hint: mask." in table
     path = tmp_path / "out" / "result.json"
     write_json(report, path)
     data = json.loads(path.read_text())
-    assert data["score"] == 2 and data["max_score"] == 6 and data["assignment"] == "ch03_attention"
+    assert data["score"] == 2
+    assert data["max_score"] == 6
+    assert data["assignment"] == "ch03_attention"
     assert [t["status"] for t in data["tests"]] == ["passed", "failed", "timeout"]
     assert set(data["tests"][0]) == {"name", "status", "score", "max_score", "message", "duration"}
 

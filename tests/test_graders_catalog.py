@@ -26,10 +26,12 @@ def test_solution_scores_full_marks(course, grade, assignment_id):
 def test_untouched_release_scores_zero_with_feedback(course, grade, assignment_id):
     assignment = course.assignment(assignment_id)
     report = grade(course.release_notebook(assignment), assignment_id)
-    assert report.score == 0 and report.max_score == assignment.points
+    assert report.score == 0
+    assert report.max_score == assignment.points
     for test in report.tests:
         assert test.status == "error", (test.name, test.status, test.message)
-        assert "Not implemented yet" in test.message and "cell '" in test.message, test.message
+        assert "Not implemented yet" in test.message, test.message
+        assert "cell '" in test.message, test.message
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: f"{m.assignment}-{m.name}")

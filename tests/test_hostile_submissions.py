@@ -62,7 +62,7 @@ def planted_files_absent():
     assert after == before, f"files planted by student code: {sorted(map(str, after - before))}"
 
 
-@pytest.mark.parametrize("attack, level", CASES)
+@pytest.mark.parametrize(("attack", "level"), CASES)
 def test_attack_scores_zero_on_its_targets(course, attack, level, tmp_path, monkeypatch, planted_files_absent):
     if level == "bubblewrap" and bubblewrap_problem():
         pytest.skip(f"bubblewrap is not available here: {bubblewrap_problem()}")
@@ -74,11 +74,13 @@ def test_attack_scores_zero_on_its_targets(course, attack, level, tmp_path, monk
     report = grade_notebook(graded, graded.assignment(ASSIGNMENT), notebook, device="cpu")
 
     results = {t.name: t for t in report.tests}
-    assert len(results) == 12 and report.max_score == 16  # grading completed: every test has a result
+    assert len(results) == 12
+    assert report.max_score == 16
     targets = set(results) if attack.targets == ALL else set(attack.targets)
     assert targets <= set(results)
     for name in targets:
-        assert results[name].score == 0 and results[name].status == attack.status, (name, results[name])
+        assert results[name].score == 0, (name, results[name])
+        assert results[name].status == attack.status, (name, results[name])
     if attack.says:
         assert any(attack.says in results[name].message for name in targets), \
             [results[name].message for name in targets]
@@ -87,8 +89,10 @@ def test_attack_scores_zero_on_its_targets(course, attack, level, tmp_path, monk
             {n: (r.status, r.message) for n, r in results.items() if n not in targets and r.status != "passed"}
     # Nothing leaked or was damaged, whatever the attack.
     assert SECRET_VALUE not in json.dumps(report.to_dict())
-    assert notebook.is_file() and (folder / "decoy.txt").is_file()
-    assert (REPO / "course.yml").is_file() and (REPO / "graders" / "ch03_attention.py").is_file()
+    assert notebook.is_file()
+    assert (folder / "decoy.txt").is_file()
+    assert (REPO / "course.yml").is_file()
+    assert (REPO / "graders" / "ch03_attention.py").is_file()
     assert not hasattr(builtins, "HACKED")
     expected_level = {"auto": "bubblewrap" if not bubblewrap_problem() else "process"}.get(level, level)
     assert report.sandbox["isolation"] == expected_level
@@ -131,4 +135,6 @@ def test_forged_output_and_planted_files_do_not_reach_the_command_line(tmp_path)
         assert forged not in result.stdout
     assert "15/16" in result.stdout
     data = load_json(folder / "results.json")
-    assert data["score"] == 15 and data["max_score"] == 16 and len(data["tests"]) == 12
+    assert data["score"] == 15
+    assert data["max_score"] == 16
+    assert len(data["tests"]) == 12

@@ -72,7 +72,8 @@ def graded(course, grade, tmp_path_factory):
 
 def test_the_catalogue_holds_the_required_kinds_and_more():
     names = {entry.name for entry in MALFORMED}
-    assert REQUIRED_KINDS <= names and len(names) >= 12
+    assert REQUIRED_KINDS <= names
+    assert len(names) >= 12
 
 
 @pytest.mark.parametrize("entry", MALFORMED, ids=lambda e: e.name)
@@ -88,7 +89,8 @@ def test_malformed_submission_is_graded_with_a_clear_message_per_test(graded, te
         if phrases is None:  # not affected by what is broken
             assert (test.status, test.score) == ("passed", test.max_score), (test.name, test.message)
             continue
-        assert test.status in ("error", "failed") and test.score == 0, (test.name, test.status)
+        assert test.status in ("error", "failed"), (test.name, test.status)
+        assert test.score == 0, (test.name, test.status)
         for phrase in phrases:
             assert phrase in test.message, (test.name, phrase, test.message)
         for bad in NEVER:
@@ -139,10 +141,12 @@ def check_json_result(path: Path, tests: set[str], zero: set[str], *phrases: str
     assert {t["name"] for t in result["tests"]} == tests
     for test in result["tests"]:
         if test["name"] in zero:
-            assert test["status"] in ("error", "failed") and test["score"] == 0, test
+            assert test["status"] in ("error", "failed"), test
+            assert test["score"] == 0, test
             assert all(phrase in test["message"] for phrase in phrases), test
         else:
-            assert test["status"] == "passed" and test["score"] == test["max_score"], test
+            assert test["status"] == "passed", test
+            assert test["score"] == test["max_score"], test
     return result
 
 
@@ -153,18 +157,21 @@ def test_cli_misnamed_unreadable_file_needs_the_assignment_then_is_graded(tmp_pa
     done = run_cli("grade", str(submission))
     assert done.returncode == 2, done.stdout + done.stderr
     assert "cannot tell which assignment this notebook belongs to" in done.stderr
-    assert "not UTF-8 text" in done.stderr and "pass --assignment ID" in done.stderr
+    assert "not UTF-8 text" in done.stderr
+    assert "pass --assignment ID" in done.stderr
     assert "Traceback" not in done.stderr
 
     out = tmp_path / "result.json"
     done = run_cli("grade", str(submission), "--assignment", "ch02_text_data", "--json", str(out))
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stdout + done.stderr
-    assert "0/16" in done.stdout and "not UTF-8 text" in done.stdout
+    assert "0/16" in done.stdout
+    assert "not UTF-8 text" in done.stdout
     assert all(name in done.stdout for name in tests_of("ch02_text_data"))
     tests = tests_of("ch02_text_data")
     result = check_json_result(out, tests, tests, f"{COULD_NOT_BE_GRADED}{submission}: not UTF-8 text (byte")
-    assert result["score"] == 0 and result["max_score"] == 16
+    assert result["score"] == 0
+    assert result["max_score"] == 16
 
 
 def test_cli_folder_with_a_scratch_notebook_and_a_syntax_error(tmp_path, tests_of):
@@ -179,8 +186,11 @@ def test_cli_folder_with_a_scratch_notebook_and_a_syntax_error(tmp_path, tests_o
     out = tmp_path / "result.json"
     done = run_cli("grade", str(folder), "--json", str(out))
     assert done.returncode == 0, done.stderr
-    assert "15/16" in done.stdout and "SyntaxError" in done.stdout and "Traceback" not in done.stdout
-    assert "graded my work.ipynb" in done.stdout and "not graded: scratch.ipynb" in done.stdout
+    assert "15/16" in done.stdout
+    assert "SyntaxError" in done.stdout
+    assert "Traceback" not in done.stdout
+    assert "graded my work.ipynb" in done.stdout
+    assert "not graded: scratch.ipynb" in done.stdout
     result = check_json_result(out, tests_of("ch02_text_data"), {"test_build_vocab"}, *entry.says["test_build_vocab"])
     assert any("graded my work.ipynb" in note for note in result["notes"])
 

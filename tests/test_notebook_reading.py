@@ -125,7 +125,8 @@ def test_too_large_file_is_not_read(tmp_path, monkeypatch):
     path = write(tmp_path, notebook(code("x = 1")))
     monkeypatch.setattr(notebook_module, "MAX_NOTEBOOK_BYTES", path.stat().st_size - 1)
     message = read_error(path)
-    assert "more than the" in message and "limit" in message
+    assert "more than the" in message
+    assert "limit" in message
     assert "Clear Outputs" in message
     monkeypatch.setattr(notebook_module, "MAX_NOTEBOOK_BYTES", path.stat().st_size)  # at the limit: still read
     assert read_notebook(path)["cells"][0]["source"] == "x = 1"
@@ -148,7 +149,8 @@ def make_v3_notebook() -> str:
 
 def test_nbformat_3_notebook_is_converted(tmp_path):
     text = make_v3_notebook()
-    assert json.loads(text)["nbformat"] == 3 and "worksheets" in json.loads(text)
+    assert json.loads(text)["nbformat"] == 3
+    assert "worksheets" in json.loads(text)
     data = read_notebook(write(tmp_path, text))
     assert data["nbformat"] == 4
     assert [c["cell_type"] for c in data["cells"]] == ["markdown", "code", "code"]
@@ -175,10 +177,12 @@ def test_solution_notebook_selects_setup_and_solution_cells(course, assignment_i
     expected = []  # computed independently from the raw metadata
     for index, cell in enumerate(nb["cells"]):
         meta = cell.get("metadata", {}).get("nbgrader")
-        if cell["cell_type"] == "code" and meta and (meta.get("solution") or (meta.get("locked") and not meta.get("grade"))):
+        setup = meta and meta.get("locked") and not meta.get("grade")
+        if cell["cell_type"] == "code" and meta and (meta.get("solution") or setup):
             expected.append((index, meta["grade_id"]))
     demo = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and "nbgrader" not in c["metadata"]]
-    assert len(expected) >= 5 and demo  # the notebook has both, or this test proves nothing
+    assert len(expected) >= 5
+    assert demo
 
     selection = grading_cells(nb)
     assert [(c.index, c.label) for c in selection.cells] == expected
@@ -214,7 +218,8 @@ def test_grade_cells_are_excluded():
 
 
 def test_manually_graded_answer_cells_are_solution_cells():
-    nb = notebook(code("def f(): ...", {"grade_id": "f", "solution": True, "locked": False, "grade": True, "points": 2}))
+    metadata = {"grade_id": "f", "solution": True, "locked": False, "grade": True, "points": 2}
+    nb = notebook(code("def f(): ...", metadata))
     assert [c.label for c in grading_cells(nb).cells] == ["f"]
 
 
@@ -288,12 +293,14 @@ def test_without_nbgrader_metadata_all_code_cells_run_with_a_note():
     selection = grading_cells(nb)
     assert [(c.index, c.label) for c in selection.cells] == [(1, "cell 2"), (3, "cell 4")]
     assert selection.cells[1].source == "# (skipped at grading) %time y = x + 1\nz = 2"
-    assert len(selection.notes) == 1 and "lost their nbgrader metadata" in selection.notes[0]
+    assert len(selection.notes) == 1
+    assert "lost their nbgrader metadata" in selection.notes[0]
 
 
 def test_notebook_without_code_cells_has_no_cells_and_no_note():
     selection = grading_cells(notebook(markdown("# empty")))
-    assert selection.cells == [] and selection.notes == []
+    assert selection.cells == []
+    assert selection.notes == []
 
 
 @pytest.mark.parametrize("metadata", [None, [], "nbgrader", 3, {"nbgrader": None}, {"nbgrader": "solution"},
@@ -306,7 +313,8 @@ def test_cells_with_malformed_metadata_do_not_crash(metadata):
     assert grade_ids(nb) == {"setup", "f"}
 
     alone = grading_cells(notebook(odd, code("z = 3")))  # no usable nbgrader metadata anywhere: fallback
-    assert [c.label for c in alone.cells] == ["cell 1", "cell 2"] and alone.notes
+    assert [c.label for c in alone.cells] == ["cell 1", "cell 2"]
+    assert alone.notes
 
 
 def test_cell_without_metadata_or_source_key():
@@ -336,5 +344,7 @@ def test_non_python_cell_magics_skip_the_whole_cell():
     ]}
     bash, timed = grading_cells(notebook).cells
     compile(bash.source, "bash", "exec")
-    assert "echo hi" in bash.source and all(line.startswith("#") for line in bash.source.splitlines())
-    assert timed.source.splitlines()[1] == "x = 1 + 1" and timed.source.startswith("#")
+    assert "echo hi" in bash.source
+    assert all(line.startswith("#") for line in bash.source.splitlines())
+    assert timed.source.splitlines()[1] == "x = 1 + 1"
+    assert timed.source.startswith("#")

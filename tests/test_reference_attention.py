@@ -232,7 +232,8 @@ def test_causal_attention_dropout_acts_on_the_attention_weights():
     dropped = out[:, 0].abs().sum(dim=-1) == 0
     kept = (out[:, 0] - 2 * values_0).abs().amax(dim=-1) < 1e-5
     assert bool((dropped | kept).all())
-    assert bool(dropped.any()) and bool(kept.any())
+    assert bool(dropped.any())
+    assert bool(kept.any())
 
 
 @pytest.mark.parametrize("qkv_bias", [False, True])
@@ -330,7 +331,8 @@ def test_gradients_reach_every_parameter(name):
     module = _build(name).eval()
     module(_inputs()).sum().backward()
     for param_name, param in module.named_parameters():
-        assert param.grad is not None and param.grad.abs().sum() > 0, param_name
+        assert param.grad is not None, param_name
+        assert param.grad.abs().sum() > 0, param_name
 
 
 # --- MultiHeadAttentionWrapper ------------------------------------------------------------------------
@@ -358,7 +360,8 @@ def test_wrapper_book_figures():
 def test_wrapper_concatenates_its_heads(num_heads):
     torch.manual_seed(0)
     wrapper = MultiHeadAttentionWrapper(D_IN, D_OUT, CONTEXT_LENGTH, 0.0, num_heads).eval()
-    assert isinstance(wrapper.heads, nn.ModuleList) and len(wrapper.heads) == num_heads
+    assert isinstance(wrapper.heads, nn.ModuleList)
+    assert len(wrapper.heads) == num_heads
     assert all(isinstance(head, CausalAttention) for head in wrapper.heads)
     x = _inputs()
     with torch.no_grad():
@@ -397,7 +400,9 @@ def test_multihead_attention_book_figures():
 def test_multihead_attention_gpt2_size_parameter_count():
     mha = MultiHeadAttention(768, 768, context_length=1024, dropout=0.0, num_heads=12)
     assert sum(p.numel() for p in mha.parameters()) == 2_360_064
-    assert mha.head_dim == 64 and mha.num_heads == 12 and mha.d_out == 768
+    assert mha.head_dim == 64
+    assert mha.num_heads == 12
+    assert mha.d_out == 768
 
 
 @pytest.mark.parametrize("qkv_bias", [False, True])

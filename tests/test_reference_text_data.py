@@ -92,7 +92,8 @@ def test_build_vocab_appends_special_tokens_in_the_given_order():
     vocab = build_vocab(tokens, special_tokens=["<|endoftext|>", "<|unk|>"])
     assert vocab == {"a": 0, "b": 1, "c": 2, "<|endoftext|>": 3, "<|unk|>": 4}
     reversed_order = build_vocab(tokens, special_tokens=("<|unk|>", "<|endoftext|>"))
-    assert reversed_order["<|unk|>"] == 3 and reversed_order["<|endoftext|>"] == 4
+    assert reversed_order["<|unk|>"] == 3
+    assert reversed_order["<|endoftext|>"] == 4
 
 
 def test_build_vocab_does_not_duplicate_a_special_token_already_present():
@@ -159,7 +160,8 @@ def test_v2_maps_unknown_words_to_unk(vocab):
     text = "Hello, do you like tea? <|endoftext|> In the sunlit terraces of the palace."
     ids = tokenizer.encode(text)
     unk = vocab["<|unk|>"]
-    assert ids[0] == unk and ids[-2] == unk  # "Hello" and "palace" are not in the vocabulary
+    assert ids[0] == unk
+    assert ids[-2] == unk
     assert ids.count(unk) == 2
     assert vocab["<|endoftext|>"] in ids
     assert tokenizer.decode(ids) == "<|unk|>, do you like tea? <|endoftext|> In the sunlit terraces of the <|unk|>."
@@ -216,7 +218,8 @@ def test_dataset_windows(num_tokens, max_length, stride, expected_len):
     assert len(expected) == expected_len
     for idx, (expected_input, expected_target) in enumerate(expected):
         input_ids, target_ids = dataset[idx]
-        assert input_ids.dtype == torch.long and target_ids.dtype == torch.long
+        assert input_ids.dtype == torch.long
+        assert target_ids.dtype == torch.long
         assert input_ids.tolist() == expected_input
         assert target_ids.tolist() == expected_target
         # Shift by one: the target of position j is the input at position j + 1.

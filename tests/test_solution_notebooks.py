@@ -22,7 +22,8 @@ def test_notebook_runs_top_to_bottom_in_under_a_minute(path, tmp_path, monkeypat
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))  # the kernel inherits it: nothing is downloaded
     notebook = nbformat.read(path, as_version=4)
     started = time.monotonic()
-    NotebookClient(notebook, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    resources = {"metadata": {"path": str(tmp_path)}}
+    NotebookClient(notebook, timeout=60, kernel_name="python3", resources=resources).execute()
     elapsed = time.monotonic() - started
     assert elapsed < 60, f"{path.name} took {elapsed:.1f} s"
     errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
@@ -40,16 +41,19 @@ def test_cell_conventions(path):
         if cell["cell_type"] == "markdown":
             assert "BEGIN SOLUTION" not in text, "nbgrader also scans markdown for markers"
             continue
-        assert cell.get("outputs") == [] and cell.get("execution_count") is None, "solutions are committed without outputs"
+        assert cell.get("outputs") == [], "solutions are committed without outputs"
+        assert cell.get("execution_count") is None, "solutions are committed without outputs"
         if meta is None:
             assert "BEGIN SOLUTION" not in text, "a demo cell holds no solution markers"
             continue
         ids.append(meta["grade_id"])
-        assert meta["schema_version"] == 3 and not meta["grade"]
+        assert meta["schema_version"] == 3
+        assert not meta["grade"]
         if meta["solution"]:
             assert text.count("### BEGIN SOLUTION") == text.count("### END SOLUTION") >= 1
             assert "print(" not in text, "solution cells hold definitions only"
         else:
-            assert meta["locked"] and meta["grade_id"].startswith("setup")
+            assert meta["locked"]
+            assert meta["grade_id"].startswith("setup")
     assert len(ids) == len(set(ids)), "grade_ids are unique"
     assert ids[0] == "setup"

@@ -265,7 +265,7 @@ def test_book_token_ids(gpt2, text, ids):
 
 
 def test_end_of_text_is_refused_unless_allowed(gpt2):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="disallowed special token"):
         gpt2.encode("tea <|endoftext|> time")
 
 

@@ -4,8 +4,8 @@ exception is an error with a clear message, the worker is restarted and the othe
 from __future__ import annotations
 
 import json
-import time
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,12 +48,15 @@ def test_endless_loop_is_a_timeout_and_the_rest_still_pass(course, tmp_path):
 
 
 def test_os_exit_is_an_error_and_the_worker_restarts(course, tmp_path):
-    sources = body_replaced(course, "self_attention_v1", "keys = x @ self.W_key", "import os; os._exit(0)\n        keys = x @ self.W_key")
+    sources = body_replaced(course, "self_attention_v1", "keys = x @ self.W_key",
+                            "import os; os._exit(0)\n        keys = x @ self.W_key")
     results, _ = grade_with(course, tmp_path, sources=sources)
     failures = only_failures(results)
     assert list(failures) == ["test_self_attention_v1"]
     status, message = failures["test_self_attention_v1"]
-    assert status == "error" and "ended" in message and "os._exit" in message
+    assert status == "error"
+    assert "ended" in message
+    assert "os._exit" in message
 
 
 def test_exception_names_the_cell_and_line(course, tmp_path):
@@ -62,7 +65,9 @@ def test_exception_names_the_cell_and_line(course, tmp_path):
     results, _ = grade_with(course, tmp_path, sources=sources)
     status, message = only_failures(results)["test_self_attention_v2"]
     assert status == "error"
-    assert "ValueError: shapes confuse me" in message and "cell 'self_attention_v2'" in message and "in forward" in message
+    assert "ValueError: shapes confuse me" in message
+    assert "cell 'self_attention_v2'" in message
+    assert "in forward" in message
 
 
 def test_syntax_error_in_one_cell_keeps_the_other_cells(course, tmp_path):
@@ -71,15 +76,19 @@ def test_syntax_error_in_one_cell_keeps_the_other_cells(course, tmp_path):
     failures = only_failures(results)
     assert set(failures) == {"test_wrapper_output"}
     status, message = failures["test_wrapper_output"]
-    assert status == "error" and "MultiHeadAttentionWrapper` is not defined" in message
-    assert "SyntaxError" in message and "multi_head_attention_wrapper" in message
+    assert status == "error"
+    assert "MultiHeadAttentionWrapper` is not defined" in message
+    assert "SyntaxError" in message
+    assert "multi_head_attention_wrapper" in message
 
 
 def test_renamed_function_is_reported_as_missing(course, tmp_path):
-    sources = body_replaced(course, "simplified_self_attention", "def simplified_self_attention(", "def simple_attention(")
+    sources = body_replaced(course, "simplified_self_attention", "def simplified_self_attention(",
+                            "def simple_attention(")
     results, _ = grade_with(course, tmp_path, sources=sources)
     status, message = only_failures(results)["test_simplified_self_attention"]
-    assert status == "error" and "`simplified_self_attention` is not defined in your notebook" in message
+    assert status == "error"
+    assert "`simplified_self_attention` is not defined in your notebook" in message
 
 
 def test_demo_cells_and_prints_do_not_interfere(course, tmp_path):
@@ -102,7 +111,8 @@ def test_unusable_return_value_is_an_error(course, tmp_path):
                             "return object()")
     results, _ = grade_with(course, tmp_path, sources=sources)
     status, message = only_failures(results)["test_simplified_self_attention"]
-    assert status == "error" and "returned an object of type object" in message
+    assert status == "error"
+    assert "returned an object of type object" in message
 
 
 PROBE_SOURCE = '''def inspect_worker(student, names):
@@ -132,11 +142,13 @@ def test_worker_sees_support_modules_only(course):
         workdir = client.workdir
         client.close()
     found = value["found"]
-    assert found["reference.text_data"] == "imported" and found["reference.tiktoken_offline"] == "imported"
+    assert found["reference.text_data"] == "imported"
+    assert found["reference.tiktoken_offline"] == "imported"
     for blocked in names[2:]:
         assert "not available to submissions" in found[blocked], (blocked, found[blocked])
     assert value["isolated"] == 1
-    assert value["cwd"].startswith(str(workdir)) and value["home"].startswith(str(workdir))
+    assert value["cwd"].startswith(str(workdir))
+    assert value["home"].startswith(str(workdir))
     assert not [name for name in value["env"] if "TOKEN" in name and name != "TIKTOKEN_CACHE_DIR"]
     assert not Path(workdir).exists(), "the worker's folder is removed after grading"
 
@@ -163,7 +175,8 @@ def test_segfault_is_an_error(course, tmp_path):
     failures = only_failures(results)
     assert list(failures) == ["test_simplified_self_attention"]
     status, message = failures["test_simplified_self_attention"]
-    assert status == "error" and "SIGSEGV" in message
+    assert status == "error"
+    assert "SIGSEGV" in message
 
 
 def test_endless_loop_while_loading_times_out_once_for_all_tests(course, tmp_path):
@@ -188,7 +201,8 @@ def test_one_worker_serves_many_calls_and_a_crash_costs_one_restart():
         assert client.starts == 1, "torch is imported once per submission, not once per call"
         with pytest.raises(StudentCodeError) as excinfo:
             client.call("die", "def die(student):\n    import os\n    os._exit(7)\n", {}, timeout=60)
-        assert excinfo.value.kind == "crash" and "exit status 7" in excinfo.value.message
+        assert excinfo.value.kind == "crash"
+        assert "exit status 7" in excinfo.value.message
         assert client.call("ask", ask, {}, timeout=60) == 42
         assert client.starts == 2
     finally:

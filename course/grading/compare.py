@@ -102,7 +102,8 @@ def expect_equal(got, expected, *, what: str, hint: str | None = None) -> None:
             _fail(what, f"expected a tensor, got {type(got).__name__}.", hint)
         if got.shape != expected.shape:
             _fail(what, f"shape {_shape(got)} is wrong: expected {_shape(expected)}.", hint)
-        if got.is_floating_point() != expected.is_floating_point() or (got.dtype == torch.bool) != (expected.dtype == torch.bool):
+        same_kind = got.is_floating_point() == expected.is_floating_point()
+        if not same_kind or (got.dtype == torch.bool) != (expected.dtype == torch.bool):
             _fail(what, f"dtype {got.dtype} is wrong: expected {expected.dtype}.", hint)
         unequal = (got != expected).flatten()
         if unequal.any():

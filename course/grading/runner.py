@@ -28,8 +28,8 @@ def grade_notebook(course: Course, assignment: Assignment, notebook_path: Path,
     load_problem = None
     client = None
     settings = course.config.sandbox
-    sandbox = plan_sandbox(isolation or settings.isolation, memory_mb=settings.memory_mb, cpu_seconds=settings.cpu_seconds,
-                           file_mb=settings.file_mb, device=device)
+    sandbox = plan_sandbox(isolation or settings.isolation, memory_mb=settings.memory_mb,
+                           cpu_seconds=settings.cpu_seconds, file_mb=settings.file_mb, device=device)
     try:
         selection = grading_cells(read_notebook(notebook_path))
         notes.extend(selection.notes)

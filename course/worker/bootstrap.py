@@ -126,7 +126,7 @@ class Worker:
         return {"ok": True, "pid": os.getpid(), "torch": str(self.torch.__version__)}
 
     def op_load(self, request):
-        """Execute the chosen cells, in order, into a fresh `submission` module; a failing cell does not stop the rest."""
+        """Execute the chosen cells in order into a fresh `submission` module; a failing cell does not stop the rest."""
         module = SubmissionModule("submission")
         module.__dict__["__builtins__"] = __builtins__
         sys.modules["submission"] = module
@@ -149,7 +149,8 @@ class Worker:
         namespace = {"__name__": "probe", "torch": self.torch, "nn": self.torch.nn, "F": self.torch.nn.functional,
                      "DEVICE": self.device}
         filename = f"{PROBE_PREFIX}{name}>"
-        linecache.cache[filename] = (len(request["probe_source"]), None, request["probe_source"].splitlines(True), filename)
+        source = request["probe_source"]
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         try:
             exec(compile(request["probe_source"], filename, "exec"), namespace)
             kwargs = self.to_device(request["kwargs"])

@@ -179,7 +179,8 @@ class WorkerClient:
             self.start()
         try:
             if not self.configured:
-                self._receive(time.monotonic() + self.startup_timeout, during="starting the process that runs your code")
+                self._receive(time.monotonic() + self.startup_timeout,
+                              during="starting the process that runs your code")
                 self.configured = True
             reply = self._request({"op": "load", "cells": self.cells}, timeout=self.load_timeout,
                                   during="running your notebook's cells")
@@ -231,7 +232,8 @@ class WorkerClient:
                 reply = protocol.receive(self.process.stdout.fileno(), deadline, max_bytes=MAX_REPLY_BYTES)
         except protocol.ChannelTimeout:
             self._kill()
-            raise StudentTimeout(f"stopped after {limit:.1f} s while {during} (an endless loop, or far too slow?)") from None
+            raise StudentTimeout(
+                f"stopped after {limit:.1f} s while {during} (an endless loop, or far too slow?)") from None
         except protocol.ChannelClosed:
             code = self.process.wait(timeout=5) if self.process else None
             self._kill()
@@ -239,7 +241,8 @@ class WorkerClient:
                                             f"({_describe_exit(code, self.sandbox.isolation)})") from None
         except protocol.BadMessage as exc:
             self._kill()
-            raise StudentCodeError("bad_output", f"garbled reply from the process running your code while {during}: {exc}") from None
+            raise StudentCodeError(
+                "bad_output", f"garbled reply from the process running your code while {during}: {exc}") from None
         if not isinstance(reply, dict) or reply.get("id") != self.request_id:
             self._kill()
             raise StudentCodeError("bad_output", f"garbled reply from the process running your code while {during}")

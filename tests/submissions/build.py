@@ -34,7 +34,8 @@ def with_edits(solution: Path, target: Path, *, replace: dict[str, list[tuple[st
         text = source(cell)
         for old, new in pairs:
             if text.count(old) != 1:
-                raise ValueError(f"{solution.name} cell {grade_id!r}: expected exactly one {old!r}, found {text.count(old)}")
+                raise ValueError(f"{solution.name} cell {grade_id!r}: expected exactly one {old!r}, "
+                                 f"found {text.count(old)}")
             text = text.replace(old, new)
         cell["source"] = text
     for grade_id, text in (sources or {}).items():

@@ -38,7 +38,8 @@ MHA_ALL = {"test_mha_output", "test_mha_is_causal", "test_mha_shorter_input"}
 MUTANTS = [
     # -- chapter 2 --------------------------------------------------------------------------------------------
     mutant("tokenize_keeps_whitespace", CH02, "simple_tokenize",
-           [("return [piece.strip() for piece in pieces if piece.strip()]", "return [piece for piece in pieces if piece]")],
+           [("return [piece.strip() for piece in pieces if piece.strip()]",
+             "return [piece for piece in pieces if piece]")],
            {"test_simple_tokenize", "test_tokenizer_v1_encode", "test_tokenizer_v2_unknown_words",
             "test_tokenizer_v2_endoftext"}),
     mutant("vocab_not_sorted", CH02, "build_vocab",
@@ -101,15 +102,16 @@ MUTANTS = [
            [("attn_scores / self.head_dim ** 0.5", "attn_scores / self.d_out ** 0.5")],
            {"test_mha_output", "test_mha_shorter_input"}, says="exactly what scores scaled by sqrt(d_out)"),
     mutant("mha_softmax_over_queries", CH03, "multi_head_attention",
-           [("torch.softmax(attn_scores / self.head_dim ** 0.5, dim=-1)", "torch.softmax(attn_scores / self.head_dim ** 0.5, dim=-2)")],
+           [("torch.softmax(attn_scores / self.head_dim ** 0.5, dim=-1)",
+             "torch.softmax(attn_scores / self.head_dim ** 0.5, dim=-2)")],
            MHA_ALL, says="exactly what a softmax over the wrong dimension"),
     mutant("mha_mask_filled_with_zero", CH03, "multi_head_attention",
            [("-torch.inf)", "0.0)")],
            MHA_ALL),
     mutant("mha_heads_viewed_without_transpose", CH03, "multi_head_attention",
-           [("keys = keys.view(b, num_tokens, self.num_heads, self.head_dim)", "keys = keys.view(b, self.num_heads, num_tokens, self.head_dim)"),
-            ("queries = queries.view(b, num_tokens, self.num_heads, self.head_dim)", "queries = queries.view(b, self.num_heads, num_tokens, self.head_dim)"),
-            ("values = values.view(b, num_tokens, self.num_heads, self.head_dim)", "values = values.view(b, self.num_heads, num_tokens, self.head_dim)"),
+           [(f"{name} = {name}.view(b, num_tokens, self.num_heads, self.head_dim)",
+             f"{name} = {name}.view(b, self.num_heads, num_tokens, self.head_dim)")
+            for name in ("keys", "queries", "values")] + [
             ("keys = keys.transpose(1, 2)", "keys = keys"),
             ("queries = queries.transpose(1, 2)", "queries = queries"),
             ("values = values.transpose(1, 2)", "values = values")],

@@ -82,7 +82,8 @@ ATTACKS = [
         "def simplified_self_attention(inputs):\n    return {'context': inputs.tolist()}\n"),
         status="failed", says="expected a tensor, got dict"),
     Attack("wrong_shape", simple(
-        "import torch\n\ndef simplified_self_attention(inputs):\n    return torch.softmax(inputs @ inputs.T, dim=-1)\n"),
+        "import torch\n\ndef simplified_self_attention(inputs):\n"
+        "    return torch.softmax(inputs @ inputs.T, dim=-1)\n"),
         status="failed", says="shape"),
     Attack("wrong_dtype", simple(
         "import torch\n\ndef simplified_self_attention(inputs):\n"
@@ -162,7 +163,8 @@ ATTACKS = [
     Attack("write_fake_results_and_hooks", simple(
         "import os\n"
         "FAKE = '{\"score\": 16, \"max_score\": 16, \"tests\": []}'\n"
-        "CONFTEST = 'import pytest\\n@pytest.hookimpl(tryfirst=True)\\ndef pytest_runtest_call(item):\\n    return True\\n'\n"
+        "CONFTEST = ('import pytest\\n@pytest.hookimpl(tryfirst=True)\\n'\n"
+        "            'def pytest_runtest_call(item):\\n    return True\\n')\n"
         "SITE = 'import builtins\\nbuiltins.HACKED = True\\n'\n"
         "def plant(folder):\n"
         "    for name, text in (('results.json', FAKE), ('grades.json', FAKE), ('conftest.py', CONFTEST),\n"

@@ -17,9 +17,9 @@ from __future__ import annotations
 import copy
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import nbformat
 
@@ -54,7 +54,7 @@ def solution(assignment: str = CH02) -> dict:
     return copy.deepcopy(_solution(assignment))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _solution(assignment: str) -> dict:
     return load(solution_path(assignment))
 
@@ -128,7 +128,7 @@ def html_page() -> str:
 LATIN1_NAME = "Ren\u00e9e Dupr\u00e9"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def latin1_bytes() -> bytes:
     """The solution with the student's name in its first cell, saved by an editor as Latin-1 instead of UTF-8."""
     notebook = solution()
@@ -154,7 +154,7 @@ def truncated_text() -> str:
 CONFLICT_LINE = '    "def build_vocab(tokens, special_tokens=()):\\n",'
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def merge_conflict_text() -> str:
     """A `git merge` of two versions of the notebook that changed the same line, left unresolved."""
     lines = as_text(solution()).splitlines(keepends=True)
