@@ -50,6 +50,8 @@ class CodeCell:
 class GradingCells:
     cells: list[CodeCell]
     notes: list[str] = field(default_factory=list)  # shown with the results, e.g. "metadata was lost"
+    # Names that only demo cells (not run when grading) define -> "cell 7", for NameError messages.
+    demo_definitions: dict[str, str] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -216,6 +218,7 @@ def grading_cells(notebook: dict) -> GradingCells:
     notes: list[str] = []
     chosen: list[CodeCell] = []
     added: list[str] = []
+    demo_definitions: dict[str, str] = {}
     for index, cell in enumerate(notebook["cells"]):
         meta = _nbgrader_metadata(cell)
         if cell.get("cell_type") != "code":
@@ -236,7 +239,9 @@ def grading_cells(notebook: dict) -> GradingCells:
         elif any_metadata:  # no metadata, in a notebook that has some: a demo cell, or a definition the student added
             defined = _definitions_only(source) if source is not None else []
             if not defined:
-                continue  # a demo cell
+                for name in _assigned_names(source):  # a demo cell
+                    demo_definitions.setdefault(name, f"cell {index + 1}")
+                continue
             added.append(f"cell {index + 1} ({', '.join(f'`{name}`' for name in defined)})")
         if source is None:
             notes.append(f"{_name(index, meta)}: its source is {_describe_source(cell.get('source'))}, not text, so "
@@ -253,7 +258,9 @@ def grading_cells(notebook: dict) -> GradingCells:
             "The notebook's cells have lost their nbgrader metadata (was the code pasted into a new notebook?); "
             "all code cells were run, demo cells included. Work in the notebook you were given."
         )
-    return GradingCells(cells=chosen, notes=notes)
+    defined_when_graded = {name for cell in chosen for name in _assigned_names(cell.source)}
+    demo_only = {name: cell for name, cell in demo_definitions.items() if name not in defined_when_graded}
+    return GradingCells(cells=chosen, notes=notes, demo_definitions=demo_only)
 
 
 def grade_ids(notebook: dict) -> set[str]:
@@ -324,6 +331,29 @@ def _definitions_only(source: str) -> list[str]:
             continue  # a constant: VOCAB_SIZE = 100
         else:
             return []
+    return names
+
+
+def _assigned_names(source: str | None) -> set[str]:
+    """Names a cell binds at its top level (assignments, loops, with, imports, def, class)."""
+    tree = _parse(source) if source is not None else None
+    if tree is None:
+        return set()
+    names = set()
+    for statement in tree.body:
+        if isinstance(statement, (*_DEFINITIONS,)):
+            names.add(statement.name)
+        elif isinstance(statement, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in statement.names)
+        else:
+            targets = []
+            if isinstance(statement, ast.Assign):
+                targets = statement.targets
+            elif isinstance(statement, (ast.AnnAssign, ast.AugAssign, ast.For, ast.AsyncFor)):
+                targets = [statement.target]
+            elif isinstance(statement, (ast.With, ast.AsyncWith)):
+                targets = [item.optional_vars for item in statement.items if item.optional_vars is not None]
+            names.update(node.id for target in targets for node in ast.walk(target) if isinstance(node, ast.Name))
     return names
 
 

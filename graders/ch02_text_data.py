@@ -3,15 +3,34 @@
 The tokenizer tests send a vocabulary built by the reference and compare token ids and decoded text; the data
 tests run the student's GPTDatasetV1 / create_dataloader_v1 with GPT-2's tokenizer (tiktoken, offline) in the
 worker and compare every input/target window; the embedding test loads the reference's embedding weights.
+
+Edge cases where the book's editions differ are accepted both ways or left out of the graded contract (the
+notebook says so): GPTDatasetV1 on a text of exactly max_length tokens may be empty (the print edition) or
+refuse the text with an AssertionError or ValueError (the book's current notebook); build_vocab is not graded
+on special tokens that are already among the tokens (the book appends them without checking).
 """
 
 import pytest
 import torch
 from torch import nn
 
-from course.grading import ListOf, expect_close, expect_count, expect_equal, expect_true, probe
+from course.grading import DEVICE, Anything, ListOf, expect_close, expect_count, expect_equal, expect_true, probe
+from course.grading.interface import Class, Function, Interface
 from reference import text_data as ref
 from reference.tiktoken_offline import get_gpt2_tokenizer
+
+INTERFACE = Interface(
+    Function("simple_tokenize", "(text)"),
+    Function("build_vocab", "(tokens, special_tokens=())"),
+    Class("SimpleTokenizerV1", "(vocab)", example={"vocab": {"a": 0}}, attributes=("str_to_int", "int_to_str"),
+          methods={"encode": "(text)", "decode": "(ids)"}),
+    Class("SimpleTokenizerV2", "(vocab)", example={"vocab": {"a": 0}}, attributes=("str_to_int", "int_to_str"),
+          methods={"encode": "(text)", "decode": "(ids)"}),
+    Class("GPTDatasetV1", "(txt, tokenizer, max_length, stride)", methods={"__len__": "()", "__getitem__": "(idx)"}),
+    Function("create_dataloader_v1",
+             "(txt, batch_size=4, max_length=256, stride=128, shuffle=True, drop_last=True, num_workers=0)"),
+    Function("create_input_embeddings", "(token_ids, token_embedding_layer, pos_embedding_layer)"),
+)
 
 # Original sample text: punctuation, quotes, apostrophes, a double dash, and repeated words.
 TEXT = (
@@ -53,14 +72,20 @@ def decode_ids(student, class_name, vocab, id_lists):
     return [tokenizer.decode(ids) for ids in id_lists]
 
 
-@probe(returns=ListOf(ListOf(ListOf()), length="settings"))
+@probe(returns=ListOf(Anything(), length="settings"))
 def dataset_windows(student, text, settings):
+    """Every window of the student's dataset per (max_length, stride); {"refused": type} when the constructor
+    raises AssertionError or ValueError (some editions of the book refuse a text too short for one window)."""
     import tiktoken
 
     tokenizer = tiktoken.get_encoding("gpt2")
     results = []
     for max_length, stride in settings:
-        dataset = student.GPTDatasetV1(text, tokenizer, max_length=max_length, stride=stride)
+        try:
+            dataset = student.GPTDatasetV1(text, tokenizer, max_length=max_length, stride=stride)
+        except (AssertionError, ValueError) as exc:
+            results.append({"refused": type(exc).__name__})
+            continue
         results.append([tuple(dataset[i]) for i in range(len(dataset))])
     return results
 
@@ -103,16 +128,17 @@ def test_simple_tokenize(submission):
 def test_build_vocab(submission):
     """build_vocab numbers the sorted distinct tokens from 0, then appends the special tokens."""
     tokens = ref.simple_tokenize(TEXT)
-    cases = [(tokens, []), (tokens, ["<|endoftext|>", "<|unk|>"]), (["b", "a", "b", "<|unk|>"], ["<|endoftext|>", "<|unk|>"])]
+    # Special tokens that are already among the tokens are not graded: the book appends them unchecked.
+    cases = [(tokens, []), (tokens, ["<|endoftext|>", "<|unk|>"]), (["b", "a", "b", "a"], ["<|unk|>"])]
     got = submission.run(build_vocabs, cases=cases)
     for index, (case_tokens, specials) in enumerate(cases):
         expect_equal(got[index], ref.build_vocab(case_tokens, special_tokens=specials),
                      what=f"vocabulary {index + 1} (special tokens {specials})",
-                     hint="sorted(set(tokens)) numbered from 0, then the special tokens in the given order, "
-                          "skipping any that are already in the vocabulary.")
+                     hint="sorted(set(tokens)) numbered from 0, then the special tokens in the given order.")
 
 
 @pytest.mark.points(1)
+@pytest.mark.depends_on("test_simple_tokenize")
 def test_tokenizer_v1_encode(submission):
     """SimpleTokenizerV1.encode maps text to the ids of its tokens."""
     vocab = ref.build_vocab(ref.simple_tokenize(TEXT + " " + MORE_TEXT))
@@ -138,12 +164,14 @@ def test_tokenizer_v1_decode(submission):
 
 
 @pytest.mark.points(2)
+@pytest.mark.depends_on("test_simple_tokenize")
 def test_tokenizer_v2_unknown_words(submission):
     """SimpleTokenizerV2 maps words outside the vocabulary to <|unk|>, and decodes them as such."""
     vocab = v2_vocab()
     tokenizer = ref.SimpleTokenizerV2(vocab)
-    got = submission.run(encode_texts, class_name="SimpleTokenizerV2", vocab=vocab, texts=[UNKNOWN_TEXT, "Zebras; quokkas: yes."])
-    expect_equal(got, [tokenizer.encode(UNKNOWN_TEXT), tokenizer.encode("Zebras; quokkas: yes.")],
+    texts = [UNKNOWN_TEXT, "Zebras; quokkas: yes."]
+    got = submission.run(encode_texts, class_name="SimpleTokenizerV2", vocab=vocab, texts=texts)
+    expect_equal(got, [tokenizer.encode(text) for text in texts],
                  what="token ids of texts with unknown words",
                  hint='replace every token that is not in self.str_to_int by "<|unk|>" before looking ids up.')
     ids = tokenizer.encode(UNKNOWN_TEXT)
@@ -153,6 +181,7 @@ def test_tokenizer_v2_unknown_words(submission):
 
 
 @pytest.mark.points(1)
+@pytest.mark.depends_on("test_simple_tokenize")
 def test_tokenizer_v2_endoftext(submission):
     """SimpleTokenizerV2 keeps <|endoftext|> between joined texts, through encode and decode."""
     vocab = v2_vocab()
@@ -175,6 +204,8 @@ def reference_windows(text, max_length, stride):
 
 def expect_pairs(got, expected, *, what, unit, count_hint, hint):
     """Compare lists of (inputs, targets) pairs: the count first, then each pair with a readable label."""
+    expect_true(isinstance(got, list), what=what, problem="the constructor raised an AssertionError or ValueError "
+                "for a text long enough for at least one window.", hint=count_hint)
     expect_count(len(got), len(expected), what=f"{what}: number of {unit}s", hint=count_hint)
     for index, (got_pair, expected_pair) in enumerate(zip(got, expected)):
         expect_count(len(got_pair), 2, what=f"{what}: {unit} {index}: number of tensors",
@@ -191,7 +222,8 @@ def test_dataset_windows(submission):
     for index, (max_length, stride) in enumerate(settings):
         expect_pairs(got[index], reference_windows(TEXT, max_length, stride),
                      what=f"GPTDatasetV1 with max_length={max_length}, stride={stride}", unit="window",
-                     count_hint="a window starts every `stride` tokens: for i in range(0, len(token_ids) - max_length, stride).",
+                     count_hint="a window starts every `stride` tokens: "
+                                "for i in range(0, len(token_ids) - max_length, stride).",
                      hint="inputs = token_ids[i:i + max_length], targets = token_ids[i + 1:i + max_length + 1].")
 
 
@@ -203,6 +235,8 @@ def test_dataset_short_texts(submission):
     settings = [(length, 1), (length - 1, 1), (length - 1, 3)]
     got = submission.run(dataset_windows, text=text, settings=settings)
     for index, (max_length, stride) in enumerate(settings):
+        if max_length == length and isinstance(got[index], dict):
+            continue  # no window fits: refusing the text is accepted as well as an empty dataset
         expect_pairs(got[index], reference_windows(text, max_length, stride), unit="window",
                      what=f"GPTDatasetV1 on a {length}-token text with max_length={max_length}, stride={stride}",
                      count_hint="a window needs max_length + 1 tokens (its targets are shifted by one), so a text "
@@ -211,6 +245,7 @@ def test_dataset_short_texts(submission):
 
 
 @pytest.mark.points(2)
+@pytest.mark.depends_on("test_dataset_windows")
 def test_dataloader_batches(submission):
     """create_dataloader_v1: batches of GPT-2 token ids, with and without drop_last (shuffle off)."""
     # TEXT has 87 GPT-2 tokens: with max_length 4 and stride 2 the last window starts at token 82, the last
@@ -232,6 +267,7 @@ def test_dataloader_batches(submission):
 
 
 @pytest.mark.points(1)
+@pytest.mark.depends_on("test_dataset_windows")
 def test_dataloader_shuffle(submission):
     """create_dataloader_v1(shuffle=True) yields the same windows as shuffle=False, in another order."""
     kwargs = {"batch_size": 1, "max_length": 4, "stride": 4, "drop_last": False}
@@ -258,8 +294,10 @@ def test_input_embeddings(submission):
     generator = torch.Generator().manual_seed(42)
     token_weight = torch.randn(50, 6, generator=generator)
     pos_weight = torch.randn(8, 6, generator=generator)
-    token_ids_list = [torch.randint(0, 50, (2, 8), generator=generator), torch.randint(0, 50, (3, 5), generator=generator)]
-    got = submission.run(input_embeddings, token_weight=token_weight, pos_weight=pos_weight, token_ids_list=token_ids_list)
+    token_ids_list = [torch.randint(0, 50, (2, 8), generator=generator),
+                      torch.randint(0, 50, (3, 5), generator=generator)]
+    got = submission.run(input_embeddings, token_weight=token_weight, pos_weight=pos_weight,
+                         token_ids_list=token_ids_list)
     token_layer, pos_layer = nn.Embedding.from_pretrained(token_weight), nn.Embedding.from_pretrained(pos_weight)
     for index, ids in enumerate(token_ids_list):
         expect_close(got[index], ref.create_input_embeddings(ids, token_layer, pos_layer),

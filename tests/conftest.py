@@ -10,9 +10,16 @@ from pathlib import Path
 import pytest
 
 from course.config import load_course
+from course.grading.plugin import MARKERS
 from course.grading.runner import grade_notebook
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    """Some tests import graders, whose tests carry the grading plugin's markers."""
+    for line in MARKERS:
+        config.addinivalue_line("markers", line)
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import pytest
 
+from course.config import load_course
 from course.grading.runner import collect_points
+from tests.conftest import REPO
 from tests.submissions.build import with_edits
 from tests.submissions.catalog import MUTANTS, VARIANTS
 
-ASSIGNMENTS = ["ch02_text_data", "ch03_attention"]
+ASSIGNMENTS = [a.id for a in load_course(REPO).assignments]
 
 
 @pytest.mark.parametrize("assignment_id", ASSIGNMENTS)
@@ -38,13 +40,16 @@ def test_untouched_release_scores_zero_with_feedback(course, grade, assignment_i
 def test_mutant_loses_exactly_the_targeted_points(course, grade, tmp_path, mutant):
     assignment = course.assignment(mutant.assignment)
     notebook = with_edits(course.solution_notebook(assignment), tmp_path / assignment.notebook,
-                          replace={mutant.cell: list(mutant.edits)})
+                          replace={mutant.cell: list(mutant.edits)} if mutant.edits else None,
+                          sources=mutant.sources)
     report = grade(notebook, mutant.assignment)
-    failed = {t.name for t in report.tests if t.status != "passed"}
-    assert failed == set(mutant.breaks), {t.name: t.message for t in report.tests if t.status != "passed"}
     failing = [t for t in report.tests if t.status != "passed"]
-    assert all(t.score == 0 and t.message for t in failing)
+    assert {t.name for t in failing} == set(mutant.breaks), {t.name: t.message for t in failing}
+    assert all(t.score == 0 for t in failing)
+    assert all(t.message for t in failing)
     assert any(mutant.says in t.message for t in failing), "the grader should name this mistake"
+    if mutant.not_says:
+        assert not [t.name for t in failing if mutant.not_says in t.message], "a hint that does not fit this bug"
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{v.assignment}-{v.name}")
@@ -55,6 +60,12 @@ def test_correct_variant_scores_full_marks(course, grade, tmp_path, variant):
     report = grade(notebook, variant.assignment)
     assert {t.name: t.message for t in report.tests if t.status != "passed"} == {}
     assert report.score == assignment.points
+
+
+@pytest.mark.parametrize("assignment_id", ASSIGNMENTS)
+def test_every_assignment_has_mutants_and_variants(assignment_id):
+    assert len([m for m in MUTANTS if m.assignment == assignment_id]) >= 6
+    assert len([v for v in VARIANTS if v.assignment == assignment_id]) >= 2
 
 
 @pytest.mark.parametrize("assignment_id", ASSIGNMENTS)

@@ -1,18 +1,26 @@
-"""What a grader module uses: probes (run in the worker) and comparisons (run on the trusted side).
+"""What a grader module uses: probes (run in the worker) and checks (run on the trusted side).
 
 A grader test reads like pytest:
 
-    @probe(returns=Tensor())
-    def mha_forward(student, state, x, config):          # runs in the worker, against the student's module
-        mha = student.MultiHeadAttention(**config).to(DEVICE)
-        mha.load_state_dict(state)
-        return mha.eval()(x)
-
-    @pytest.mark.points(2)
+    @pytest.mark.points(3)
+    @pytest.mark.depends_on("test_causal_attention_output")
     def test_mha_output(submission):                     # runs on the trusted side
         \"\"\"MultiHeadAttention's output matches the reference.\"\"\"
-        got = submission.run(mha_forward, state=ref.state_dict(), x=x, config=config)
-        expect_close(got, ref(x), what="output", hint="...")
+        model = reference_module(ref.MultiHeadAttention, 123, **init)
+        got = submission.run(run_module, class_name="MultiHeadAttention", init=init,
+                             state=model.state_dict(), inputs=[x])      # runs in the worker
+        expect_close(got[0], model(x), what="output", hint="...")
+
+Modules:
+    probes      the @probe decorator (checked at import) and the generic probes every chapter uses
+    inputs      seeded inputs and seeded reference modules
+    compare     comparisons with teaching failure messages (expect_*)
+    properties  checks shared by chapters: outputs against the reference, causality, dropout in training only
+    diagnosis   hints for errors, given only when they fit the error (explain_errors)
+    contracts   the declared structure of a probe's result, checked before any comparison
+    feedback    the messages for errors, formatted from structured records
+    plugin      the pytest plugin: markers (points, depends_on), the submission fixture, classification
+    runner      grading one notebook
 """
 
 from course.grading.compare import (
@@ -20,11 +28,13 @@ from course.grading.compare import (
     expect_close,
     expect_count,
     expect_equal,
+    expect_finite,
     expect_tensor,
     expect_true,
 )
 from course.grading.contracts import Anything, ListOf, Tensor
-from course.grading.probes import probe
+from course.grading.diagnosis import explain_errors
+from course.grading.probes import DEVICE, probe
 
-__all__ = ["Anything", "GradingFailure", "ListOf", "Tensor", "expect_close", "expect_count", "expect_equal",
-           "expect_tensor", "expect_true", "probe"]
+__all__ = ["DEVICE", "Anything", "GradingFailure", "ListOf", "Tensor", "expect_close", "expect_count",
+           "expect_equal", "expect_finite", "expect_tensor", "expect_true", "explain_errors", "probe"]

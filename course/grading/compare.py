@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from course.worker.client import StudentCodeError, StudentTimeout
+
 # (atol, rtol) for float32 results by device: CPU is tight; GPUs may use TF32 matmuls.
 TOLERANCES = {"cpu": (1e-5, 1e-5), "cuda": (2e-3, 2e-3), "mps": (1e-3, 1e-3)}
 _device = "cpu"
@@ -27,9 +29,13 @@ def set_device(device: str) -> None:
 
 
 def _fail(what: str, problem: str, hint) -> None:
-    """`hint` is a string, or a function returning one: computed only on failure (e.g. a costly diagnosis)."""
+    """`hint` is a string, or a function returning one: computed only on failure (e.g. a costly diagnosis, which
+    may run the student's code again: if that ends in an error, the failure is reported without a hint)."""
     if callable(hint):
-        hint = hint()
+        try:
+            hint = hint()
+        except (StudentCodeError, StudentTimeout, GradingFailure):
+            hint = None
     message = f"{what}: {problem}"
     if hint:
         message += f" Hint: {hint}"
@@ -68,7 +74,11 @@ def expect_tensor(got, *, what: str, shape: tuple[int, ...] | torch.Size, hint: 
 
 def expect_close(got, expected: torch.Tensor, *, what: str, hint: str | None = None,
                  atol: float | None = None, rtol: float | None = None) -> None:
-    """`got` must be a float tensor of `expected`'s shape with values within atol + rtol * |expected|."""
+    """`got` must be a float tensor of `expected`'s shape with values within atol + rtol * |expected|.
+
+    Where `expected` is not finite, `got` must hold the same value (NaN where NaN, an infinity of the same sign);
+    where `expected` is finite, so must `got` be.
+    """
     default_atol, default_rtol = TOLERANCES.get(_device, TOLERANCES["cuda"])
     atol = default_atol if atol is None else atol
     rtol = default_rtol if rtol is None else rtol
@@ -85,6 +95,12 @@ def expect_close(got, expected: torch.Tensor, *, what: str, hint: str | None = N
         _fail(what, f"contains {got64.flatten()[index].item()} at position {_position(index, got.shape)} "
                     f"({int(bad_values.sum())} non-finite values).", hint)
     finite = torch.isfinite(exp64)
+    same_special = (torch.isnan(got64) & torch.isnan(exp64)) | (got64 == exp64)
+    wrong_special = ~finite & ~same_special
+    if wrong_special.any():
+        index = int(wrong_special.flatten().nonzero()[0])
+        _fail(what, f"value at position {_position(index, got.shape)} is wrong (your value there: "
+                    f"{got64.flatten()[index].item()}); {int(wrong_special.sum())} such values.", hint)
     diff = torch.where(finite, (got64 - exp64).abs(), torch.zeros_like(exp64))
     allowed = atol + rtol * exp64.abs()
     if (diff > torch.where(finite, allowed, torch.full_like(allowed, math.inf))).any():
@@ -93,6 +109,17 @@ def expect_close(got, expected: torch.Tensor, *, what: str, hint: str | None = N
                     f"{_position(index, got.shape)} (your value there: {got64.flatten()[index].item():.6g}; "
                     f"tolerance {atol:g} + {rtol:g}*|expected|); {int((diff > allowed).sum())} of "
                     f"{diff.numel()} values are off.", hint)
+
+
+def expect_finite(got: torch.Tensor, *, what: str, hint: str | None = None) -> None:
+    """Every value of a floating-point tensor is finite (for checks that compare the student's outputs with
+    each other, where NaN == NaN would otherwise pass unnoticed)."""
+    if isinstance(got, torch.Tensor) and got.is_floating_point():
+        bad = ~torch.isfinite(got)
+        if bad.any():
+            index = int(bad.flatten().nonzero()[0])
+            _fail(what, f"contains {got.flatten()[index].item()} at position {_position(index, got.shape)} "
+                        f"({int(bad.sum())} non-finite values).", hint)
 
 
 def expect_equal(got, expected, *, what: str, hint: str | None = None) -> None:

@@ -1,26 +1,45 @@
 """The pytest plugin that turns a grader module's tests into scored results.
 
-It provides the `submission` fixture (the handle a test uses to run probes in the worker), reads each test's
-points from its `@pytest.mark.points(n)` marker, and classifies every outcome:
+It provides the `submission` fixture (the handle a test uses to run probes in the worker), checks and reads
+each test's markers, and classifies every outcome:
 
     passed   the test body completed
     failed   a comparison failed (GradingFailure), or a bare assertion did
     error    student code raised, crashed the worker, is missing, or returned something unusable
     timeout  student code ran past the per-test time limit
 
-Only messages written for students leave this module: never a traceback, the grader's source or an expected value.
+Markers (registered here, checked when the grader is collected; a bad marker names the test):
+
+    @pytest.mark.points(n)              what the test is worth: one positive number
+    @pytest.mark.depends_on("test_a")   tests of the same grader, earlier in the file, whose code this test
+                                        uses: when both fail, the message says to fix those first
+
+Who is blamed comes from where the error was found, never from its text: a test ends as a course error
+("internal grader error") only for faults found on the trusted side (a probe called with arguments it does not
+take, an exception in the grader's own comparison code). Whatever happens in the worker after the student's
+code was loaded is the submission's. Only messages written for students leave this module: never a
+traceback, the grader's source or an expected value.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 import time
 
 import pytest
 
 from course.grading import compare
 from course.grading.contracts import BadResult, check_result
+from course.grading.feedback import student_error_message
 from course.results import TestResult
 from course.worker.client import GraderBug, StudentCodeError, StudentTimeout
+from course.worker.records import ErrorKind, ErrorRecord
+
+MARKERS = (
+    "points(n): the points a grader test is worth (one positive number)",
+    "depends_on(*tests): earlier tests of the same grader whose code this test uses",
+)
 
 
 class Submission:
@@ -38,41 +57,56 @@ class Submission:
         self._load_problem = load_problem
 
     def run(self, probe_function, **kwargs):
+        """Run `probe_function` (a @probe) in the worker with these keyword arguments; returns its checked value."""
+        source = getattr(probe_function, "probe_source", None)
+        if source is None:
+            raise GraderBug(f"{getattr(probe_function, '__name__', probe_function)!r} is not a @probe")
+        try:
+            inspect.signature(probe_function).bind(None, **kwargs)
+        except TypeError as exc:
+            raise GraderBug(f"probe {probe_function.__name__} called with the wrong arguments: {exc}") from None
         if self._load_problem is not None:
-            raise StudentCodeError("notebook", self._load_problem)
+            raise StudentCodeError.of(ErrorKind.NOTEBOOK, self._load_problem)
         remaining = self._timeout - self._used
         if remaining <= 0:
             raise StudentTimeout(f"the {self._timeout:g} s time limit for this test was used up before this step")
         started = time.monotonic()
         try:
-            value = self._client.call(probe_function.__name__, probe_function.probe_source, kwargs, remaining)
+            value = self._client.call(probe_function.__name__, source, kwargs, remaining)
         finally:
             self._used += time.monotonic() - started - self._client.last_overhead
         try:
             return check_result(probe_function.probe_returns, value, kwargs)
         except BadResult as exc:
-            raise StudentCodeError("bad_output", f"Your code's results could not be used: {exc}.") from None
+            raise StudentCodeError.of(ErrorKind.BAD_OUTPUT, str(exc)) from None
 
-    def cell_errors(self) -> list[dict]:
+    def cell_errors(self):
         report = self._client.load_report if self._client is not None else None
         return report.cell_errors if report else []
 
 
 class GradingPlugin:
-    def __init__(self, client, device: str, timeout: float, load_problem: str | None = None):
+    def __init__(self, client, device: str, timeout: float, load_problem: str | None = None,
+                 demo_definitions: dict[str, str] | None = None):
+        """demo_definitions: names that only demo cells define -> the cell ("cell 7"), for NameError messages."""
         self.client = client
         self.device = device
         self.timeout = timeout
         self.load_problem = load_problem
+        self.demo_definitions = demo_definitions or {}
         self.points: dict[str, float] = {}
+        self.depends_on: dict[str, list[str]] = {}
         self.results: dict[str, TestResult] = {}
+        self.errors: dict[str, ErrorRecord] = {}  # the record of each test that ended with the student's error
+        self.own_messages: dict[str, str] = {}  # each test's message before any "fix that first" note
         self.collection_errors: list[str] = []
         self.started: dict[str, float] = {}
         self.current: Submission | None = None
 
     # -- configuration and collection ----------------------------------------------------------------------
     def pytest_configure(self, config):
-        config.addinivalue_line("markers", "points(n): the points a grader test is worth")
+        for line in MARKERS:
+            config.addinivalue_line("markers", line)
         compare.set_device(self.device)
 
     def pytest_collectreport(self, report):
@@ -80,14 +114,30 @@ class GradingPlugin:
             self.collection_errors.append(f"{report.nodeid}: {report.longreprtext}")
 
     def pytest_collection_modifyitems(self, session, config, items):
-        for item in items:
-            marker = item.get_closest_marker("points")
-            if marker is None or not marker.args:
-                self.collection_errors.append(f"{item.nodeid}: has no @pytest.mark.points(n) marker")
-                continue
-            self.points[item.nodeid] = float(marker.args[0])
+        names = [item.name for item in items]
+        for position, item in enumerate(items):
+            problem = self._read_markers(item, names[:position], set(names))
+            if problem:
+                self.collection_errors.append(f"{item.nodeid}: {problem}")
         if self.collection_errors:
             items.clear()  # a broken grader is a configuration problem: grade nothing
+
+    def _read_markers(self, item, earlier: list[str], every: set[str]) -> str | None:
+        markers = list(item.iter_markers("points"))
+        if len(markers) != 1:
+            return "needs exactly one @pytest.mark.points(n) marker" if not markers else "has several points markers"
+        args = markers[0].args
+        if len(args) != 1 or markers[0].kwargs or not _is_points(args[0]):
+            return f"@pytest.mark.points takes one positive number, got {args or markers[0].kwargs}"
+        self.points[item.nodeid] = float(args[0])
+        depends = [name for marker in item.iter_markers("depends_on") for name in marker.args]
+        for name in depends:
+            if not isinstance(name, str) or name not in every:
+                return f"@pytest.mark.depends_on names {name!r}, which is not a test of this grader"
+            if name not in earlier:
+                return f"@pytest.mark.depends_on names {name!r}, which must come earlier in the grader"
+        self.depends_on[item.nodeid] = depends
+        return None
 
     # -- the fixture -----------------------------------------------------------------------------------------
     @pytest.fixture
@@ -105,6 +155,12 @@ class GradingPlugin:
         report = outcome.get_result()
         if call.when == "call" or (call.when == "setup" and report.outcome != "passed"):
             status, message = self._classify(call, report)
+            exc = call.excinfo.value if call.excinfo is not None else None
+            if isinstance(exc, StudentCodeError):
+                self.errors[item.nodeid] = exc.record
+            self.own_messages[item.nodeid] = message
+            if status != "passed":
+                message = self._first_fix(item, message) + message
             points = self.points.get(item.nodeid, 0.0)
             self.results[item.nodeid] = TestResult(
                 name=item.name,
@@ -116,6 +172,31 @@ class GradingPlugin:
                 description=_describe(item),
             )
 
+    def _first_fix(self, item, message: str) -> str:
+        """'Fix test_a first (what it checks): ...' when a test this one depends on did not pass either.
+
+        Not said when both failed the same way (an unreadable notebook, a hang while loading: one cause, not
+        an earlier part), nor when this test's own stub is still unimplemented (a stub elsewhere than the
+        dependency's): then the dependency is not what stops it.
+        """
+        module = item.nodeid.rsplit("::", 1)[0]
+        own = self.errors.get(item.nodeid)
+        unimplemented_here = own is not None and own.kind is ErrorKind.NOT_IMPLEMENTED
+        failing = []
+        for name in self.depends_on.get(item.nodeid, []):
+            nodeid = f"{module}::{name}"
+            result = self.results.get(nodeid)
+            if result is None or result.status == "passed" or self.own_messages.get(nodeid) == message:
+                continue
+            theirs = self.errors.get(nodeid)
+            if unimplemented_here and (theirs is None or theirs.cell != own.cell):
+                continue
+            failing.append(result)
+        if not failing:
+            return ""
+        names = " and ".join(f"{r.name} ({r.description.rstrip('.')})" for r in failing)
+        return f"Fix {names} first: this test uses that code, which fails its own test. "
+
     def _classify(self, call, report) -> tuple[str, str]:
         if report.outcome == "passed" and call.excinfo is None:
             return "passed", ""
@@ -125,7 +206,9 @@ class GradingPlugin:
         if isinstance(exc, StudentTimeout):
             return "timeout", f"Your code did not finish in time: {exc}"
         if isinstance(exc, StudentCodeError):
-            return "error", self._student_error_message(exc)
+            message = student_error_message(exc.record, demo_definitions=self.demo_definitions,
+                                            cell_errors=self.current.cell_errors() if self.current else [])
+            return "error", message + (f" Hint: {exc.hint}" if exc.hint else "")
         if isinstance(exc, GraderBug):
             return "error", f"Internal grader error (not your fault; please report it): {exc}"
         if isinstance(exc, AssertionError):
@@ -135,34 +218,9 @@ class GradingPlugin:
         name = call.excinfo.typename if call.excinfo is not None else "unknown"
         return "error", f"Internal grader error (not your fault; please report it): {name}"
 
-    def _student_error_message(self, exc: StudentCodeError) -> str:
-        if exc.kind == "notebook":
-            return f"Your notebook could not be graded: {exc.message}"
-        if exc.kind == "missing":
-            message = (f"`{exc.message}` is not defined in your notebook. Did you rename it, or delete the cell "
-                       "that defines it?")
-        elif exc.kind == "not_implemented":
-            message = (f"Not implemented yet: your code still raises NotImplementedError ({_where(exc.message)}). "
-                       "Replace `raise NotImplementedError()` with your implementation.")
-        elif exc.kind == "exception":
-            message = f"Your code raised {exc.message}"
-        else:
-            message = exc.message
-        cell_errors = self.current.cell_errors() if self.current else []
-        if cell_errors and exc.kind in ("missing", "exception"):
-            first = cell_errors[0]
-            message += f" Note: while loading your notebook, cell '{first['label']}' failed: {first['message']}"
-            if len(cell_errors) > 1:
-                message += f" (and {len(cell_errors) - 1} more cell(s))"
-        return message
 
-
-def _where(described: str) -> str:
-    """'NotImplementedError (cell 'x', line 3, in forward: `...`)' -> "cell 'x', line 3, in forward"."""
-    start = described.find("(cell ")
-    if start < 0:
-        return "in a function the grader called"
-    return described[start + 1:].split(":", 1)[0].rstrip(")")
+def _is_points(value) -> bool:
+    return type(value) in (int, float) and math.isfinite(value) and value > 0
 
 
 def _describe(item) -> str:

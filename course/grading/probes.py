@@ -1,20 +1,52 @@
 """Probes: small functions that a grader sends to the worker to exercise the student's code.
 
-A probe is written in the grader module, next to its test, and decorated with @probe. Its SOURCE is sent to the
-worker and executed there in a namespace holding only `torch`, `nn`, `F` and `DEVICE`; its first argument is
-the student's module, the other arguments are the (plain) values the test passes. A probe must be
-self-contained: it cannot use the grader module's globals, and it never holds expected values.
+A probe is decorated with @probe. Its SOURCE is sent to the worker and executed there in a namespace holding
+only `torch`, `nn`, `F` and `DEVICE` (the device the student's code runs on); its first argument is the
+student's module, the other arguments are the (plain) values the test passes. A probe must be self-contained:
+it cannot use the grader module's globals, and it never holds expected values.
+
+The decorator checks this when the grader is imported: a probe whose source does not compile, or that uses a
+global name the worker does not have, raises ProbeDefinitionError then (the grader cannot be collected, a
+course error), never a NameError in the worker that would read as the student's fault.
+
+The generic probes below serve every chapter: call a function of the student's module, run a module with the
+reference's weights (outputs, gradients, train vs eval mode). Graders import them; a grader defines its own
+probe only for what is specific to its chapter.
 """
 
 from __future__ import annotations
 
+import builtins
 import inspect
+import symtable
 import textwrap
 
-from course.grading.contracts import Anything, Spec
+import torch  # probes run with the worker's own torch; imported here for readers and linters
+
+from course.grading.contracts import Anything, ListOf, Spec
+
+# The names a probe finds in the worker besides the built-ins (see course/worker/bootstrap.py, op_call).
+WORKER_NAMES = frozenset({"torch", "nn", "F", "DEVICE"})
+
+
+class _WorkerDevice:
+    """`DEVICE` for graders to import (so linters know it): inside a probe, the worker's own DEVICE string
+    replaces it. On the trusted side it means nothing; use `submission.device` there."""
+
+    def __repr__(self) -> str:
+        return "DEVICE (defined inside probes only)"
+
+
+DEVICE = _WorkerDevice()
+
+
+class ProbeDefinitionError(Exception):
+    """A probe that could not run in the worker: the grader is broken, not the submission."""
 
 
 def probe(function=None, *, returns: Spec | None = None):
+    """Mark a function as a probe; `returns` declares the structure of its result (checked on the trusted side)."""
+
     def decorate(function):
         source = textwrap.dedent(inspect.getsource(function))
         lines = source.splitlines()
@@ -22,6 +54,103 @@ def probe(function=None, *, returns: Spec | None = None):
             lines.pop(0)  # the decorator itself (possibly over several lines): the worker has no `probe`
         function.probe_source = "\n".join(lines) + "\n"
         function.probe_returns = returns or Anything()
+        _check_source(function.__name__, function.probe_source, inspect.getsourcefile(function))
         return function
 
     return decorate(function) if function is not None else decorate
+
+
+def _check_source(name: str, source: str, filename: str | None) -> None:
+    where = f"probe {name} ({filename})"
+    try:
+        table = symtable.symtable(source, f"<probe {name}>", "exec")
+    except SyntaxError as exc:
+        raise ProbeDefinitionError(f"{where}: its source does not compile on its own: {exc}") from None
+    functions = [child for child in table.get_children() if child.get_name() == name]
+    if not functions:
+        raise ProbeDefinitionError(f"{where}: its source does not define {name}")
+    allowed = WORKER_NAMES | set(dir(builtins))
+    stray = sorted({symbol for scope in _scopes(functions[0]) for symbol in _globals_used(scope)} - allowed)
+    if stray:
+        raise ProbeDefinitionError(
+            f"{where}: uses {', '.join(stray)}, which the worker does not have (a probe sees only "
+            f"{', '.join(sorted(WORKER_NAMES))} and the built-ins): pass values as arguments, or import inside "
+            "the probe")
+
+
+def _scopes(table):
+    yield table
+    for child in table.get_children():
+        yield from _scopes(child)
+
+
+def _globals_used(table) -> list[str]:
+    return [s.get_name() for s in table.get_symbols() if s.is_global() and s.is_referenced()]
+
+
+# -- generic probes -------------------------------------------------------------------------------------------
+
+@probe(returns=ListOf(length="inputs"))
+def call_function(student, name, inputs):
+    """The student's function `name` applied to each input."""
+    function = getattr(student, name)
+    return [function(x) for x in inputs]
+
+
+@probe(returns=ListOf(length="inputs"))
+def run_module(student, class_name, init, state, inputs, train=False):
+    """The student's class built with `init`, loaded with the reference's `state` (strictly), run on each input
+    without gradients, in eval mode unless `train`."""
+    module = getattr(student, class_name)(**init).to(DEVICE)
+    module.load_state_dict(state)
+    module.train(train)
+    with torch.no_grad():
+        return [module(x) for x in inputs]
+
+
+@probe(returns=ListOf(length=2))
+def run_train_and_eval(student, class_name, init, state, x):
+    """The same module on the same input in eval mode, then in train mode (seeded): [eval output, train output]."""
+    module = getattr(student, class_name)(**init).to(DEVICE)
+    module.load_state_dict(state)
+    with torch.no_grad():
+        out_eval = module.eval()(x)
+        torch.manual_seed(1)
+        out_train = module.train()(x)
+    return [out_eval, out_train]
+
+
+@probe(returns=ListOf(length=2))
+def run_eval_twice(student, class_name, init, state, x):
+    """The same module on the same input twice in eval mode, after two different seeds: eval mode must not
+    depend on the random state (dropout off)."""
+    module = getattr(student, class_name)(**init).to(DEVICE).eval()
+    module.load_state_dict(state)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        first = module(x)
+        torch.manual_seed(2)
+        second = module(x)
+    return [first, second]
+
+
+@probe(returns=ListOf(length=3))
+def run_module_with_gradients(student, class_name, init, state, x, upstream):
+    """Forward and backward through the student's module in eval mode: [output, {parameter name: gradient},
+    gradient of the input] for the loss (output * upstream).sum()."""
+    module = getattr(student, class_name)(**init).to(DEVICE).eval()
+    module.load_state_dict(state)
+    if x.is_floating_point():
+        x = x.clone().requires_grad_(True)
+    output = module(x)
+    (output * upstream).sum().backward()
+    gradients = {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
+    return [output.detach(), gradients, x.grad if x.is_floating_point() else None]
+
+
+@probe(returns=ListOf(length=2))
+def count_parameters(student, class_name, init):
+    """[number of parameters, {parameter or buffer name: shape}] of the student's module built with `init`."""
+    module = getattr(student, class_name)(**init)
+    shapes = {name: list(tensor.shape) for name, tensor in module.state_dict().items()}
+    return [sum(p.numel() for p in module.parameters()), shapes]

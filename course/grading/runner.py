@@ -27,12 +27,14 @@ def grade_notebook(course: Course, assignment: Assignment, notebook_path: Path,
     notes: list[str] = []
     load_problem = None
     client = None
+    demo_definitions: dict[str, str] = {}
     settings = course.config.sandbox
     sandbox = plan_sandbox(isolation or settings.isolation, memory_mb=settings.memory_mb,
                            cpu_seconds=settings.cpu_seconds, file_mb=settings.file_mb, device=device)
     try:
         selection = grading_cells(read_notebook(notebook_path))
         notes.extend(selection.notes)
+        demo_definitions = selection.demo_definitions
     except NotebookError as exc:
         load_problem = str(exc)
         notes.append(load_problem)
@@ -40,14 +42,15 @@ def grade_notebook(course: Course, assignment: Assignment, notebook_path: Path,
         client = WorkerClient(
             cells=[{"label": c.label, "source": c.source} for c in selection.cells],
             support_files=_support_files(course, assignment),
-            tiktoken_files=_tiktoken_files(),
+            tiktoken_files=_tiktoken_files() if assignment.tiktoken else {},
             device=device,
             load_timeout=assignment.timeout,
             sandbox=sandbox,
         )
         client.start()  # torch imports in the worker while pytest collects the grader here
     try:
-        plugin = GradingPlugin(client, device=device, timeout=assignment.timeout, load_problem=load_problem)
+        plugin = GradingPlugin(client, device=device, timeout=assignment.timeout, load_problem=load_problem,
+                               demo_definitions=demo_definitions)
         _run_pytest(course, assignment, plugin)
     finally:
         if client is not None:
@@ -68,10 +71,18 @@ def collect_points(course: Course, assignment: Assignment) -> dict[str, float]:
 
 
 def _run_pytest(course: Course, assignment: Assignment, plugin: GradingPlugin, *extra: str) -> None:
-    grader = course.grader_path(assignment)
+    exit_code, output = run_grader_module(course.grader_path(assignment), plugin, *extra)
+    if plugin.collection_errors or exit_code in (pytest.ExitCode.INTERNAL_ERROR, pytest.ExitCode.USAGE_ERROR):
+        details = "\n".join(plugin.collection_errors) or output[-2000:]
+        raise ConfigError(f"{assignment.grader}: the grader of {assignment.id} could not be collected:\n{details}")
+
+
+def run_grader_module(grader: Path, plugin: GradingPlugin, *extra: str) -> tuple[int, str]:
+    """Run one grader module with pytest in this process, quietly; returns pytest's exit code and output."""
+    ini = grader.parent / "pytest.ini"
     args = [*extra,
         str(grader),
-        "-c", str(grader.parent / "pytest.ini"),
+        *(["-c", str(ini)] if ini.is_file() else []),
         "--rootdir", str(grader.parent),
         "--confcutdir", str(grader.parent),
         "--import-mode=importlib",
@@ -81,9 +92,7 @@ def _run_pytest(course: Course, assignment: Assignment, plugin: GradingPlugin, *
     output = io.StringIO()
     with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
         exit_code = pytest.main(args, plugins=[plugin])
-    if plugin.collection_errors or exit_code in (pytest.ExitCode.INTERNAL_ERROR, pytest.ExitCode.USAGE_ERROR):
-        details = "\n".join(plugin.collection_errors) or output.getvalue()[-2000:]
-        raise ConfigError(f"{assignment.grader}: the grader of {assignment.id} could not be collected:\n{details}")
+    return int(exit_code), output.getvalue()
 
 
 def _check_points(course: Course, assignment: Assignment, plugin: GradingPlugin) -> None:

@@ -10,7 +10,7 @@ what the probe returned. It never sees an expected value and never decides a ver
 Channel: requests arrive on the original stdin, replies leave on a private copy of the original stdout.
 The student's own prints are sent to stderr so they can never be mistaken for a reply.
 This file needs only the standard library and torch (it does not import the `course` package): the client
-copies it, protocol.py and guard.py into the worker's folder, and they are loaded from there.
+copies it, protocol.py, guard.py and records.py into the worker's folder, and they are loaded from there.
 """
 
 import importlib.abc
@@ -20,18 +20,18 @@ import json
 import linecache
 import os
 import sys
-import traceback
 import types
 
-CELL_PREFIX = "<cell "
 PROBE_PREFIX = "<probe "
 
 
 def _load_sibling(name):
-    """Import protocol.py or guard.py from beside this file (with -I the script's folder is not on sys.path)."""
+    """Import a module of the worker's runtime from beside this file (with -I the script's folder is not on
+    sys.path). It is registered in sys.modules first, as dataclasses need."""
     here = os.path.dirname(os.path.abspath(__file__))
     spec = importlib.util.spec_from_file_location(f"_course_worker_{name}", os.path.join(here, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -78,9 +78,10 @@ class BadOutput(Exception):
 
 
 class Worker:
-    def __init__(self, protocol, guard, torch, requests_fd, replies_fd, memory_mb=None):
+    def __init__(self, protocol, guard, records, torch, requests_fd, replies_fd, memory_mb=None):
         self.protocol = protocol
         self.guard = guard
+        self.records = records
         self.torch = torch
         self.requests_fd = requests_fd
         self.replies_fd = replies_fd
@@ -98,21 +99,21 @@ class Worker:
                 return
             handler = getattr(self, "op_" + str(request.get("op")), None)
             if handler is None:
-                reply = {"ok": False, "kind": "protocol", "message": f"unknown op {request.get('op')!r}"}
+                reply = {"ok": False, "protocol": f"unknown op {request.get('op')!r}"}
             elif not self.configured and handler != self.op_configure:
-                reply = {"ok": False, "kind": "protocol", "message": "not configured"}  # sandbox first
+                reply = {"ok": False, "protocol": "not configured"}  # the sandbox comes first
             else:
                 reply = handler(request)
             reply["id"] = request.get("id")  # the client matches replies to requests by this id
             try:
                 self.protocol.send(self.replies_fd, reply)
             except self.protocol.BadMessage:
-                self.protocol.send(self.replies_fd, {"ok": False, "kind": "bad_output", "message": "unsendable reply",
-                                                     "id": request.get("id")})
+                self.protocol.send(self.replies_fd, {"ok": False, "id": request.get("id"),
+                                                     "error": self.error("bad_output", "unsendable reply")})
 
     def op_configure(self, request):
         if self.configured:
-            return {"ok": False, "kind": "protocol", "message": "already configured"}
+            return {"ok": False, "protocol": "already configured"}
         support_dir = request["support_dir"]
         sys.meta_path.insert(0, GuardedImports(request["blocked_packages"], support_dir))
         sys.path.insert(0, support_dir)
@@ -132,42 +133,51 @@ class Worker:
         sys.modules["submission"] = module
         cell_errors = []
         for cell in request["cells"]:
-            filename = f"{CELL_PREFIX}{cell['label']}>"
+            filename = f"{self.records.CELL_PREFIX}{cell['label']}>"
             linecache.cache[filename] = (len(cell["source"]), None, cell["source"].splitlines(True), filename)
             try:
                 code = compile(cell["source"], filename, "exec")
                 exec(code, module.__dict__)
             except BaseException as exc:  # noqa: BLE001 - a student's cell may raise anything, SystemExit included
-                cell_errors.append({"label": cell["label"], "message": describe_exception(exc, self.memory_mb)})
+                record = self.records.exception_record(exc, self.memory_mb)
+                record["cell"] = record["cell"] or cell["label"]  # every error while loading is the cell's
+                cell_errors.append(record)
         self.module = module
         return {"ok": True, "cell_errors": cell_errors}
 
     def op_call(self, request):
         if self.module is None:
-            return {"ok": False, "kind": "protocol", "message": "no submission loaded"}
+            return {"ok": False, "protocol": "no submission loaded"}
         name = request["probe_name"]
         namespace = {"__name__": "probe", "torch": self.torch, "nn": self.torch.nn, "F": self.torch.nn.functional,
                      "DEVICE": self.device}
         filename = f"{PROBE_PREFIX}{name}>"
         source = request["probe_source"]
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        # The probe's source was compiled and checked on the trusted side before it was sent. If it fails here,
+        # student code (already loaded) broke something the worker relies on: the student's, like all else here.
         try:
             exec(compile(request["probe_source"], filename, "exec"), namespace)
             kwargs = self.to_device(request["kwargs"])
-        except BaseException as exc:  # noqa: BLE001 - a broken probe is the grader's fault, reported as such
-            return {"ok": False, "kind": "probe_error", "message": describe_exception(exc)}
+        except BaseException as exc:  # noqa: BLE001
+            record = self.records.exception_record(exc, self.memory_mb)
+            record["kind"] = "environment"
+            return {"ok": False, "error": record}
         self.torch.manual_seed(0)
         try:
             value = namespace[name](self.module, **kwargs)
         except MissingDefinition as exc:
-            return {"ok": False, "kind": "missing", "message": exc.name}
-        except BaseException as exc:  # noqa: BLE001
-            kind = "not_implemented" if isinstance(exc, NotImplementedError) else "exception"
-            return {"ok": False, "kind": kind, "message": describe_exception(exc, self.memory_mb)}
+            return {"ok": False, "error": self.error("missing", "", name=exc.name)}
+        except BaseException as exc:  # noqa: BLE001 - student code may raise anything, SystemExit included
+            return {"ok": False, "error": self.records.exception_record(exc, self.memory_mb)}
         try:
             return {"ok": True, "value": self.to_plain(value)}
         except BadOutput as exc:
-            return {"ok": False, "kind": "bad_output", "message": str(exc)}
+            return {"ok": False, "error": self.error("bad_output", str(exc))}
+
+    def error(self, kind, message, **fields):
+        return {"kind": kind, "type": "", "message": message, "cell": None, "line": None, "function": None,
+                "code": None, "name": None, **fields}
 
     # -- values in and out -----------------------------------------------------------------------------
     def to_device(self, value):
@@ -198,56 +208,6 @@ class Worker:
         raise BadOutput(f"returned an object of type {type(value).__name__}, which the grader cannot use")
 
 
-def describe_exception(exc, memory_mb=None):
-    """'ValueError: ... (cell 'multi_head_attention', line 12, in forward: `x = ...`)' without grader frames.
-
-    Student exceptions are described defensively: an exception whose __str__ raises or returns a non-string
-    is described by its type name only.
-    """
-    try:
-        text = _describe(exc)
-    except BaseException:  # noqa: BLE001 - a hostile exception type must not break the worker
-        text = _safe_type_name(exc)
-    if memory_mb and (isinstance(exc, MemoryError) or "can't allocate memory" in text):
-        text += f" (the process running your code may use at most {memory_mb} MB)"
-    return text
-
-
-def _safe_type_name(exc):
-    try:
-        return str(type(exc).__name__)
-    except BaseException:  # noqa: BLE001
-        return "an exception"
-
-
-def _describe(exc):
-    if isinstance(exc, SystemExit):
-        text = f"your code called sys.exit({exc.code!r})"
-    elif isinstance(exc, SyntaxError):
-        text = f"SyntaxError: {exc.msg}"
-        if exc.filename and exc.filename.startswith(CELL_PREFIX):
-            label = exc.filename[len(CELL_PREFIX):-1]
-            return f"{text} (cell '{label}', line {exc.lineno}: `{(exc.text or '').strip()}`)"
-        return text
-    else:
-        message = str(exc)
-        if type(message) is not str:
-            raise TypeError("__str__ returned a non-string")
-        text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-        text = text[:2000]
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(CELL_PREFIX)]
-    if frames:
-        frame = frames[-1]
-        label = frame.filename[len(CELL_PREFIX):-1]
-        where = f"cell '{label}', line {frame.lineno}"
-        if frame.name != "<module>":
-            where += f", in {frame.name}"
-        if frame.line:
-            where += f": `{frame.line.strip()}`"
-        text += f" ({where})"
-    return text
-
-
 def main():
     settings = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     guard = _load_sibling("guard")
@@ -265,7 +225,8 @@ def main():
     import torch
 
     protocol = _load_sibling("protocol")
-    Worker(protocol, guard, torch, requests_fd, replies_fd, memory_mb=limits.get("memory_mb")).serve()
+    records = _load_sibling("records")
+    Worker(protocol, guard, records, torch, requests_fd, replies_fd, memory_mb=limits.get("memory_mb")).serve()
 
 
 if __name__ == "__main__":

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from course.worker import protocol
+from course.worker.records import ErrorKind, ErrorRecord
 from course.worker.sandbox import SandboxPlan, visible_paths
 
 # The worker's own code, copied into its folder (the course repository is not visible inside the sandbox).
-RUNTIME_FILES = [Path(__file__).with_name(name) for name in ("bootstrap.py", "protocol.py", "guard.py")]
+RUNTIME_FILES = [Path(__file__).with_name(name) for name in ("bootstrap.py", "protocol.py", "guard.py", "records.py")]
 # The largest reply accepted from the worker: outputs of tiny models are a few kB.
 MAX_REPLY_BYTES = 64 * 1024 * 1024
 
@@ -34,12 +35,19 @@ PASSED_ENV_PREFIXES = ("CUDA_", "NVIDIA_", "HIP_", "ROCR_", "PYTORCH_")
 
 
 class StudentCodeError(Exception):
-    """Student code raised, crashed the worker, is missing a definition or returned something unusable."""
+    """Student code raised, crashed the worker, is missing a definition or returned something unusable.
 
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
+    `record` says what and where, as fields; `hint` may be added by a grader that recognises the error.
+    """
+
+    def __init__(self, record: ErrorRecord, hint: str | None = None):
+        super().__init__(record.message)
+        self.record = record
+        self.hint = hint
+
+    @classmethod
+    def of(cls, kind: ErrorKind, message: str) -> StudentCodeError:
+        return cls(ErrorRecord(kind=kind, message=message))
 
 
 class StudentTimeout(Exception):
@@ -47,12 +55,12 @@ class StudentTimeout(Exception):
 
 
 class GraderBug(Exception):
-    """A probe failed for a reason that is the grader's fault, not the student's."""
+    """A fault of the course (e.g. a probe called with arguments it does not take), found on the trusted side."""
 
 
 @dataclass
 class LoadReport:
-    cell_errors: list[dict]
+    cell_errors: list[ErrorRecord]
 
 
 class WorkerClient:
@@ -187,7 +195,9 @@ class WorkerClient:
         except (StudentTimeout, StudentCodeError) as exc:
             self.fatal = exc
             raise
-        self.load_report = LoadReport(cell_errors=list(reply.get("cell_errors", [])))
+        errors = reply.get("cell_errors")
+        errors = errors if type(errors) is list else []
+        self.load_report = LoadReport(cell_errors=[_load_error(record) for record in errors[:100]])
         return self.load_report
 
     def call(self, probe_name: str, probe_source: str, kwargs: dict, timeout: float):
@@ -202,11 +212,9 @@ class WorkerClient:
             self.last_overhead = time.monotonic() - started
         reply = self._request({"op": "call", "probe_name": probe_name, "probe_source": probe_source,
                                "kwargs": kwargs}, timeout=timeout, during="running your code")
-        if reply.get("ok"):
+        if reply.get("ok") is True and "value" in reply:
             return reply["value"]
-        if reply.get("kind") == "probe_error":
-            raise GraderBug(reply.get("message", ""))
-        raise StudentCodeError(str(reply.get("kind")), str(reply.get("message", "")))
+        raise StudentCodeError(ErrorRecord.from_reply(reply.get("error")))
 
     def _next_id(self) -> int:
         self.request_id += 1
@@ -237,16 +245,25 @@ class WorkerClient:
         except protocol.ChannelClosed:
             code = self.process.wait(timeout=5) if self.process else None
             self._kill()
-            raise StudentCodeError("crash", f"the process running your code ended while {during} "
-                                            f"({_describe_exit(code, self.sandbox.isolation)})") from None
+            raise StudentCodeError.of(ErrorKind.CRASH, f"the process running your code ended while {during} "
+                                                       f"({_describe_exit(code, self.sandbox.isolation)})") from None
         except protocol.BadMessage as exc:
             self._kill()
-            raise StudentCodeError(
-                "bad_output", f"garbled reply from the process running your code while {during}: {exc}") from None
+            raise StudentCodeError.of(
+                ErrorKind.BAD_OUTPUT, f"garbled reply from the process running your code while {during}: {exc}"
+            ) from None
         if not isinstance(reply, dict) or reply.get("id") != self.request_id:
             self._kill()
-            raise StudentCodeError("bad_output", f"garbled reply from the process running your code while {during}")
+            raise StudentCodeError.of(ErrorKind.BAD_OUTPUT,
+                                      f"garbled reply from the process running your code while {during}")
         return reply
+
+
+def _load_error(data) -> ErrorRecord:
+    """A cell that failed while loading: whatever the worker says, the error is the student's cell's."""
+    if type(data) is dict and data.get("kind") not in (ErrorKind.MISSING.value, ErrorKind.NOT_IMPLEMENTED.value):
+        data = {**data, "kind": ErrorKind.RAISED.value}
+    return ErrorRecord.from_reply(data)
 
 
 def _make_removable(folder: Path) -> None:

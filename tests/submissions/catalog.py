@@ -1,9 +1,12 @@
 """The catalog of derived submissions.
 
-MUTANTS: one realistic bug each, written as an exact edit of one solution cell, with the grader tests it must
-fail. Every other test must still pass ("loses the points of the tests aimed at its bug and keeps the others").
-VARIANTS: correct solutions written differently (einsum, scaled_dot_product_attention, unfold, ...), which must
-score full marks.
+MUTANTS: one realistic bug each, written as exact edits of one solution cell (or whole new cell sources), with
+the grader tests it must fail. Every other test must still pass ("loses the points of the tests aimed at its
+bug and keeps the others"). `says` is a phrase one failing test's message must contain (the grader names the
+mistake, or points at the earlier part to fix first); `not_says` a phrase none may contain (a hint that would
+be wrong for this bug).
+VARIANTS: correct solutions written differently (einsum, scaled_dot_product_attention, unfold, the book's own
+edge-case behaviour, ...), which must score full marks.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ class Mutant:
     edits: tuple[tuple[str, str], ...]
     breaks: frozenset[str]
     says: str = ""  # a phrase that at least one failing test's message contains: the grader names the mistake
+    not_says: str = ""  # a phrase that no failing test's message may contain (a hint that does not fit)
+    sources: dict[str, str] = field(default_factory=dict)  # grade_id -> whole new cell source (instead of edits)
 
 
 @dataclass(frozen=True)
@@ -28,20 +33,64 @@ class Variant:
     sources: dict[str, str] = field(default_factory=dict)  # grade_id -> whole new cell source
 
 
-def mutant(name, assignment, cell, edits, breaks, says=""):
-    return Mutant(name, assignment, cell, tuple(edits), frozenset(breaks), says)
+def mutant(name, assignment, cell, edits, breaks, says="", not_says=""):
+    return Mutant(name, assignment, cell, tuple(edits), frozenset(breaks), says, not_says)
+
+
+def rewrite(name, assignment, sources, breaks, says="", not_says=""):
+    """A mutant that replaces whole cells (a different, wrong implementation rather than a one-line slip)."""
+    return Mutant(name, assignment, "", (), frozenset(breaks), says, not_says, dict(sources))
 
 
 CH02, CH03 = "ch02_text_data", "ch03_attention"
 MHA_ALL = {"test_mha_output", "test_mha_is_causal", "test_mha_shorter_input"}
+CAUSAL_ALL = {"test_causal_attention_output", "test_causal_attention_is_causal", "test_causal_attention_shorter_input",
+              "test_causal_attention_dropout_in_training", "test_wrapper_output"}
+TOKENIZER_TESTS = {"test_tokenizer_v1_encode", "test_tokenizer_v2_unknown_words", "test_tokenizer_v2_endoftext"}
+
+# Attention-free modules with the stubs' __init__: each output depends on its own token only.
+NO_ATTENTION_CAUSAL = '''class CausalAttention(nn.Module):
+    def __init__(self, d_in, d_out, context_length, dropout, qkv_bias=False):
+        super().__init__()
+        self.d_out = d_out
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.dropout = nn.Dropout(dropout)
+        self.register_buffer("mask", torch.triu(torch.ones(context_length, context_length), diagonal=1))
+
+    def forward(self, x):
+        return self.dropout(self.W_value(x))
+'''
+
+NO_ATTENTION_MHA = '''class MultiHeadAttention(nn.Module):
+    def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
+        super().__init__()
+        self.d_out = d_out
+        self.num_heads = num_heads
+        self.head_dim = d_out // num_heads
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.out_proj = nn.Linear(d_out, d_out)
+        self.dropout = nn.Dropout(dropout)
+        self.register_buffer("mask", torch.triu(torch.ones(context_length, context_length), diagonal=1))
+
+    def forward(self, x):
+        return self.out_proj(self.dropout(self.W_value(x)))
+'''
 
 MUTANTS = [
     # -- chapter 2 --------------------------------------------------------------------------------------------
     mutant("tokenize_keeps_whitespace", CH02, "simple_tokenize",
            [("return [piece.strip() for piece in pieces if piece.strip()]",
              "return [piece for piece in pieces if piece]")],
-           {"test_simple_tokenize", "test_tokenizer_v1_encode", "test_tokenizer_v2_unknown_words",
-            "test_tokenizer_v2_endoftext"}),
+           {"test_simple_tokenize"} | TOKENIZER_TESTS, says="Fix test_simple_tokenize"),
+    # The tokenizers then fail with KeyError: '' in the student's own encode: the message points at the cause.
+    mutant("tokenize_keeps_empty_tokens", CH02, "simple_tokenize",
+           [("return [piece.strip() for piece in pieces if piece.strip()]",
+             "return [piece.strip() for piece in pieces if piece]")],
+           {"test_simple_tokenize"} | TOKENIZER_TESTS, says="Fix test_simple_tokenize"),
     mutant("vocab_not_sorted", CH02, "build_vocab",
            [("vocab_tokens = sorted(set(tokens))", "vocab_tokens = list(dict.fromkeys(tokens))")],
            {"test_build_vocab"}),
@@ -63,6 +112,11 @@ MUTANTS = [
     mutant("dataset_targets_not_shifted", CH02, "gpt_dataset_v1",
            [("token_ids[start + 1:start + max_length + 1]", "token_ids[start:start + max_length]")],
            {"test_dataset_windows", "test_dataset_short_texts", "test_dataloader_batches"}),
+    # Windows that run past the end of the text are shorter: the DataLoader cannot stack them into a batch.
+    mutant("dataset_windows_run_past_the_end", CH02, "gpt_dataset_v1",
+           [("range(0, len(token_ids) - max_length, stride)", "range(0, len(token_ids) - 1, stride)")],
+           {"test_dataset_windows", "test_dataset_short_texts", "test_dataloader_batches"},
+           says="Fix test_dataset_windows"),
     mutant("dataset_ignores_stride", CH02, "gpt_dataset_v1",
            [("range(0, len(token_ids) - max_length, stride)", "range(0, len(token_ids) - max_length, 1)")],
            {"test_dataset_windows", "test_dataloader_batches"}),
@@ -91,16 +145,27 @@ MUTANTS = [
             "test_wrapper_output"}, says="exactly what attention without the causal mask"),
     mutant("causal_mask_not_cut_to_length", CH03, "causal_attention",
            [("self.mask.bool()[:num_tokens, :num_tokens]", "self.mask.bool()")],
-           {"test_causal_attention_shorter_input"}),
+           {"test_causal_attention_shorter_input"}, says="cut the mask to the number of tokens"),
+    mutant("causal_mask_as_plain_attribute", CH03, "causal_attention",
+           [('self.register_buffer("mask", torch.triu(torch.ones(context_length, context_length), diagonal=1))',
+             "self.mask = torch.triu(torch.ones(context_length, context_length), diagonal=1)")],
+           CAUSAL_ALL, says="self.register_buffer('mask', ...)"),
+    mutant("causal_dropout_even_in_eval", CH03, "causal_attention",
+           [("attn_weights = self.dropout(attn_weights)",
+             "attn_weights = torch.nn.functional.dropout(attn_weights, self.dropout.p, training=True)")],
+           {"test_causal_attention_output", "test_causal_attention_shorter_input", "test_wrapper_output"},
+           says="dropout is still on"),
     mutant("causal_without_dropout", CH03, "causal_attention",
            [("attn_weights = self.dropout(attn_weights)", "attn_weights = attn_weights")],
            {"test_causal_attention_dropout_in_training"}),
     mutant("wrapper_concatenates_tokens", CH03, "multi_head_attention_wrapper",
            [("dim=-1)", "dim=1)")],
            {"test_wrapper_output"}),
+    # The mask is cut right: the shorter-input test must not tell the student to cut it.
     mutant("mha_scaled_by_d_out", CH03, "multi_head_attention",
            [("attn_scores / self.head_dim ** 0.5", "attn_scores / self.d_out ** 0.5")],
-           {"test_mha_output", "test_mha_shorter_input"}, says="exactly what scores scaled by sqrt(d_out)"),
+           {"test_mha_output", "test_mha_shorter_input"}, says="exactly what scores scaled by sqrt(d_out)",
+           not_says="cut the mask"),
     mutant("mha_softmax_over_queries", CH03, "multi_head_attention",
            [("torch.softmax(attn_scores / self.head_dim ** 0.5, dim=-1)",
              "torch.softmax(attn_scores / self.head_dim ** 0.5, dim=-2)")],
@@ -122,13 +187,25 @@ MUTANTS = [
     mutant("mha_dropout_even_in_eval", CH03, "multi_head_attention",
            [("attn_weights = self.dropout(attn_weights)",
              "attn_weights = torch.nn.functional.dropout(attn_weights, self.dropout.p, training=True)")],
-           {"test_mha_output", "test_mha_shorter_input"}),
+           {"test_mha_output", "test_mha_shorter_input"}, says="dropout is still on"),
     mutant("mha_without_dropout", CH03, "multi_head_attention",
            [("attn_weights = self.dropout(attn_weights)", "attn_weights = attn_weights")],
            {"test_mha_dropout_in_training"}),
     mutant("mha_class_renamed", CH03, "multi_head_attention",
            [("class MultiHeadAttention(nn.Module):", "class MultiHeadAttn(nn.Module):")],
            MHA_ALL | {"test_mha_dropout_in_training"}),
+    # A solution cell that uses a name only a demo cell defines.
+    mutant("simplified_uses_a_demo_variable", CH03, "simplified_self_attention",
+           [("attn_scores = inputs @ inputs.T", "attn_scores = inputs @ inputs.T + 0 * attn_scores_2.sum()")],
+           {"test_simplified_self_attention"}, says="demo cells are not run when grading"),
+    # No attention at all: each output depends on its own token only. It must not earn the property tests.
+    rewrite("no_attention_at_all", CH03,
+            {"causal_attention": NO_ATTENTION_CAUSAL, "multi_head_attention": NO_ATTENTION_MHA},
+            CAUSAL_ALL | MHA_ALL | {"test_mha_dropout_in_training"}, says="do not depend on earlier tokens"),
+    # NaN everywhere: comparisons of the student's outputs with each other must not pass on NaN == NaN.
+    mutant("mha_returns_nan", CH03, "multi_head_attention",
+           [("return self.out_proj(context_vecs)", "return self.out_proj(context_vecs) * float('nan')")],
+           MHA_ALL | {"test_mha_dropout_in_training"}, says="nan"),
 ]
 
 
@@ -231,10 +308,37 @@ EMBEDDINGS_INDEXING = '''def create_input_embeddings(token_ids, token_embedding_
     return token_embedding_layer.weight[token_ids] + pos_embedding_layer.weight[:n].unsqueeze(0)
 '''
 
+# The book's own edge-case behaviour, written for this course: special tokens appended without a check, and a
+# dataset that refuses a text too short for one window (the book's current notebook asserts).
+VOCAB_AS_THE_BOOK = '''def build_vocab(tokens, special_tokens=()):
+    all_tokens = sorted(set(tokens))
+    all_tokens.extend(special_tokens)
+    return {token: integer for integer, token in enumerate(all_tokens)}
+'''
+
+DATASET_THAT_REFUSES_SHORT_TEXTS = '''class GPTDatasetV1(Dataset):
+    def __init__(self, txt, tokenizer, max_length, stride):
+        self.input_ids = []
+        self.target_ids = []
+        token_ids = tokenizer.encode(txt, allowed_special={"<|endoftext|>"})
+        assert len(token_ids) > max_length, "the text needs at least max_length + 1 tokens"
+        for i in range(0, len(token_ids) - max_length, stride):
+            self.input_ids.append(torch.tensor(token_ids[i:i + max_length]))
+            self.target_ids.append(torch.tensor(token_ids[i + 1:i + max_length + 1]))
+
+    def __len__(self):
+        return len(self.input_ids)
+
+    def __getitem__(self, idx):
+        return self.input_ids[idx], self.target_ids[idx]
+'''
+
 VARIANTS = [
     Variant("mha_einsum", CH03, {"multi_head_attention": MHA_EINSUM, "causal_attention": CAUSAL_TRIL}),
     Variant("mha_scaled_dot_product_attention", CH03,
             {"multi_head_attention": MHA_SDPA, "simplified_self_attention": SIMPLIFIED_LOOPS}),
+    Variant("book_edge_cases", CH02,
+            {"build_vocab": VOCAB_AS_THE_BOOK, "gpt_dataset_v1": DATASET_THAT_REFUSES_SHORT_TEXTS}),
     Variant("dataset_unfold_and_one_liners", CH02,
             {"gpt_dataset_v1": DATASET_UNFOLD, "simple_tokenize": TOKENIZE_FILTER, "build_vocab": VOCAB_ONE_LINER,
              "create_input_embeddings": EMBEDDINGS_INDEXING}),
