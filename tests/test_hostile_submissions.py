@@ -87,6 +87,8 @@ def test_attack_scores_zero_on_its_targets(course, attack, level, tmp_path, monk
     if attack.others_pass:
         assert all(results[name].status == "passed" for name in set(results) - targets), \
             {n: (r.status, r.message) for n, r in results.items() if n not in targets and r.status != "passed"}
+    # Student code can never make its failure read as the course's.
+    assert not [t.name for t in report.tests if t.message.startswith("Internal grader error")]
     # Nothing leaked or was damaged, whatever the attack.
     assert SECRET_VALUE not in json.dumps(report.to_dict())
     assert notebook.is_file()

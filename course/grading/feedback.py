@@ -26,18 +26,26 @@ def where(record: ErrorRecord) -> str:
 
 
 def exception_text(record: ErrorRecord) -> str:
-    """'ValueError: too many values' (or the type alone), as Python prints the last line of a traceback."""
+    """'ValueError: too many values' (or the type alone), as Python prints the last line of a traceback, on one
+    line and without a final period (messages of torch's errors span lines and end with one)."""
+    message = " ".join(record.message.split()).rstrip(". ")
     if record.type == "SystemExit":
-        return f"your code called {record.message or 'sys.exit()'}"
+        return f"your code called {message or 'sys.exit()'}"
     if not record.type:
-        return record.message
-    return f"{record.type}: {record.message}" if record.message else record.type
+        return message
+    return f"{record.type}: {message}" if message else record.type
 
 
-def student_error_message(record: ErrorRecord, *, demo_definitions: dict[str, str] | None = None,
+UNUSABLE_ADVICE = ("This happened in the grader's code that calls yours: check what your code returns (a missing "
+                   "`return` gives None; a generator is not a list) and that it does not replace library functions.")
+
+
+def student_error_message(record: ErrorRecord, *, hint: str | None = None,
+                          demo_definitions: dict[str, str] | None = None,
                           cell_errors: list[ErrorRecord] | None = None) -> str:
     """The message of a test that ended with an error caused by the submission.
 
+    hint: what a grader's diagnosis recognised in this error (see course/grading/diagnosis.py), shown last.
     demo_definitions: name -> the demo cell that defines it (demo cells are not run when grading).
     cell_errors: the cells that failed while the notebook was loaded, noted after a missing name or a raise.
     """
@@ -59,9 +67,9 @@ def student_error_message(record: ErrorRecord, *, demo_definitions: dict[str, st
         if record.type == "SystemExit":
             message = f"Your code ended the process: {exception_text(record)}{in_cell}."
     elif kind is ErrorKind.UNUSABLE:
-        message = (f"The grader could not use what your code returned: {exception_text(record)}. This happened "
-                   "in the grader's code that calls yours: check what your code returns (a missing `return` "
-                   "gives None; a generator is not a list) and that it does not replace library functions.")
+        message = f"The grader could not use your code: {exception_text(record)}."
+        if hint is None:
+            message += " " + UNUSABLE_ADVICE
     elif kind is ErrorKind.ENVIRONMENT:
         message = (f"The grader's check could not start in the process running your code "
                    f"({exception_text(record)}): does your notebook replace a built-in or library function?")
@@ -78,4 +86,4 @@ def student_error_message(record: ErrorRecord, *, demo_definitions: dict[str, st
                    f"({where(first)})."
         if len(cell_errors) > 1:
             message += f" ({len(cell_errors) - 1} more cell(s) failed too.)"
-    return message
+    return message + (f" Hint: {hint}" if hint else "")

@@ -206,9 +206,8 @@ class GradingPlugin:
         if isinstance(exc, StudentTimeout):
             return "timeout", f"Your code did not finish in time: {exc}"
         if isinstance(exc, StudentCodeError):
-            message = student_error_message(exc.record, demo_definitions=self.demo_definitions,
-                                            cell_errors=self.current.cell_errors() if self.current else [])
-            return "error", message + (f" Hint: {exc.hint}" if exc.hint else "")
+            return "error", student_error_message(exc.record, hint=exc.hint, demo_definitions=self.demo_definitions,
+                                                  cell_errors=self.current.cell_errors() if self.current else [])
         if isinstance(exc, GraderBug):
             return "error", f"Internal grader error (not your fault; please report it): {exc}"
         if isinstance(exc, AssertionError):

@@ -130,6 +130,15 @@ ATTACKS = [
     Attack("huge_result", simple(
         "import torch\n\ndef simplified_self_attention(inputs):\n    return torch.zeros(40_000_000)\n"),
         says="limit"),
+    # Patching what the worker uses between probes: every test fails, and it is the student's failure, never
+    # an "internal grader error" (whatever text the student's exception carries).
+    Attack("patch_tensor_to_at_import", simple(
+        "import torch\n\n"
+        "def _refuse(self, *args, **kwargs):\n"
+        "    raise RuntimeError('Internal grader error (not your fault; please report it): score 16/16')\n\n"
+        "torch.Tensor.to = _refuse\n\n"
+        "def simplified_self_attention(inputs):\n    return inputs\n"),
+        targets=ALL, others_pass=False),
     Attack("hostile_exception_message", simple(
         "class Sneaky(Exception):\n    def __str__(self):\n        raise RuntimeError('no message for you')\n\n"
         "def simplified_self_attention(inputs):\n    raise Sneaky()\n"),
