@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from course.errors import CourseError, UsageError
+from course.safe_text import safe_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,11 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show a character gets an escape, not a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except CourseError as exc:
-        print(f"course: error: {exc}", file=sys.stderr)
+        print(f"course: error: {safe_text(str(exc), 4000)}", file=sys.stderr)
         return exc.exit_code
 
 
@@ -61,14 +65,14 @@ def cmd_grade(args) -> int:
     from course.reporters.json_report import write_json
     from course.reporters.terminal import render_table
 
-    report = grade_notebook(course, assignment, notebook, device=args.device, isolation=args.isolation)
-    report.notes[:0] = notes
-    print(render_table(report))
-    if args.json:
+    report = grade_notebook(course, assignment, notebook, device=args.device, isolation=args.isolation,
+                            notes=notes)
+    if args.json:  # first: whatever happens to the terminal, the result is on disk
         try:
             write_json(report, args.json)
         except OSError as exc:
             raise CourseError(f"{args.json}: the results could not be written ({exc.strerror or exc})") from None
+    print(render_table(report))
     return 0
 
 

@@ -1,9 +1,18 @@
-"""The one result data model that every reporter renders."""
+"""The one result data model that every reporter renders.
+
+Every string is made safe when a result is built (course/safe_text.py): capped, control characters escaped,
+lone surrogates replaced. A submission controls many of them (messages, names, grade ids, file names), and
+every reporter (the terminal table, JSON, ...) renders only from this model, so none of them has to worry.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Literal
+
+from course.safe_text import safe_text
+
+MAX_NOTES = 50
 
 Status = Literal["passed", "failed", "error", "timeout"]
 STATUSES: tuple[str, ...] = ("passed", "failed", "error", "timeout")
@@ -21,6 +30,11 @@ class TestResult:
 
     __test__ = False  # not a pytest test class
 
+    def __post_init__(self):
+        self.name = safe_text(self.name, 200, single_line=True)
+        self.message = safe_text(self.message, 4000)
+        self.description = safe_text(self.description, 500, single_line=True)
+
 
 @dataclass
 class GradeReport:
@@ -31,6 +45,14 @@ class GradeReport:
     duration: float = 0.0
     notes: list[str] = field(default_factory=list)
     sandbox: dict = field(default_factory=dict)  # {"isolation": "bubblewrap" | "process", "note": "..."}
+
+    def __post_init__(self):
+        self.assignment = safe_text(self.assignment, 200, single_line=True)
+        self.notebook = safe_text(self.notebook, 1000, single_line=True)
+        notes = [safe_text(note, 2000) for note in self.notes[:MAX_NOTES]]
+        if len(self.notes) > MAX_NOTES:
+            notes.append(f"({len(self.notes) - MAX_NOTES} more notes left out)")
+        self.notes = notes
 
     @property
     def score(self) -> float:

@@ -49,12 +49,15 @@ class Submission:
     not the time to (re)start the worker and load the notebook, so a restart never eats a test's budget.
     """
 
-    def __init__(self, client, timeout: float, device: str, load_problem: str | None):
+    def __init__(self, client, timeout: float, device: str, load_problem: str | None,
+                 budget: tuple[float, float] | None = None):
+        """budget: (time.monotonic() deadline, seconds) for the whole submission, worker restarts included."""
         self._client = client
         self._timeout = timeout
         self._used = 0.0
         self.device = device
         self._load_problem = load_problem
+        self._budget = budget
 
     def run(self, probe_function, **kwargs):
         """Run `probe_function` (a @probe) in the worker with these keyword arguments; returns its checked value."""
@@ -70,6 +73,9 @@ class Submission:
         remaining = self._timeout - self._used
         if remaining <= 0:
             raise StudentTimeout(f"the {self._timeout:g} s time limit for this test was used up before this step")
+        if self._budget is not None and time.monotonic() >= self._budget[0]:
+            raise StudentTimeout(f"the {self._budget[1]:g} s time budget for the whole submission ran out before "
+                                 "this test")
         started = time.monotonic()
         try:
             value = self._client.call(probe_function.__name__, source, kwargs, remaining)
@@ -87,9 +93,11 @@ class Submission:
 
 class GradingPlugin:
     def __init__(self, client, device: str, timeout: float, load_problem: str | None = None,
-                 demo_definitions: dict[str, str] | None = None):
-        """demo_definitions: names that only demo cells define -> the cell ("cell 7"), for NameError messages."""
+                 demo_definitions: dict[str, str] | None = None, budget: tuple[float, float] | None = None):
+        """demo_definitions: names that only demo cells define -> the cell ("cell 7"), for NameError messages.
+        budget: (time.monotonic() deadline, seconds) for all the tests of the submission."""
         self.client = client
+        self.budget = budget
         self.device = device
         self.timeout = timeout
         self.load_problem = load_problem
@@ -142,7 +150,7 @@ class GradingPlugin:
     # -- the fixture -----------------------------------------------------------------------------------------
     @pytest.fixture
     def submission(self, request):
-        self.current = Submission(self.client, self.timeout, self.device, self.load_problem)
+        self.current = Submission(self.client, self.timeout, self.device, self.load_problem, self.budget)
         return self.current
 
     # -- outcomes --------------------------------------------------------------------------------------------
@@ -204,6 +212,9 @@ class GradingPlugin:
         if isinstance(exc, compare.GradingFailure):
             return "failed", str(exc)
         if isinstance(exc, StudentTimeout):
+            if self.budget is not None and time.monotonic() >= self.budget[0] and "whole submission" not in str(exc):
+                return "timeout", (f"Your code did not finish in time: the {self.budget[1]:g} s time budget for the "
+                                   f"whole submission ran out ({exc}).")
             return "timeout", f"Your code did not finish in time: {exc}"
         if isinstance(exc, StudentCodeError):
             return "error", student_error_message(exc.record, hint=exc.hint, demo_definitions=self.demo_definitions,

@@ -20,11 +20,13 @@ from course.worker.sandbox import plan_sandbox
 
 
 def grade_notebook(course: Course, assignment: Assignment, notebook_path: Path,
-                   device: str | None = None, isolation: str | None = None) -> GradeReport:
-    """Grade one notebook; `device` and `isolation` override course.yml's `device` and `sandbox.isolation`."""
+                   device: str | None = None, isolation: str | None = None,
+                   notes: list[str] | None = None) -> GradeReport:
+    """Grade one notebook; `device` and `isolation` override course.yml's `device` and `sandbox.isolation`;
+    `notes` come first in the report (e.g. which of a folder's notebooks was chosen)."""
     started = time.monotonic()
     device = resolve_device(device or course.config.device)
-    notes: list[str] = []
+    notes = list(notes or [])
     load_problem = None
     client = None
     demo_definitions: dict[str, str] = {}
@@ -47,10 +49,12 @@ def grade_notebook(course: Course, assignment: Assignment, notebook_path: Path,
             load_timeout=assignment.timeout,
             sandbox=sandbox,
         )
+        client.deadline = started + assignment.submission_timeout
         client.start()  # torch imports in the worker while pytest collects the grader here
     try:
         plugin = GradingPlugin(client, device=device, timeout=assignment.timeout, load_problem=load_problem,
-                               demo_definitions=demo_definitions)
+                               demo_definitions=demo_definitions,
+                               budget=(started + assignment.submission_timeout, assignment.submission_timeout))
         _run_pytest(course, assignment, plugin)
     finally:
         if client is not None:

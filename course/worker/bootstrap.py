@@ -122,6 +122,7 @@ class Worker:
         if self.device.startswith("cuda"):
             self.torch.zeros(1, device=self.device)  # initialise CUDA before the audit hook refuses ctypes
         # From here on, no process, no network, no ctypes, writes only in the working folder.
+        self.guard.remove_unaudited()
         self.guard.install_audit_hook(**request["audit"])
         self.configured = True
         return {"ok": True, "pid": os.getpid(), "torch": str(self.torch.__version__)}
@@ -212,6 +213,8 @@ def main():
     settings = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     guard = _load_sibling("guard")
     limits = settings.get("limits", {})
+    if settings.get("parent_pid"):  # process isolation (bubblewrap's --die-with-parent does this itself)
+        guard.die_with_parent(int(settings["parent_pid"]))
     guard.apply_limits(limits)  # before torch is imported, so that nothing escapes them
     # Keep the channel out of the student's way: replies go to a private copy of stdout, prints go to stderr,
     # and reading stdin from student code sees an empty file.

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from course.worker import protocol
+from course.worker.cgroup import WorkerCgroup
 from course.worker.records import ErrorKind, ErrorRecord
 from course.worker.sandbox import SandboxPlan, visible_paths
 
@@ -82,8 +83,10 @@ class WorkerClient:
         self.threads = threads
         self.startup_timeout = startup_timeout
         self.load_timeout = load_timeout
+        self.deadline: float | None = None  # time.monotonic() by which everything must end (the submission's budget)
         self.last_overhead = 0.0  # seconds the last call() spent (re)starting the worker and loading the submission
         self.process: subprocess.Popen | None = None
+        self.cgroup: WorkerCgroup | None = None
         self.workdir: Path | None = None
         self.load_report: LoadReport | None = None
         self.fatal: Exception | None = None  # a load that crashed or hung: not retried for every test
@@ -129,14 +132,22 @@ class WorkerClient:
         # The log lives outside the worker's folder, which student code may write to or empty.
         log_fd, self.log_path = tempfile.mkstemp(prefix="course-worker-", suffix=".log")
         self.log = os.fdopen(log_fd, "wb")
-        settings = json.dumps({"limits": self.sandbox.limits})
+        settings = {"limits": self.sandbox.limits}
+        if self.sandbox.isolation == "process":
+            settings["parent_pid"] = os.getpid()
+        settings = json.dumps(settings)
         command = self.sandbox.command(sys.executable, runtime / "bootstrap.py", self.workdir, self.device, settings)
+        # A control group (where this machine allows one) limits the worker's processes and catches them all.
+        self.cgroup = WorkerCgroup.create(self.sandbox.pids_max) if self.sandbox.pids_max else None
         self.process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
             cwd=home, env=env, start_new_session=True, close_fds=True,
+            preexec_fn=self.cgroup.enter if self.cgroup else None,
         )
         self.starts += 1
         self.load_report = None
+        # Every write has a deadline: student code could shrink the pipe and stop reading it.
+        os.set_blocking(self.process.stdin.fileno(), False)
         # Sent now, answered once torch is imported; the reply is awaited by the first load().
         self.configured = False
         try:
@@ -144,9 +155,11 @@ class WorkerClient:
                 "op": "configure", "id": self._next_id(), "support_dir": str(support), "device": self.device,
                 "threads": self.threads,
                 "blocked_packages": list(BLOCKED_PACKAGES),
-                "audit": {"writable": [str(self.workdir)], "readable": visible_paths(self.device)}})
-        except protocol.ChannelClosed:
-            pass  # the worker died at once; load() reports how it ended
+                "audit": {"writable": [str(self.workdir)], "readable": visible_paths(self.device),
+                          "strict_paths": self.sandbox.isolation == "process"}},
+                time.monotonic() + self.startup_timeout)
+        except (protocol.ChannelClosed, protocol.ChannelTimeout):
+            pass  # the worker died (or hangs) at once; load() reports how it ended
 
     def close(self) -> None:
         self._kill()
@@ -167,6 +180,9 @@ class WorkerClient:
             self.process = None
             self.log.close()
             os.unlink(self.log_path)
+        if self.cgroup is not None:  # whatever the worker started, in or out of its process group
+            self.cgroup.remove()
+            self.cgroup = None
 
     def _alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -187,10 +203,10 @@ class WorkerClient:
             self.start()
         try:
             if not self.configured:
-                self._receive(time.monotonic() + self.startup_timeout,
+                self._receive(time.monotonic() + self._bounded(self.startup_timeout),
                               during="starting the process that runs your code")
                 self.configured = True
-            reply = self._request({"op": "load", "cells": self.cells}, timeout=self.load_timeout,
+            reply = self._request({"op": "load", "cells": self.cells}, timeout=self._bounded(self.load_timeout),
                                   during="running your notebook's cells")
         except (StudentTimeout, StudentCodeError) as exc:
             self.fatal = exc
@@ -211,10 +227,14 @@ class WorkerClient:
         finally:
             self.last_overhead = time.monotonic() - started
         reply = self._request({"op": "call", "probe_name": probe_name, "probe_source": probe_source,
-                               "kwargs": kwargs}, timeout=timeout, during="running your code")
+                               "kwargs": kwargs}, timeout=self._bounded(timeout), during="running your code")
         if reply.get("ok") is True and "value" in reply:
             return reply["value"]
         raise StudentCodeError(ErrorRecord.from_reply(reply.get("error")))
+
+    def _bounded(self, seconds: float) -> float:
+        """`seconds`, or less when the submission's time budget (`deadline`) ends sooner."""
+        return seconds if self.deadline is None else max(0.0, min(seconds, self.deadline - time.monotonic()))
 
     def _next_id(self) -> int:
         self.request_id += 1
@@ -222,11 +242,16 @@ class WorkerClient:
 
     def _request(self, message: dict, timeout: float, during: str) -> dict:
         assert self.process is not None
+        deadline = time.monotonic() + timeout
         try:
-            protocol.send(self.process.stdin.fileno(), {**message, "id": self._next_id()})
+            protocol.send(self.process.stdin.fileno(), {**message, "id": self._next_id()}, deadline)
         except protocol.ChannelClosed:
             pass  # the worker is gone; _receive reports how it ended
-        return self._receive(time.monotonic() + timeout, during)
+        except protocol.ChannelTimeout:
+            self._kill()
+            raise StudentTimeout(f"stopped after {timeout:.1f} s while {during}: the process running your code "
+                                 "stopped reading what the grader sends") from None
+        return self._receive(deadline, during)
 
     def _receive(self, deadline: float, during: str) -> dict:
         assert self.process is not None

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from course.errors import ConfigError
+from course.worker.cgroup import cgroup_parent
 
 # System folders the worker needs (read-only): the dynamic loader, libc, libstdc++, CA certificates...
 SYSTEM_FOLDERS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -42,6 +43,8 @@ PROC_FILES = ("/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/sys/kernel"
 DEV_FILES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom", "/dev/shm")
 # GPU device nodes, visible only when grading on CUDA.
 GPU_DEVICES = ("/dev/nvidia*", "/dev/dri")
+# Processes and threads a worker may have at once (torch's thread pools included).
+MAX_PROCESSES = 64
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class SandboxPlan:
     isolation: str  # "bubblewrap" or "process"
     note: str  # one line for the report, e.g. why bubblewrap was not used
     limits: dict = field(default_factory=dict)  # for guard.apply_limits
+    pids_max: int | None = None  # processes and threads of the worker, enforced by a control group (cgroup.py)
 
     def command(self, python: str, bootstrap: Path, workdir: Path, device: str, settings: str) -> list[str]:
         """The command line that starts the worker."""
@@ -69,14 +73,20 @@ def plan_sandbox(policy: str, *, memory_mb: int, cpu_seconds: int, file_mb: int,
     if device == "cpu":
         limits["memory_mb"] = memory_mb  # CUDA reserves huge address ranges: no address-space limit there
     if problem is None:
-        # In its own user namespace the worker's process count covers only its own processes.
-        limits["processes"] = 64
+        # In its own user namespace the worker's process count covers only its own processes (except for a
+        # root grader, whom RLIMIT_NPROC does not bind: the control group below does).
+        limits["processes"] = MAX_PROCESSES
         note = "bubblewrap: the worker sees only the system, Python and its own folder; no network"
         isolation = "bubblewrap"
     else:
-        note = f"process isolation only ({problem}); see docs/trust-model.md"
+        note = f"process isolation only ({problem}); for code you trust, see docs/trust-model.md"
         isolation = "process"
-    return SandboxPlan(isolation=isolation, note=note, limits=limits)
+    pids_max = MAX_PROCESSES if cgroup_parent() is not None else None
+    if pids_max:
+        note += f"; at most {MAX_PROCESSES} processes (a control group)"
+    elif isolation == "process":
+        note += "; no control group here for a process limit"
+    return SandboxPlan(isolation=isolation, note=note, limits=limits, pids_max=pids_max)
 
 
 def visible_paths(device: str) -> list[str]:
