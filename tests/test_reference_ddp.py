@@ -159,7 +159,9 @@ def test_ddp_setup_takes_the_port_from_the_environment(free_master_port):
 
 
 def test_ddp_setup_defaults_to_the_books_port(monkeypatch):
-    monkeypatch.delenv("MASTER_PORT", raising=False)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(name, "")  # remembers the original value, restored (or removed) after the test
+        monkeypatch.delenv(name)
     monkeypatch.setattr(reference.ddp, "init_process_group", lambda **kwargs: None)
     ddp_setup(0, 1, backend="gloo")
     assert os.environ["MASTER_PORT"] == "12345"
