@@ -28,9 +28,11 @@ What this module adds to the book's script, and why:
   port in the rare case that another program took it in the meantime. We keep the ``env://`` rendezvous
   rather than a ``file://`` one so that the same ``ddp_setup`` serves both launchers, as in the book.
 - **Hangs.** A peer that never joins, or stops answering, makes the others wait. ``init_process_group``
-  gets a ``timeout`` (collectives honour it too), after which the waiting rank raises
-  :class:`DDPTimeoutError` naming the rank; :func:`launch` joins the spawned processes with a deadline and
-  terminates them when it passes.
+  gets a ``timeout``: a rank whose peers do not all join within it raises :class:`DDPTimeoutError` naming
+  the rank and the address; a collective (the gradient all-reduce) that waits longer than it raises the
+  backend's timeout error (gloo: "Timed out waiting 60000ms for recv operation to complete").
+  :func:`launch` joins the spawned processes with a deadline, stops them all as soon as one fails, and
+  terminates them when the deadline passes.
 - **Teardown.** ``destroy_process_group`` runs in a ``finally`` block, so a failing rank still leaves the
   group cleanly.
 - **Equivalence with one process.** :func:`run_ddp_training` trains on two CPU processes and returns the
@@ -125,8 +127,8 @@ def ddp_setup(
         rank: this process's unique id, 0 to world_size - 1 (with one GPU per process, also its GPU).
         world_size: the total number of processes in the group.
         backend: ``"nccl"`` (NVIDIA GPUs) or ``"gloo"`` (CPU); by default nccl when CUDA is available.
-        timeout: how long to wait for the other processes, when joining and in every collective, before
-            raising :class:`DDPTimeoutError`.
+        timeout: how long to wait for the other processes: when joining (then :class:`DDPTimeoutError`)
+            and in every collective (then the backend's own timeout error).
 
     Rank 0 listens at ``MASTER_ADDR:MASTER_PORT`` and the others connect to it. Both come from the
     environment when set (torchrun and :func:`launch` set them), else ``localhost`` and the book's 12345.
