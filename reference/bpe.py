@@ -39,7 +39,8 @@ How it works, and where it differs from the book's class:
 - **Special tokens** (such as ``<|endoftext|>``) get ids after the merges, as GPT-2's 50256. ``encode``
   raises ``ValueError`` when the text contains a special token that is not allowed, as tiktoken does.
 - **Encoding matches tiktoken.** After ``load_vocab_and_merges_from_openai`` with GPT-2's files, ``encode``
-  returns exactly what ``tiktoken.get_encoding("gpt2").encode`` returns (checked on 50 KB of varied text).
+  returns exactly what ``tiktoken.get_encoding("gpt2").encode`` returns (the tests check it on the 60 KB
+  text ``data/bpe/mixed_text.txt`` and on many tricky strings).
 
 Files: ``save_vocab_and_merges`` writes the book's JSON formats: the vocabulary as ``{"id": "token
 string"}`` and the merges as a list of ``{"pair": [left id, right id], "new_id": merged id}`` in rank

@@ -207,18 +207,21 @@ def main(rank: int, world_size: int, num_epochs: int) -> None:
                 optimizer.zero_grad()
                 loss.backward()  # also averages the gradients over the ranks
                 optimizer.step()
+                # One string, flushed at once: the ranks share the terminal (or pipe), and lines written
+                # in pieces would interleave.
                 print(
                     f"[rank {rank}] Epoch: {epoch + 1:03d}/{num_epochs:03d}"
                     f" | Batchsize {labels.shape[0]:03d}"
-                    f" | Train/Val Loss: {loss:.2f}"
+                    f" | Train/Val Loss: {loss:.2f}",
+                    flush=True,
                 )
 
         model.eval()
         # Each rank evaluates on its own share of the training set, and on the whole test set.
         train_acc = compute_accuracy(model, train_loader, device=device)
-        print(f"[rank {rank}] Training accuracy", train_acc)
+        print(f"[rank {rank}] Training accuracy {train_acc}", flush=True)
         test_acc = compute_accuracy(model, test_loader, device=device)
-        print(f"[rank {rank}] Test accuracy", test_acc)
+        print(f"[rank {rank}] Test accuracy {test_acc}", flush=True)
     finally:
         destroy_process_group()  # leave distributed mode cleanly, even after an error
 
