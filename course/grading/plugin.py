@@ -50,14 +50,21 @@ class Submission:
     """
 
     def __init__(self, client, timeout: float, device: str, load_problem: str | None,
-                 budget: tuple[float, float] | None = None):
-        """budget: (time.monotonic() deadline, seconds) for the whole submission, worker restarts included."""
+                 budget: tuple[float, float] | None = None, hung: dict[str, str] | None = None,
+                 blocked: str | None = None):
+        """budget: (time.monotonic() deadline, seconds) for the whole submission, worker restarts included.
+        hung: the student's functions and classes that ran out of time in earlier tests -> that test (shared by
+        the submission's tests: a function that hangs costs one timeout, not one per test).
+        blocked: why this test must not call the student's code at all (a test it depends on hung)."""
         self._client = client
         self._timeout = timeout
         self._used = 0.0
         self.device = device
         self._load_problem = load_problem
         self._budget = budget
+        self._hung = hung if hung is not None else {}
+        self._blocked = blocked
+        self.test_name = ""
 
     def run(self, probe_function, **kwargs):
         """Run `probe_function` (a @probe) in the worker with these keyword arguments; returns its checked value."""
@@ -70,6 +77,13 @@ class Submission:
             raise GraderBug(f"probe {probe_function.__name__} called with the wrong arguments: {exc}") from None
         if self._load_problem is not None:
             raise StudentCodeError.of(ErrorKind.NOTEBOOK, self._load_problem)
+        if self._client is not None and self._client.fatal is not None:
+            raise self._client.fatal  # the notebook could not be loaded: that, not a hung test, is the cause
+        if self._blocked:
+            raise StudentTimeout(self._blocked)
+        target = next((v for k, v in kwargs.items() if k in ("name", "class_name") and isinstance(v, str)), None)
+        if target in self._hung:
+            raise StudentTimeout(f"not run again: `{target}` did not finish in time in {self._hung[target]}")
         remaining = self._timeout - self._used
         if remaining <= 0:
             raise StudentTimeout(f"the {self._timeout:g} s time limit for this test was used up before this step")
@@ -79,6 +93,10 @@ class Submission:
         started = time.monotonic()
         try:
             value = self._client.call(probe_function.__name__, source, kwargs, remaining)
+        except StudentTimeout:
+            if target is not None and self._client.fatal is None:  # the call hung, not the loading
+                self._hung[target] = self.test_name or "an earlier test"
+            raise
         finally:
             self._used += time.monotonic() - started - self._client.last_overhead
         try:
@@ -110,6 +128,7 @@ class GradingPlugin:
         self.collection_errors: list[str] = []
         self.started: dict[str, float] = {}
         self.current: Submission | None = None
+        self.hung: dict[str, str] = {}  # the student's names that ran out of time -> the test where they did
 
     # -- configuration and collection ----------------------------------------------------------------------
     def pytest_configure(self, config):
@@ -150,7 +169,14 @@ class GradingPlugin:
     # -- the fixture -----------------------------------------------------------------------------------------
     @pytest.fixture
     def submission(self, request):
-        self.current = Submission(self.client, self.timeout, self.device, self.load_problem, self.budget)
+        item = request.node
+        module = item.nodeid.rsplit("::", 1)[0]
+        hung = [name for name in self.depends_on.get(item.nodeid, [])
+                if getattr(self.results.get(f"{module}::{name}"), "status", None) == "timeout"]
+        blocked = (f"not run: {hung[0]}, whose code this test uses, did not finish in time" if hung else None)
+        self.current = Submission(self.client, self.timeout, self.device, self.load_problem, self.budget,
+                                  hung=self.hung, blocked=blocked)
+        self.current.test_name = item.name
         return self.current
 
     # -- outcomes --------------------------------------------------------------------------------------------
