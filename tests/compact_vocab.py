@@ -5,13 +5,18 @@ over 50,257 logits, however small the rest of it is. The course's finetuning dat
 distinct GPT-2 tokens, so the tests number just those tokens 0..V-1 (keeping GPT-2's segmentation
 exactly) and build models with ``vocab_size = V``: the same texts, the same token boundaries, a small
 output layer. ``<|endoftext|>`` (50256) is always in the vocabulary, as its last id.
+
+:func:`one_thread` runs such tiny models on one CPU thread: their matrices are so small that torch's
+intra-op threads cost more than they save, by a factor of 10 to 100 when other processes share the cores.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 
 import tiktoken
+import torch
 
 GPT2_END_OF_TEXT = 50256
 
@@ -53,3 +58,14 @@ def tiny_gpt_config(vocab_size: int, context_length: int = 96) -> dict:
         "drop_rate": 0.0,
         "qkv_bias": False,
     }
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread inside the block, then restore the previous setting."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

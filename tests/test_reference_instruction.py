@@ -41,7 +41,7 @@ from reference.pretraining import (
     train_model_simple,
 )
 from reference.tiktoken_offline import get_gpt2_tokenizer
-from tests.compact_vocab import CompactTokenizer, tiny_gpt_config
+from tests.compact_vocab import CompactTokenizer, one_thread, tiny_gpt_config
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "instruction_data.json"
 PAD = 50256
@@ -56,6 +56,12 @@ BOOK_TARGETS = torch.tensor([[1, 2, 3, 4, PAD], [6, PAD, -100, -100, -100], [8, 
 ENTRY_WITH_INPUT = {"instruction": "Correct the spelling.", "input": "recieve", "output": "receive"}
 ENTRY_WITHOUT_INPUT = {"instruction": "Name a primary color.", "input": "", "output": "Red."}
 PREAMBLE = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tiny_models_on_one_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
