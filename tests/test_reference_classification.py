@@ -123,6 +123,14 @@ def test_random_split_book_sizes():
     assert (len(train), len(validation), len(test)) == (1045, 149, 300)
 
 
+def test_book_batch_counts():
+    # The book's loaders over those splits, batch size 8: 130 training (drop_last), 19 validation, 38 test.
+    frame = pd.DataFrame({"Label": [0] * 1494, "Text": ["x"] * 1494})
+    sizes = [len(part) for part in random_split(frame, 0.7, 0.1)]
+    loaders = [DataLoader(range(n), batch_size=8, drop_last=(i == 0)) for i, n in enumerate(sizes)]
+    assert [len(loader) for loader in loaders] == [130, 19, 38]
+
+
 def test_random_split_is_a_seeded_shuffle_of_every_row(df):
     train, validation, test = random_split(df, 0.7, 0.1)
     together = pd.concat([train, validation, test])

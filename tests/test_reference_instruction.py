@@ -225,7 +225,9 @@ def test_ignore_index_targets_add_nothing_to_the_loss():
     logits = torch.tensor([[-1.0, 1.0], [-0.5, 1.5], [-0.5, 1.5]])
     loss_two = torch.nn.functional.cross_entropy(logits[:2], torch.tensor([0, 1]))
     loss_three = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, -100]))
+    loss_three_counted = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 1]))
     assert round(loss_two.item(), 4) == 1.1269
+    assert round(loss_three_counted.item(), 4) == 0.7936
     assert torch.equal(loss_two, loss_three)
 
 
@@ -295,29 +297,45 @@ def finetuning_run(compact, data):
         model, train_loader, val_loader, optimizer, "cpu", num_epochs=2, eval_freq=3, eval_iter=2,
         start_context=format_input(val_data[0]), tokenizer=compact,
     )
-    return initial, train_losses, val_losses, tokens_seen, len(compact)
+    return initial, train_losses, val_losses, tokens_seen, len(compact), model
 
 
 def test_finetuning_records_an_evaluation_every_eval_freq_steps(finetuning_run):
-    _, train_losses, val_losses, tokens_seen, _ = finetuning_run
+    _, train_losses, val_losses, tokens_seen, _, _ = finetuning_run
     # 2 epochs x 6 batches = 12 steps, evaluated after steps 0, 3, 6, 9
     assert (len(train_losses), len(val_losses), len(tokens_seen)) == (4, 4, 4)
 
 
 def test_finetuning_training_loss_falls(finetuning_run):
-    _, train_losses, _, _, _ = finetuning_run
+    _, train_losses, _, _, _, _ = finetuning_run
     assert train_losses[-1] < train_losses[0] - 1.5
 
 
 def test_finetuning_validation_loss_falls(finetuning_run):
-    _, _, val_losses, _, _ = finetuning_run
+    _, _, val_losses, _, _, _ = finetuning_run
     assert val_losses[-1] < val_losses[0] - 1.0
 
 
 def test_untrained_loss_is_near_log_vocab_size(finetuning_run):
     # An untrained model is close to guessing uniformly among the vocabulary's tokens.
-    initial, _, _, _, vocab_size = finetuning_run
+    initial, _, _, _, vocab_size, _ = finetuning_run
     assert abs(initial - math.log(vocab_size)) < 0.5
+
+
+def test_offline_evaluation_of_the_test_split_is_deterministic(finetuning_run, compact, data):
+    *_, model = finetuning_run
+    _, _, test_data = split_data(data)
+
+    def scores():
+        responses = generate_model_responses(
+            model, test_data, compact, "cpu", max_new_tokens=12, eos_id=compact.eot_token
+        )
+        return evaluate_responses(responses)
+
+    first = scores()
+    assert first["count"] == 10
+    assert 0.0 <= first["f1"] <= 100.0
+    assert scores() == first
 
 
 # --- exact match and token F1 -----------------------------------------------------------------------------
