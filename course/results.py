@@ -1,4 +1,10 @@
-"""The one result data model that every reporter renders."""
+"""The one result data model that every reporter renders.
+
+A GradeReport holds the results of `course grade` (kind "grade": the hidden grader's tests) or of
+`course check` (kind "check": the public checks, one per grader test, named and weighted like it). The
+reporters in course/reporters/ render either: the terminal, JSON, a Markdown job summary, the
+classroom-resources autograding payload and Classroom 50's result.json.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ class GradeReport:
     duration: float = 0.0
     notes: list[str] = field(default_factory=list)
     sandbox: dict = field(default_factory=dict)  # {"isolation": "bubblewrap" | "process", "note": "..."}
+    kind: Literal["grade", "check"] = "grade"  # the hidden grader's tests, or the public checks
 
     @property
     def score(self) -> float:
@@ -40,8 +47,18 @@ class GradeReport:
     def max_score(self) -> float:
         return sum(t.max_score for t in self.tests)
 
+    @property
+    def passed(self) -> list[TestResult]:
+        return [t for t in self.tests if t.status == "passed"]
+
+    @property
+    def first_failure(self) -> TestResult | None:
+        """The first test, in the grader's order, that did not pass: what to fix next."""
+        return next((t for t in self.tests if t.status != "passed"), None)
+
     def to_dict(self) -> dict:
         return {
+            "kind": self.kind,
             "assignment": self.assignment,
             "notebook": self.notebook,
             "device": self.device,
