@@ -206,7 +206,7 @@ jobs:
           runners: {CHECKS_STEP}
       - name: Keep the results (Classroom 50 reads result.json)
         if: always()
-        uses: actions/upload-artifact@v5
+        uses: actions/upload-artifact@v6
         with:
           name: results
           path: |
