@@ -45,9 +45,16 @@ BOOK_WRAPPER_SEED_123 = [[-0.4519, 0.2216, 0.4772, 0.1063], [-0.5874, 0.0058, 0.
 BOOK_MHA_SEED_123 = [[0.3190, 0.4858], [0.2943, 0.3897], [0.2856, 0.3593],
                      [0.2693, 0.3873], [0.2639, 0.3928], [0.2575, 0.4028]]
 
-HINT_SEED = ("the module is built right after torch.manual_seed(seed), as in the book, so its weights are the "
-             "book's: keep the __init__ the notebook gave you, and compare your forward with the steps above it.")
-HINT_SCALE = "divide the scores by the square root of the key dimension (head_dim for several heads)."
+SEED_NOTE = ("(The module is built right after torch.manual_seed(seed), as in the book, so its weights are the "
+             "book's: keep the __init__ the notebook gave you.)")
+HINT_ATTENTION = ("compare your forward with the steps above it: scores queries @ keys.T, divided by the square root "
+                  "of the key dimension, a softmax over the last dimension, then weights @ values. " + SEED_NOTE)
+HINT_CAUSAL = ("mask the scores above the diagonal with -inf before the softmax (the mask cut to num_tokens), scale "
+               "by the square root of the key dimension, apply self.dropout to the weights. " + SEED_NOTE)
+HINT_WRAPPER = "run every head of self.heads on x and concatenate the outputs with torch.cat(..., dim=-1). " + SEED_NOTE
+HINT_MHA = ("split d_out into heads with .view(b, num_tokens, num_heads, head_dim).transpose(1, 2), mask, scale by "
+            "the square root of head_dim, softmax, combine the heads back the same way and apply self.out_proj. "
+            + SEED_NOTE)
 HINT_MASK_CUT = ("inputs may be shorter than context_length: cut the mask with "
                  "self.mask.bool()[:num_tokens, :num_tokens].")
 
@@ -74,13 +81,13 @@ def output(module, x):
         return module(x)
 
 
-def expect_book_output(got, book, what, shape):
+def expect_book_output(got, book, what, shape, hint):
     expect_shape(got, shape, what, "one context vector per token (and per batch element).")
     expect_finite(got, what)
     for index in range(got.shape[0] if got.dim() == 3 else 1):
         row = got[index] if got.dim() == 3 else got
         label = f"{what}, batch element {index}" if got.dim() == 3 else what
-        expect_close(row, book, f"{label}, compared with the book's printout", HINT_SEED + " " + HINT_SCALE)
+        expect_close(row, book, f"{label}, compared with the book's printout", hint)
 
 
 def expect_causal(module, name):
@@ -144,8 +151,8 @@ def check_self_attention_v1(ns):
         expect_true(isinstance(weight, nn.Parameter) and tuple(weight.shape) == (3, 2),
                     f"SelfAttention_v1(3, 2).{name} is not an nn.Parameter of shape (3, 2).",
                     "keep the __init__ the notebook gave you.")
-    expect_book_output(output(module, inputs()), BOOK_V1_SEED_123, "SelfAttention_v1(3, 2)",
-                       (6, 2))
+    expect_book_output(output(module, inputs()), BOOK_V1_SEED_123, "SelfAttention_v1(3, 2)", (6, 2),
+                       HINT_ATTENTION)
 
 
 @CHECKS.register("test_self_attention_v2", subject="SelfAttention_v2",
@@ -156,8 +163,8 @@ def check_self_attention_v2(ns):
         expect_true(isinstance(getattr(module, name, None), nn.Linear),
                     f"SelfAttention_v2(3, 2).{name} is not an nn.Linear layer.",
                     "keep the __init__ the notebook gave you.")
-    expect_book_output(output(module, inputs()), BOOK_V2_SEED_789, "SelfAttention_v2(3, 2)",
-                       (6, 2))
+    expect_book_output(output(module, inputs()), BOOK_V2_SEED_789, "SelfAttention_v2(3, 2)", (6, 2),
+                       HINT_ATTENTION)
 
 
 # -- section 4: causal attention ------------------------------------------------------------------------------
@@ -167,7 +174,7 @@ def check_self_attention_v2(ns):
 def check_causal_attention_output(ns):
     module = book_module(ns, "CausalAttention", 123, 3, 2, 6, 0.0)
     expect_book_output(output(module, batch()), BOOK_CAUSAL_SEED_123,
-                       "CausalAttention(3, 2, 6, 0.0) on a batch of two copies", (2, 6, 2))
+                       "CausalAttention(3, 2, 6, 0.0) on a batch of two copies", (2, 6, 2), HINT_CAUSAL)
 
 
 @CHECKS.register("test_causal_attention_is_causal", subject="CausalAttention",
@@ -199,7 +206,7 @@ def check_wrapper_output(ns):
                 "MultiHeadAttentionWrapper(..., num_heads=2).heads is not an nn.ModuleList of 2 heads.",
                 "keep the __init__ the notebook gave you.")
     expect_book_output(output(module, batch()), BOOK_WRAPPER_SEED_123,
-                       "MultiHeadAttentionWrapper(3, 2, 6, 0.0, num_heads=2)", (2, 6, 4))
+                       "MultiHeadAttentionWrapper(3, 2, 6, 0.0, num_heads=2)", (2, 6, 4), HINT_WRAPPER)
 
 
 # -- section 6: multi-head attention --------------------------------------------------------------------------
@@ -216,7 +223,7 @@ def check_mha_output(ns):
                 "MultiHeadAttention(3, 2, 6, 0.0, num_heads=2) has no head_dim of 1 or no out_proj layer.",
                 "keep the __init__ the notebook gave you.")
     expect_book_output(output(module, batch()), BOOK_MHA_SEED_123,
-                       "MultiHeadAttention(3, 2, 6, 0.0, num_heads=2)", (2, 6, 2))
+                       "MultiHeadAttention(3, 2, 6, 0.0, num_heads=2)", (2, 6, 2), HINT_MHA)
 
 
 @CHECKS.register("test_mha_is_causal", subject="MultiHeadAttention",

@@ -288,7 +288,8 @@ course check
 runs every public check at once, from any folder inside this repository, and prints a progress table: what
 passes, what is left, and the first failure with its hint. It runs your notebook the way the grader does
 (your setup and solution cells, in a separate process, not the demo cells), so it also tells you when your
-code relies on something only a demo cell defines. It takes a few seconds.
+code relies on something only a demo cell defines. It takes a few seconds, on Linux or macOS (on Windows,
+use WSL, or the check cells and the checks that run when you push).
 
 | check | points | what it checks |
 |---|---:|---|
