@@ -27,6 +27,7 @@ import yaml
 
 from course.config import CONFIG_NAME, Assignment, Course, SandboxConfig
 from course.errors import UsageError
+from course.reporters.markdown import escape
 
 # What the notebook and `course check` need at run time; `course grade` and nbgrader are the instructor's.
 # The pins are the course's own (pyproject.toml); a test keeps them equal.
@@ -233,7 +234,8 @@ def _check_descriptions(course: Course, assignment: Assignment) -> dict[str, str
 
 def readme(course: Course, assignment: Assignment, tests: dict[str, float]) -> str:
     descriptions = _check_descriptions(course, assignment)
-    rows = "".join(f"| `{name}` | {points:g} | {descriptions.get(name, '')} |\n" for name, points in tests.items())
+    rows = "".join(f"| `{name}` | {points:g} | {escape(descriptions.get(name, ''))} |\n"
+                   for name, points in tests.items())
     support = ", ".join(f"`{module.split('.')[-1]}`" for module in shipped_modules(assignment)) or "none"
     notebook = assignment.notebook
     return f"""# {assignment.title}
@@ -305,8 +307,9 @@ git push
 ```
 
 Every push runs the checks on GitHub: open the **Actions** tab, then the latest run; its summary shows the
-table and the first failure with its hint. (Courses that use GitHub Classroom or Classroom 50 read the same
-results.) What counts is the notebook in your repository at the deadline.
+table and the first failure with its hint. The run is marked as failed while a check fails: that is expected
+until you are done. (Courses that use GitHub Classroom or Classroom 50 read the same results.) What counts is
+the notebook in your repository at the deadline.
 
 ## What the grader looks at
 

@@ -170,6 +170,11 @@ def test_grade_in_a_student_repository_points_to_course_check(released):
     assert (done.returncode, "Run `course check`" in done.stderr) == (2, True)
 
 
+def test_validate_in_a_student_repository_checks_its_course_yml(released):
+    done = run_cli("validate", cwd=released / ASSIGNMENTS[0] / "checks")
+    assert (done.returncode, "course.yml of this student repository is valid" in done.stdout) == (0, True)
+
+
 def test_no_course_yml_says_where_to_run(tmp_path):
     if any((folder / CONFIG_NAME).is_file() for folder in tmp_path.parents):
         pytest.skip(f"a {CONFIG_NAME} exists above {tmp_path}")
