@@ -43,6 +43,8 @@ class Assignment(BaseModel):
     support: list[str] = Field(default_factory=list, description="reference modules students may import")
     points: int = Field(gt=0)
     timeout: float = Field(default=30.0, gt=0, description="seconds each grader test may spend in student code")
+    submission_timeout: float = Field(default=300.0, gt=0, description="seconds of wall time for all the tests of "
+                                      "one submission, worker restarts included")
     tiktoken: bool = Field(default=False, description="the worker gets GPT-2's BPE files, so that "
                                                       "tiktoken.get_encoding('gpt2') works offline there")
 

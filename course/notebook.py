@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from course.safe_text import safe_text
+
 # Above this size a submission is not read at all (a notebook with its outputs cleared is a few hundred kB).
 MAX_NOTEBOOK_BYTES = 20 * 1024 * 1024
 
@@ -38,6 +40,9 @@ SKIPPED = "# (skipped at grading) "
 # check cells themselves (nbgrader grade cells), it is never run at grading: the checks are the student's own
 # feedback, not part of the graded module, and the process that runs student code has no `checks` package.
 CHECKS_IMPORT_ID = "import_checks"
+
+# A cell's label (its grade_id) appears in every message about the cell: a submission controls it, so it is capped.
+MAX_LABEL = 100
 
 
 class NotebookError(Exception):
@@ -109,6 +114,9 @@ def read_notebook(path: Path) -> dict:
         ) from None
     except RecursionError:
         raise NotebookError(f"{path}: not a valid notebook file: its JSON is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise NotebookError(f"{path}: not a valid notebook file: a value in it cannot be read "
+                            f"({safe_text(str(exc), 200, single_line=True)})") from None
     if not isinstance(data, dict) or "cells" not in data and "worksheets" not in data:
         raise NotebookError(f"{path}: valid JSON but not a Jupyter notebook (no 'cells': the file holds "
                             f"{_describe_json(data)})")
@@ -240,7 +248,7 @@ def grading_cells(notebook: dict) -> GradingCells:
             is_setup = bool(meta.get("locked")) and not meta.get("grade") and meta.get("grade_id") != CHECKS_IMPORT_ID
             if not (is_solution or is_setup):
                 continue  # a check cell (an nbgrader test cell) or the import of the checks: never run at grading
-            label = str(meta.get("grade_id") or label)
+            label = safe_text(str(meta.get("grade_id") or label), MAX_LABEL, single_line=True)
             if source is not None and is_solution and _only_ipython(source):
                 notes.append(_only_ipython_note(index, meta, source))
         elif any_metadata:  # no metadata, in a notebook that has some: a demo cell, or a definition the student added
@@ -289,7 +297,9 @@ def _nbgrader_metadata(cell: dict) -> dict | None:
 def _name(index: int, meta: dict | None) -> str:
     """How a note names a cell: its grade_id (what the plugin's messages call it) and its position."""
     grade_id = meta.get("grade_id") if meta else None
-    return f"Cell '{grade_id}' (cell {index + 1} of the notebook)" if grade_id else f"Cell {index + 1}"
+    if not grade_id:
+        return f"Cell {index + 1}"
+    return f"Cell '{safe_text(str(grade_id), MAX_LABEL, single_line=True)}' (cell {index + 1} of the notebook)"
 
 
 def _source_text(cell: dict) -> str | None:

@@ -4,12 +4,20 @@ A GradeReport holds the results of `course grade` (kind "grade": the hidden grad
 `course check` (kind "check": the public checks, one per grader test, named and weighted like it). The
 reporters in course/reporters/ render either: the terminal, JSON, a Markdown job summary, the
 classroom-resources autograding payload and Classroom 50's result.json.
+
+Every string is made safe when a result is built (course/safe_text.py): capped, control characters escaped,
+lone surrogates replaced. A submission controls many of them (messages, names, grade ids, file names), and
+every reporter (the terminal table, JSON, ...) renders only from this model, so none of them has to worry.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Literal
+
+from course.safe_text import safe_text
+
+MAX_NOTES = 50
 
 Status = Literal["passed", "failed", "error", "timeout"]
 STATUSES: tuple[str, ...] = ("passed", "failed", "error", "timeout")
@@ -27,6 +35,11 @@ class TestResult:
 
     __test__ = False  # not a pytest test class
 
+    def __post_init__(self):
+        self.name = safe_text(self.name, 200, single_line=True)
+        self.message = safe_text(self.message, 4000)
+        self.description = safe_text(self.description, 500, single_line=True)
+
 
 @dataclass
 class GradeReport:
@@ -38,6 +51,14 @@ class GradeReport:
     notes: list[str] = field(default_factory=list)
     sandbox: dict = field(default_factory=dict)  # {"isolation": "bubblewrap" | "process", "note": "..."}
     kind: Literal["grade", "check"] = "grade"  # the hidden grader's tests, or the public checks
+
+    def __post_init__(self):
+        self.assignment = safe_text(self.assignment, 200, single_line=True)
+        self.notebook = safe_text(self.notebook, 1000, single_line=True)
+        notes = [safe_text(note, 2000) for note in self.notes[:MAX_NOTES]]
+        if len(self.notes) > MAX_NOTES:
+            notes.append(f"({len(self.notes) - MAX_NOTES} more notes left out)")
+        self.notes = notes
 
     @property
     def score(self) -> float:
@@ -56,7 +77,8 @@ class GradeReport:
         """The first test, in the grader's order, that did not pass: what to fix next."""
         return next((t for t in self.tests if t.status != "passed"), None)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, descriptions: bool = False) -> dict:
+        """The JSON of `course grade --json`; with `descriptions`, also what each test checks (for from_dict)."""
         return {
             "kind": self.kind,
             "assignment": self.assignment,
@@ -68,7 +90,18 @@ class GradeReport:
             "notes": list(self.notes),
             "sandbox": dict(self.sandbox),
             "tests": [
-                {k: (round(v, 3) if k == "duration" else v) for k, v in asdict(t).items() if k != "description"}
+                {k: (round(v, 3) if k == "duration" else v) for k, v in asdict(t).items()
+                 if k != "description" or descriptions}
                 for t in self.tests
             ],
         }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GradeReport:
+        """The report a to_dict() wrote (a result file of an earlier run, or a report from a grading process)."""
+        fields = ("name", "status", "score", "max_score", "message", "duration", "description")
+        tests = [TestResult(**{k: t[k] for k in fields if k in t}) for t in data["tests"]]
+        return cls(assignment=data["assignment"], tests=tests, notebook=data.get("notebook", ""),
+                   device=data.get("device", "cpu"), duration=data.get("duration", 0.0),
+                   notes=list(data.get("notes", [])), sandbox=dict(data.get("sandbox", {})),
+                   kind=data.get("kind", "grade"))

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
+import re
+import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -18,7 +22,9 @@ import pytest
 
 from course.config import Course
 from course.grading.runner import grade_notebook
-from course.worker.sandbox import bubblewrap_problem
+from course.reporters.terminal import render_table
+from course.worker.cgroup import cgroup_parent
+from course.worker.sandbox import MAX_PROCESSES, bubblewrap_problem
 from tests.conftest import REPO, load_json, run_cli
 from tests.submissions.build import with_edits
 from tests.submissions.hostile import ALL, ATTACKS, SANDBOX_DEPENDENT, SECRET_NAME, SECRET_VALUE
@@ -29,14 +35,17 @@ MEMORY_MB = 1536  # a smaller address space than the default, so the memory bomb
 PLANTED = ["conftest.py", "sitecustomize.py", "usercustomize.py", "results.json", "grades.json"]
 GUARDED_FOLDERS = [REPO, REPO / "graders", Path(sysconfig.get_paths()["purelib"])]
 
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 LEVELS = ["bubblewrap", "process"]
 CASES = [pytest.param(attack, level, id=f"{attack.name}-{level}")
          for attack in ATTACKS for level in (LEVELS if attack.name in SANDBOX_DEPENDENT else ["auto"])]
 
 
-def course_with(course: Course, isolation: str) -> Course:
-    """The course, with short per-test timeouts, a smaller memory limit and the given isolation level."""
-    assignments = [a.model_copy(update={"timeout": TIMEOUT}) for a in course.config.assignments]
+def course_with(course: Course, isolation: str, budget: float | None = None) -> Course:
+    """The course, with short per-test timeouts, a smaller memory limit and the given isolation level (and time
+    budget of a whole submission)."""
+    update = {"timeout": TIMEOUT, **({"submission_timeout": budget} if budget else {})}
+    assignments = [a.model_copy(update=update) for a in course.config.assignments]
     sandbox = course.config.sandbox.model_copy(update={"isolation": isolation, "memory_mb": MEMORY_MB})
     return Course(course.root, course.config.model_copy(update={"assignments": assignments, "sandbox": sandbox}))
 
@@ -46,7 +55,8 @@ def submit(course: Course, attack, folder: Path) -> Path:
     sources = {cell: text.replace("@@REPO@@", str(REPO)).replace("@@FOLDER@@", str(folder))
                for cell, text in attack.sources.items()}
     notebook = with_edits(course.solution_notebook(course.assignment(ASSIGNMENT)),
-                          folder / f"{ASSIGNMENT}.ipynb", sources=sources)
+                          folder / (attack.file_name or f"{ASSIGNMENT}.ipynb"), sources=sources,
+                          grade_ids=attack.grade_ids)
     for name, text in attack.files.items():
         (folder / name).write_text(text, encoding="utf-8")
     (folder / "decoy.txt").write_text("must survive grading\n", encoding="utf-8")
@@ -69,9 +79,11 @@ def test_attack_scores_zero_on_its_targets(course, attack, level, tmp_path, monk
     monkeypatch.setenv(SECRET_NAME, SECRET_VALUE)
     folder = tmp_path / "submission"
     notebook = submit(course, attack, folder)
-    graded = course_with(course, level)
+    graded = course_with(course, level, attack.budget)
 
     report = grade_notebook(graded, graded.assignment(ASSIGNMENT), notebook, device="cpu")
+    if attack.budget:
+        assert report.duration < attack.budget + TIMEOUT + 10, "the submission's time budget ends the run"
 
     results = {t.name: t for t in report.tests}
     assert len(results) == 12
@@ -80,7 +92,8 @@ def test_attack_scores_zero_on_its_targets(course, attack, level, tmp_path, monk
     assert targets <= set(results)
     for name in targets:
         assert results[name].score == 0, (name, results[name])
-        assert results[name].status == attack.status, (name, results[name])
+        assert results[name].status == (attack.status or results[name].status), (name, results[name])
+        assert results[name].status != "passed", (name, results[name])
     if attack.says:
         assert any(attack.says in results[name].message for name in targets), \
             [results[name].message for name in targets]
@@ -89,6 +102,11 @@ def test_attack_scores_zero_on_its_targets(course, attack, level, tmp_path, monk
             {n: (r.status, r.message) for n, r in results.items() if n not in targets and r.status != "passed"}
     # Student code can never make its failure read as the course's.
     assert not [t.name for t in report.tests if t.message.startswith("Internal grader error")]
+    # Nothing it wrote can redraw the instructor's terminal or break a writer: no control characters, valid UTF-8.
+    table = render_table(report, width=100)
+    assert not CONTROL.search(table.replace("\n", ""))
+    table.encode("utf-8")
+    json.dumps(report.to_dict(), ensure_ascii=False).encode("utf-8")
     # Nothing leaked or was damaged, whatever the attack.
     assert SECRET_VALUE not in json.dumps(report.to_dict())
     assert notebook.is_file()
@@ -140,3 +158,39 @@ def test_forged_output_and_planted_files_do_not_reach_the_command_line(tmp_path)
     assert data["score"] == 15
     assert data["max_score"] == 16
     assert len(data["tests"]) == 12
+
+
+def test_escapes_and_surrogates_reach_an_ascii_terminal_neutralised(tmp_path):
+    """Terminal escapes in an exception, a grade_id and the file name, and lone surrogates, graded by the command
+    line on a terminal that takes only ASCII: the JSON is written, the table is printed, nothing is redrawn."""
+    from course.config import load_course
+
+    course = load_course(REPO)
+    escapes = submit(course, next(a for a in ATTACKS if a.name == "terminal_escapes_draw_a_fake_table"),
+                     tmp_path / "escapes")
+    surrogates = submit(course, next(a for a in ATTACKS if a.name == "lone_surrogates_in_messages_and_grade_ids"),
+                        tmp_path / "surrogates")
+    for notebook in (escapes, surrogates):
+        result = subprocess.run([sys.executable, "-m", "course", "--root", str(REPO), "grade", str(notebook),
+                                 "--assignment", ASSIGNMENT, "--json", str(notebook.parent / "out.json")],
+                                capture_output=True, timeout=300, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+        assert result.returncode == 0, result.stderr
+        assert b"\x1b" not in result.stdout + result.stderr
+        assert b"15/16" in result.stdout
+        assert load_json(notebook.parent / "out.json")["score"] == 15
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_the_process_limit_binds_even_a_root_grader(course, level, tmp_path):
+    """The thread bomb counts how many threads it could start: fewer than the limit, whoever runs the grader."""
+    if level == "bubblewrap" and bubblewrap_problem():
+        pytest.skip(f"bubblewrap is not available here: {bubblewrap_problem()}")
+    bound = cgroup_parent() is not None or (level == "bubblewrap" and os.geteuid() != 0)
+    if not bound:
+        pytest.skip("no control group here, and RLIMIT_NPROC does not bind this user (docs/trust-model.md)")
+    graded = course_with(course, level)
+    notebook = submit(course, next(a for a in ATTACKS if a.name == "thread_bomb"), tmp_path / "submission")
+    report = grade_notebook(graded, graded.assignment(ASSIGNMENT), notebook, device="cpu")
+    message = next(t.message for t in report.tests if t.name == "test_simplified_self_attention")
+    started = int(re.search(r"started (\d+) threads", message).group(1))
+    assert started < MAX_PROCESSES

@@ -19,6 +19,10 @@ PLAIN_DTYPES = {torch.float16, torch.bfloat16, torch.float32, torch.float64, tor
                 torch.int16, torch.int32, torch.int64, torch.bool}
 MAX_DEPTH = 32
 MAX_ITEMS = 1_000_000
+# Elements a reply's tensors may hold, counted BEFORE any tensor is copied: a forged reply of a few bytes can hold
+# a tensor whose stride-0 dimensions expand to gigabytes the moment it is made contiguous.
+MAX_TENSOR_ELEMENTS = 2**24
+MAX_TOTAL_ELEMENTS = 2**25
 
 
 class BadResult(Exception):
@@ -38,6 +42,9 @@ def _kind(value) -> str:
 
 
 def normalise_tensor(value: torch.Tensor, where: str) -> torch.Tensor:
+    if value.numel() > MAX_TENSOR_ELEMENTS:
+        raise BadResult(f"{where} holds {value.numel()} values, more than the {MAX_TENSOR_ELEMENTS} the grader "
+                        "accepts in one tensor")
     if value.layout != torch.strided or value.is_meta or value.is_quantized or value.is_nested:
         raise BadResult(f"{where} is a special tensor ({value.layout}, device {value.device}); return an ordinary "
                         "dense tensor")
@@ -110,4 +117,24 @@ class ListOf(Spec):
 
 
 def check_result(spec: Spec, value, kwargs: dict):
+    total = _count_elements(value, 0, [MAX_ITEMS])
+    if total > MAX_TOTAL_ELEMENTS:
+        raise BadResult(f"the result holds {total} values in its tensors, more than the {MAX_TOTAL_ELEMENTS} the "
+                        "grader accepts")
     return spec.check(value, "result", kwargs)
+
+
+def _count_elements(value, depth: int, budget: list[int]) -> int:
+    """Elements of all tensors in a (possibly forged) reply, without copying any; depth and items are bounded."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise BadResult(f"the result holds more than {MAX_ITEMS} values")
+    if depth > MAX_DEPTH:
+        raise BadResult(f"the result is nested more than {MAX_DEPTH} levels deep")
+    if isinstance(value, torch.Tensor):
+        return value.numel()
+    if type(value) in (list, tuple):
+        return sum(_count_elements(item, depth + 1, budget) for item in value)
+    if type(value) is dict:
+        return sum(_count_elements(item, depth + 1, budget) for item in value.values())
+    return 0

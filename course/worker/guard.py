@@ -10,6 +10,13 @@ This file runs inside the worker and needs only the standard library. It has two
   processes, to signal other processes, to call into C through ctypes, to open sockets, to change the limits,
   to walk the garbage collector's object graph (where the hook itself lives), to write outside the worker's
   own folder, and to read anything but the system, the Python installation and the worker's own folder.
+  The hook never runs code of the student's: it reads only str and bytes paths (a path object's __fspath__ is
+  the student's code, and could answer differently each time it is asked), so with `strict_paths` any other
+  path object is refused, with a message saying to pass str(path).
+- `remove_unaudited`: calls that Python does not audit (pidfd_open and pidfd_send_signal, which can signal
+  another process) are taken out of the modules that hold them, and the hook refuses to load those modules
+  again (which would bring the calls back).
+- `die_with_parent`: the worker is killed (SIGKILL) when the grading process dies.
 
 An audit hook is defence in depth, not a boundary: native code can get around it. The boundary on Linux is
 bubblewrap (see course/worker/sandbox.py), which leaves everything else out of the worker's view.
@@ -33,6 +40,12 @@ REFUSED_EVENTS = {
 REFUSED_PREFIXES = {"ctypes.": "calling native code through ctypes", "socket.": "using the network",
                     "_posixsubprocess.": "starting a process"}
 SIGNAL_EVENTS = ("os.kill", "os.killpg", "signal.pthread_kill")
+# Functions without an audit event that signal other processes: (module, name), removed by remove_unaudited.
+UNAUDITED = (("posix", "pidfd_open"), ("os", "pidfd_open"), ("_signal", "pidfd_send_signal"),
+             ("signal", "pidfd_send_signal"))
+# Built-in modules, loaded at start-up, that may not be loaded again once the hook is installed (a fresh copy
+# would bring the UNAUDITED calls back; os and signal re-imported take their functions from these).
+NO_RELOAD = frozenset({"posix", "_signal"})
 
 # Events with path arguments: name -> positions of the paths. Writes are allowed only inside the worker's folder.
 WRITE_EVENTS = {
@@ -71,9 +84,32 @@ def apply_limits(limits):
         set_limit(resource.RLIMIT_NPROC, int(limits["processes"]))
 
 
-def install_audit_hook(writable, readable):
+def die_with_parent(parent_pid):
+    """SIGKILL this process when its parent dies (Linux prctl PR_SET_PDEATHSIG); call before the audit hook,
+    which refuses ctypes. If the parent is already gone, exit at once."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig, sigkill = 1, 9
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, sigkill, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(70)
+
+
+def remove_unaudited():
+    """Take out the calls listed in UNAUDITED from the modules already loaded (call before student code runs)."""
+    for module_name, name in UNAUDITED:
+        module = sys.modules.get(module_name)
+        if module is not None and hasattr(module, name):
+            delattr(module, name)
+
+
+def install_audit_hook(writable, readable, strict_paths=True):
     """writable: the only folders written to (the worker's own); readable: the only paths read or listed (the
-    system, the Python installation, the worker's folder: what bubblewrap would show), besides /proc/self."""
+    system, the Python installation, the worker's folder: what bubblewrap would show), besides /proc/self.
+    strict_paths: refuse path arguments that are neither str nor bytes (process isolation, where the hook is the
+    only check); without it such paths are not checked by the hook (bubblewrap, whose view is the boundary)."""
     writable = tuple(_real(p) for p in writable)
     own_proc = f"/proc/{os.getpid()}"
     readable = tuple(_real(p) for p in readable) + writable + (own_proc, os.devnull)
@@ -95,17 +131,21 @@ def install_audit_hook(writable, readable):
                                   "(only the working folder is writable)")
 
     def resolve(value):
-        if isinstance(value, int) or value is None:
+        # Exact types only: a str or bytes subclass, or a path object, would run the student's methods here.
+        if value is None or type(value) is int:
             return None
-        try:
-            text = os.fsdecode(value)
-        except TypeError:
+        if type(value) is bytes:
+            value = value.decode(sys.getfilesystemencoding(), "surrogateescape")
+        elif type(value) is not str:
+            if strict_paths:
+                raise PermissionError("the grading sandbox opens only paths given as str or bytes: pass "
+                                      f"str(path) instead of a {type(value).__name__!r} object")
             return None
         try:
             cwd = os.getcwd()
         except OSError:  # student code deleted its working folder
             cwd = start_cwd
-        return _real(os.path.join(cwd, text))
+        return _real(os.path.join(cwd, value))
 
     def hook(event, args):
         thread = _thread.get_ident()
@@ -113,6 +153,8 @@ def install_audit_hook(writable, readable):
             return
         busy.add(thread)
         try:
+            if event == "import" and args and args[0] in NO_RELOAD:
+                raise PermissionError(f"the grading sandbox does not allow loading {args[0]} again")
             if event in REFUSED_EVENTS:
                 raise PermissionError(f"the grading sandbox does not allow {REFUSED_EVENTS[event]} ({event})")
             for prefix, what in REFUSED_PREFIXES.items():
@@ -123,6 +165,10 @@ def install_audit_hook(writable, readable):
                     raise PermissionError(f"the grading sandbox does not allow signalling other processes ({event})")
             elif event == "open":
                 path = resolve(args[0])
+                if path is not None and os.path.isdir(path):
+                    # A folder's file descriptor would let later calls name paths relative to it (dir_fd=...),
+                    # which the audit events do not show: paths this hook could not check.
+                    raise PermissionError(f"the grading sandbox does not allow opening folders ({path})")
                 if path is not None:
                     mode, flags = (args[1] or ""), (args[2] or 0)
                     if any(c in str(mode) for c in "wax+") or (isinstance(flags, int) and flags & _WRITE_FLAGS):

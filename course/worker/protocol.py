@@ -45,9 +45,11 @@ def decode(payload: bytes):
         raise BadMessage(f"undecodable message ({type(exc).__name__})") from None
 
 
-def send(fd: int, obj) -> None:
+def send(fd: int, obj, deadline: float | None = None) -> None:
+    """Write one message to `fd`; with a `deadline` (a time.monotonic() value) the fd must be non-blocking, and
+    a reader that does not drain the pipe in time raises ChannelTimeout instead of blocking the writer."""
     payload = encode(obj)
-    _write_all(fd, HEADER.pack(len(payload)) + payload)
+    _write_all(fd, HEADER.pack(len(payload)) + payload, deadline)
 
 
 def receive(fd: int, deadline: float | None = None, max_bytes: int = MAX_MESSAGE_BYTES):
@@ -58,12 +60,21 @@ def receive(fd: int, deadline: float | None = None, max_bytes: int = MAX_MESSAGE
     return decode(_read_exactly(fd, length, deadline))
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes, deadline: float | None) -> None:
     view = memoryview(data)
     while view:
+        if deadline is not None:
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                raise ChannelTimeout()
+            _, ready, _ = select.select([], [fd], [], wait)
+            if not ready:
+                raise ChannelTimeout()
         try:
             written = os.write(fd, view)
-        except (BrokenPipeError, OSError) as exc:
+        except BlockingIOError:
+            continue  # the pipe filled up again: wait for room
+        except OSError as exc:
             raise ChannelClosed(str(exc)) from None
         view = view[written:]
 

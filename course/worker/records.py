@@ -109,7 +109,8 @@ def _int_or_none(value):
 
 # -- the trusted side ---------------------------------------------------------------------------------------------
 
-_TEXT_FIELDS = ("type", "message", "cell", "function", "code", "name")
+# Field -> the most characters kept (the worker caps them too, but a reply may be forged).
+_TEXT_FIELDS = {"type": 200, "message": MAX_FIELD, "cell": 200, "function": 200, "code": MAX_FIELD, "name": 200}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,9 +133,9 @@ class ErrorRecord:
         if type(data) is not dict or data.get("kind") not in {k.value for k in WORKER_KINDS}:
             return cls(ErrorKind.BAD_OUTPUT, "a garbled error report came back from the process running your code")
         fields = {}
-        for key in _TEXT_FIELDS:
+        for key, limit in _TEXT_FIELDS.items():
             value = data.get(key)
-            fields[key] = value[:MAX_FIELD] if type(value) is str else None
+            fields[key] = value[:limit] if type(value) is str else None
         line = data.get("line")
         return cls(kind=ErrorKind(data["kind"]), message=fields["message"] or "", type=fields["type"] or "",
                    cell=fields["cell"], line=line if type(line) is int else None, function=fields["function"],

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from course.errors import ConfigError
+from course.worker.cgroup import cgroup_parent
 
 # System folders the worker needs (read-only): the dynamic loader, libc, libstdc++, CA certificates...
 SYSTEM_FOLDERS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -42,6 +43,8 @@ PROC_FILES = ("/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/sys/kernel"
 DEV_FILES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom", "/dev/shm")
 # GPU device nodes, visible only when grading on CUDA.
 GPU_DEVICES = ("/dev/nvidia*", "/dev/dri")
+# Processes and threads a worker may have at once (torch's thread pools included).
+MAX_PROCESSES = 64
 
 
 @dataclass(frozen=True)
@@ -51,13 +54,16 @@ class SandboxPlan:
     isolation: str  # "bubblewrap" or "process"
     note: str  # one line for the report, e.g. why bubblewrap was not used
     limits: dict = field(default_factory=dict)  # for guard.apply_limits
+    pids_max: int | None = None  # processes and threads of the worker, enforced by a control group (cgroup.py)
 
-    def command(self, python: str, bootstrap: Path, workdir: Path, device: str, settings: str) -> list[str]:
-        """The command line that starts the worker."""
+    def command(self, python: str, bootstrap: Path, folder: Path, writable: Path, device: str,
+                settings: str) -> list[str]:
+        """The command line that starts a worker (or a template of workers) whose files are in `folder`, of which
+        only `writable` may be written; it starts in `writable`."""
         worker = [python, "-I", str(bootstrap), settings]
         if self.isolation != "bubblewrap":
             return worker
-        return bubblewrap_arguments(workdir, device) + ["--", *worker]
+        return bubblewrap_arguments(folder, writable, device) + ["--", *worker]
 
 
 def plan_sandbox(policy: str, *, memory_mb: int, cpu_seconds: int, file_mb: int, device: str) -> SandboxPlan:
@@ -69,14 +75,20 @@ def plan_sandbox(policy: str, *, memory_mb: int, cpu_seconds: int, file_mb: int,
     if device == "cpu":
         limits["memory_mb"] = memory_mb  # CUDA reserves huge address ranges: no address-space limit there
     if problem is None:
-        # In its own user namespace the worker's process count covers only its own processes.
-        limits["processes"] = 64
+        # In its own user namespace the worker's process count covers only its own processes (except for a
+        # root grader, whom RLIMIT_NPROC does not bind: the control group below does).
+        limits["processes"] = MAX_PROCESSES
         note = "bubblewrap: the worker sees only the system, Python and its own folder; no network"
         isolation = "bubblewrap"
     else:
-        note = f"process isolation only ({problem}); see docs/trust-model.md"
+        note = f"process isolation only ({problem}); for code you trust, see docs/trust-model.md"
         isolation = "process"
-    return SandboxPlan(isolation=isolation, note=note, limits=limits)
+    pids_max = MAX_PROCESSES if cgroup_parent() is not None else None
+    if pids_max:
+        note += f"; at most {MAX_PROCESSES} processes (a control group)"
+    elif isolation == "process":
+        note += "; no control group here for a process limit"
+    return SandboxPlan(isolation=isolation, note=note, limits=limits, pids_max=pids_max)
 
 
 def visible_paths(device: str) -> list[str]:
@@ -109,24 +121,30 @@ def gpu_nodes() -> list[str]:
     return [node for pattern in GPU_DEVICES for node in glob.glob(pattern)]
 
 
-def bubblewrap_arguments(workdir: Path, device: str) -> list[str]:
+def bubblewrap_arguments(folder: Path, writable: Path, device: str) -> list[str]:
+    """bwrap's options: the system and Python read-only, `folder` read-only, `writable` (inside it) writable."""
+    return _system_arguments(device) + ["--ro-bind", str(folder), str(folder), "--bind", str(writable), str(writable),
+                                        "--chdir", str(writable)]
+
+
+def _system_arguments(device: str) -> list[str]:
+    """bwrap's namespaces and its read-only view of the system and the Python installation."""
     args = ["bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--disable-userns"]
-    for folder in SYSTEM_FOLDERS:
-        if os.path.islink(folder):
-            args += ["--symlink", os.readlink(folder), folder]  # merged /usr: /bin -> usr/bin
-        elif os.path.isdir(folder):
-            args += ["--ro-bind", folder, folder]
+    for system in SYSTEM_FOLDERS:
+        if os.path.islink(system):
+            args += ["--symlink", os.readlink(system), system]  # merged /usr: /bin -> usr/bin
+        elif os.path.isdir(system):
+            args += ["--ro-bind", system, system]
     for path in ETC_FILES + SYS_FOLDERS:
         args += ["--ro-bind-try", path, path]
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     if not device.startswith("cpu"):
         for node in gpu_nodes():
             args += ["--dev-bind-try", node, node]
-    for folder in python_folders():
-        if not any(folder == s or folder.startswith(s + os.sep) for s in SYSTEM_FOLDERS if not os.path.islink(s)):
-            args += ["--ro-bind", folder, folder]
-    args += ["--bind", str(workdir), str(workdir), "--chdir", str(workdir / "home")]
+    for python in python_folders():
+        if not any(python == s or python.startswith(s + os.sep) for s in SYSTEM_FOLDERS if not os.path.islink(s)):
+            args += ["--ro-bind", python, python]
     return args
 
 
@@ -137,8 +155,7 @@ def bubblewrap_problem() -> str | None:
         return f"bubblewrap needs Linux, this is {sys.platform}"
     if shutil.which("bwrap") is None:
         return "the bwrap program is not installed (apt install bubblewrap)"
-    probe = bubblewrap_arguments(Path("/"), "cpu")
-    probe = probe[:probe.index("--bind")] + ["--", "/bin/true"]
+    probe = _system_arguments("cpu") + ["--", "/bin/true"]
     try:
         result = subprocess.run(probe, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -23,8 +23,9 @@ def source(cell: dict) -> str:
 
 
 def with_edits(solution: Path, target: Path, *, replace: dict[str, list[tuple[str, str]]] | None = None,
-               sources: dict[str, str] | None = None) -> Path:
-    """Copy `solution` to `target`, applying exact text replacements or whole new sources per grade_id.
+               sources: dict[str, str] | None = None, grade_ids: dict[str, str] | None = None) -> Path:
+    """Copy `solution` to `target`, applying exact text replacements or whole new sources per grade_id, then
+    renaming grade_ids (old -> new).
 
     A replacement whose old text is not found raises, so a catalog entry never silently tests the solution.
     """
@@ -40,6 +41,8 @@ def with_edits(solution: Path, target: Path, *, replace: dict[str, list[tuple[st
         cell["source"] = text
     for grade_id, text in (sources or {}).items():
         cell_by_id(notebook, grade_id)["source"] = text
+    for old, new in (grade_ids or {}).items():
+        cell_by_id(notebook, old)["metadata"]["nbgrader"]["grade_id"] = new
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(notebook, indent=1), encoding="utf-8")
     return target

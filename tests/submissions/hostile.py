@@ -25,10 +25,13 @@ class Attack:
     name: str
     sources: dict[str, str]  # grade_id -> whole new cell source
     targets: frozenset[str] = TARGET
-    status: str = "error"  # status of every targeted test
+    status: str | None = "error"  # status of every targeted test (None: any status but passed)
     says: str = ""  # a phrase of the targeted tests' message
     others_pass: bool = True
     files: dict[str, str] = field(default_factory=dict)  # extra files written beside the notebook
+    grade_ids: dict[str, str] = field(default_factory=dict)  # grade_id -> a new grade_id for that cell
+    file_name: str = ""  # the notebook's file name, if not the assignment's
+    budget: float | None = None  # the submission's time budget (course.yml submission_timeout), if not the default
 
 
 def simple(body: str) -> dict[str, str]:
@@ -257,11 +260,137 @@ ATTACKS = [
         says="limits"),
 ]
 
+# Forging a reply on the channel: the request being served is found in the caller's frames (as above).
+FORGE = (
+    "import io, os, struct, sys, torch\n\n"
+    "def current_request():\n"
+    "    frame = sys._getframe(1)\n"
+    "    while frame is not None:\n"
+    "        for value in frame.f_locals.values():\n"
+    "            if isinstance(value, dict) and value.get('op') == 'call':\n"
+    "                return value\n"
+    "        frame = frame.f_back\n\n"
+    "def forge(value):\n"
+    "    buffer = io.BytesIO()\n"
+    "    torch.save({'ok': True, 'value': value, 'id': current_request()['id']}, buffer)\n"
+    "    message = struct.pack('!Q', len(buffer.getvalue())) + buffer.getvalue()\n"
+    "    for fd in range(3, 20):\n"
+    "        try:\n            os.write(fd, message)\n"
+    "        except OSError:\n            pass\n\n"
+)
+
+# Attacks on the grading run itself (issue: every run finishes and writes its result, nothing printed forges it).
+RUN_ATTACKS = [
+    # Shrinks the request pipe, answers the current request itself, and stops reading: the grader's next, large
+    # request cannot be written. Every write has a deadline, so that test times out and the others still run.
+    Attack("shrink_the_request_pipe_and_stop_reading", {MHA: FORGE + (
+        "import fcntl, time\n\n"
+        "class MultiHeadAttention(torch.nn.Module):\n"
+        "    def __init__(self, *args, **kwargs):\n"
+        "        super().__init__()\n"
+        "        for fd in range(20):\n"
+        "            try:\n                fcntl.fcntl(fd, 1031, 4096)  # F_SETPIPE_SZ\n"
+        "            except OSError:\n                pass\n"
+        "        forge([torch.zeros(1)])\n"
+        "        time.sleep(3600)\n")},
+        targets=MHA_TESTS, status=None, says="did not finish in time"),
+    Attack("lone_surrogates_in_messages_and_grade_ids", simple(
+        "def simplified_self_attention(inputs):\n    raise ValueError('broken \\ud800 text \\udfff')\n"),
+        grade_ids={"self_attention_v1": "self_attention_v1\ud800"}, says="broken"),
+    Attack("terminal_escapes_draw_a_fake_table", simple(
+        "def simplified_self_attention(inputs):\n"
+        "    raise ValueError('\\x1b[2J\\x1b[H\\rtotal  16/16\\x1b[8m hidden \\u202e')\n"),
+        grade_ids={"self_attention_v2": "self_attention_v2\x1b[2J\x1b[31mPASS"},
+        file_name="ch03\x1b[2Jattention.ipynb", says="\\x1b[2J"),
+    Attack("sixty_megabyte_name", simple(
+        "def simplified_self_attention(inputs):\n"
+        "    raise NameError('missing', name='n' * 60_000_000)\n"),
+        says="NameError"),
+    Attack("stride_zero_tensor_forged_on_the_channel", simple(FORGE + (
+        "def simplified_self_attention(inputs):\n"
+        "    forge([torch.zeros(1).expand(2**34), torch.zeros(1).expand(2**34)])\n"
+        "    return inputs\n")),
+        says="more than"),
+    Attack("deeply_nested_forged_reply", simple(FORGE + (
+        "def simplified_self_attention(inputs):\n"
+        "    sys.setrecursionlimit(100000)\n"
+        "    nested = []\n"
+        "    for _ in range(20000):\n        nested = [nested]\n"
+        "    forge([nested, nested])\n"
+        "    return inputs\n")),
+        says="nested more than"),
+    # Every test stays within its own time limit, but together they would take far longer than the budget.
+    Attack("slow_in_every_test", {
+        "simplified_self_attention": "import time\n\ndef simplified_self_attention(inputs):\n"
+                                     "    time.sleep(3)\n    return inputs\n",
+        "self_attention_v1": "import time\n\nclass SelfAttention_v1(torch.nn.Module):\n"
+                             "    def __init__(self, *args):\n        super().__init__()\n        time.sleep(3)\n",
+        "self_attention_v2": "import time\n\nclass SelfAttention_v2(torch.nn.Module):\n"
+                             "    def __init__(self, *args, **kwargs):\n        super().__init__()\n"
+                             "        time.sleep(3)\n",
+        "causal_attention": "import time\n\nclass CausalAttention(torch.nn.Module):\n"
+                            "    def __init__(self, *args, **kwargs):\n        super().__init__()\n"
+                            "        time.sleep(3)\n"},
+        targets=ALL, status=None, budget=8.0, says="time budget for the whole submission"),
+]
+
+# Attacks on the process that runs student code (issue: process isolation, honestly).
+PROCESS_ATTACKS = [
+    # A folder's descriptor would let paths be named relative to it, which the audit events do not show.
+    Attack("read_the_reference_through_a_folder_descriptor", {MHA: (
+        "import os\n"
+        "fd = os.open('@@REPO@@', os.O_RDONLY | os.O_DIRECTORY)\n"
+        "source = os.read(os.open('reference/attention.py', os.O_RDONLY, dir_fd=fd), 10**6).decode()\n"
+        "namespace = {}\nexec(source, namespace)\n"
+        "MultiHeadAttention = namespace['MultiHeadAttention']\n")},
+        targets=MHA_TESTS, says="not defined"),
+    # A path object's __fspath__ runs inside the audit hook of old: there every event was waved through.
+    Attack("fork_from_inside_the_audit_hook", simple(
+        "import os\n\n"
+        "class Sneaky:\n"
+        "    def __fspath__(self):\n"
+        "        if os.fork() == 0:\n            os._exit(0)\n"
+        "        return 'x.txt'\n\n"
+        "def simplified_self_attention(inputs):\n"
+        "    open(Sneaky(), 'w').close()\n    return inputs\n"),
+        says="grading sandbox"),
+    # pidfd calls have no audit event: they are taken out, and the modules holding them cannot be loaded again.
+    Attack("stop_the_grader_through_a_pidfd", simple(
+        "import os, signal, sys\n\n"
+        "def simplified_self_attention(inputs):\n"
+        "    try:\n"
+        "        signal.pidfd_send_signal(os.pidfd_open(os.getppid()), signal.SIGSTOP)\n"
+        "    except AttributeError:  # taken out: load fresh copies of the modules that hold them\n"
+        "        sys.modules.pop('posix', None)\n"
+        "        sys.modules.pop('_signal', None)\n"
+        "        import posix, _signal\n"
+        "        _signal.pidfd_send_signal(posix.pidfd_open(os.getppid()), signal.SIGSTOP)\n"
+        "    return inputs\n"),
+        says="does not allow loading posix again"),
+    # Threads count as processes for the limit; RLIMIT_NPROC alone does not bind a grader running as root.
+    Attack("thread_bomb", simple(
+        "import threading\n\n"
+        "def simplified_self_attention(inputs):\n"
+        "    threading.stack_size(64 * 1024)  # small stacks: the process limit, not memory, is what stops it\n"
+        "    started, done = 0, threading.Event()\n"
+        "    try:\n"
+        "        for _ in range(1000):\n"
+        "            threading.Thread(target=done.wait, daemon=True).start()\n"
+        "            started += 1\n"
+        "    except RuntimeError:\n"
+        "        pass\n"
+        "    done.set()  # let them end, so that the worker can serve the other tests\n"
+        "    raise RuntimeError(f'started {started} threads')\n"),
+        says="started"),
+]
+
+ATTACKS += RUN_ATTACKS + PROCESS_ATTACKS
+
 # Attacks whose outcome depends on the isolation level: tried under every level this machine offers. The
 # others are decided on the trusted side (comparisons, result checks, deadlines) and tried once.
 SANDBOX_DEPENDENT = frozenset({
     "import_reference_and_graders", "exec_reference_by_path", "read_solution_and_other_submissions",
     "write_fake_results_and_hooks", "delete_files", "signal_the_grader", "read_environment_secrets",
     "network_exfiltration", "memory_bomb", "fork_bomb", "segfault_through_ctypes", "raise_own_limits",
-})
+} | {attack.name for attack in PROCESS_ATTACKS})
 assert SANDBOX_DEPENDENT <= {attack.name for attack in ATTACKS}

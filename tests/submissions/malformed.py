@@ -360,6 +360,10 @@ MALFORMED = [
     unreadable("json_results_file", file_writer(results_file),
                "valid JSON but not a Jupyter notebook", "keys 'assignment', 'score'"),
     unreadable("cells_not_a_list", file_writer(edited(cells_as_dict)), "'cells' is not a list of cells"),
+    # Valid JSON, but an integer of more digits than Python converts: json.loads raises ValueError.
+    unreadable("five_thousand_digit_number",
+               file_writer(lambda: as_text(solution()).replace('"nbformat": 4', '"nbformat": 4' + "0" * 5000)),
+               "a value in it cannot be read"),
     unreadable("only_markdown_cells", file_writer(edited(only_markdown)), "has no code cells"),
     unreadable("no_cells_at_all", file_writer(edited(no_cells)), "has no cells at all"),
     unreadable("oversize_50mb", file_writer(oversize_notebook),

@@ -1,52 +1,11 @@
-"""The catalog of derived submissions.
+"""Mutants and variants of chapter 3: coding attention mechanisms."""
 
-MUTANTS: one realistic bug each, written as exact edits of one solution cell (or whole new cell sources), with
-the grader tests it must fail. Every other test must still pass ("loses the points of the tests aimed at its
-bug and keeps the others"). `says` is a phrase one failing test's message must contain (the grader names the
-mistake, or points at the earlier part to fix first); `not_says` a phrase none may contain (a hint that would
-be wrong for this bug).
-VARIANTS: correct solutions written differently (einsum, scaled_dot_product_attention, unfold, the book's own
-edge-case behaviour, ...), which must score full marks.
-"""
+from tests.submissions.catalog.base import Variant, mutant, rewrite
 
-from __future__ import annotations
-
-from dataclasses import dataclass, field
-
-
-@dataclass(frozen=True)
-class Mutant:
-    name: str
-    assignment: str
-    cell: str  # grade_id of the edited cell
-    edits: tuple[tuple[str, str], ...]
-    breaks: frozenset[str]
-    says: str = ""  # a phrase that at least one failing test's message contains: the grader names the mistake
-    not_says: str = ""  # a phrase that no failing test's message may contain (a hint that does not fit)
-    sources: dict[str, str] = field(default_factory=dict)  # grade_id -> whole new cell source (instead of edits)
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    assignment: str
-    sources: dict[str, str] = field(default_factory=dict)  # grade_id -> whole new cell source
-
-
-def mutant(name, assignment, cell, edits, breaks, says="", not_says=""):
-    return Mutant(name, assignment, cell, tuple(edits), frozenset(breaks), says, not_says)
-
-
-def rewrite(name, assignment, sources, breaks, says="", not_says=""):
-    """A mutant that replaces whole cells (a different, wrong implementation rather than a one-line slip)."""
-    return Mutant(name, assignment, "", (), frozenset(breaks), says, not_says, dict(sources))
-
-
-CH02, CH03 = "ch02_text_data", "ch03_attention"
+CH03 = "ch03_attention"
 MHA_ALL = {"test_mha_output", "test_mha_is_causal", "test_mha_shorter_input"}
 CAUSAL_ALL = {"test_causal_attention_output", "test_causal_attention_is_causal", "test_causal_attention_shorter_input",
               "test_causal_attention_dropout_in_training", "test_wrapper_output"}
-TOKENIZER_TESTS = {"test_tokenizer_v1_encode", "test_tokenizer_v2_unknown_words", "test_tokenizer_v2_endoftext"}
 
 # Attention-free modules with the stubs' __init__: each output depends on its own token only.
 NO_ATTENTION_CAUSAL = '''class CausalAttention(nn.Module):
@@ -80,56 +39,8 @@ NO_ATTENTION_MHA = '''class MultiHeadAttention(nn.Module):
         return self.out_proj(self.dropout(self.W_value(x)))
 '''
 
+
 MUTANTS = [
-    # -- chapter 2 --------------------------------------------------------------------------------------------
-    mutant("tokenize_keeps_whitespace", CH02, "simple_tokenize",
-           [("return [piece.strip() for piece in pieces if piece.strip()]",
-             "return [piece for piece in pieces if piece]")],
-           {"test_simple_tokenize"} | TOKENIZER_TESTS, says="Fix test_simple_tokenize"),
-    # The tokenizers then fail with KeyError: '' in the student's own encode: the message points at the cause.
-    mutant("tokenize_keeps_empty_tokens", CH02, "simple_tokenize",
-           [("return [piece.strip() for piece in pieces if piece.strip()]",
-             "return [piece.strip() for piece in pieces if piece]")],
-           {"test_simple_tokenize"} | TOKENIZER_TESTS, says="Fix test_simple_tokenize"),
-    mutant("vocab_not_sorted", CH02, "build_vocab",
-           [("vocab_tokens = sorted(set(tokens))", "vocab_tokens = list(dict.fromkeys(tokens))")],
-           {"test_build_vocab"}),
-    mutant("vocab_specials_first", CH02, "build_vocab",
-           [("vocab_tokens.append(special)", "vocab_tokens.insert(0, special)")],
-           {"test_build_vocab"}),
-    mutant("v1_decode_keeps_space_before_punctuation", CH02, "simple_tokenizer_v1",
-           [("return re.sub(r'\\s+([,.?!\"()\\'])', r'\\1', text)", "return text")],
-           {"test_tokenizer_v1_decode"}),
-    mutant("v2_no_unknown_token", CH02, "simple_tokenizer_v2",
-           [('tokens = [token if token in self.str_to_int else "<|unk|>" for token in tokens]', "pass")],
-           {"test_tokenizer_v2_unknown_words"}),
-    mutant("v2_decode_with_v1_punctuation", CH02, "simple_tokenizer_v2",
-           [("r'\\s+([,.:;?!\"()\\'])'", "r'\\s+([,.?!\"()\\'])'")],
-           {"test_tokenizer_v2_endoftext"}),
-    mutant("dataset_off_by_one_window", CH02, "gpt_dataset_v1",
-           [("range(0, len(token_ids) - max_length, stride)", "range(0, len(token_ids) - max_length - 1, stride)")],
-           {"test_dataset_windows", "test_dataset_short_texts", "test_dataloader_batches"}),
-    mutant("dataset_targets_not_shifted", CH02, "gpt_dataset_v1",
-           [("token_ids[start + 1:start + max_length + 1]", "token_ids[start:start + max_length]")],
-           {"test_dataset_windows", "test_dataset_short_texts", "test_dataloader_batches"}),
-    # Windows that run past the end of the text are shorter: the DataLoader cannot stack them into a batch.
-    mutant("dataset_windows_run_past_the_end", CH02, "gpt_dataset_v1",
-           [("range(0, len(token_ids) - max_length, stride)", "range(0, len(token_ids) - 1, stride)")],
-           {"test_dataset_windows", "test_dataset_short_texts", "test_dataloader_batches"},
-           says="Fix test_dataset_windows"),
-    mutant("dataset_ignores_stride", CH02, "gpt_dataset_v1",
-           [("range(0, len(token_ids) - max_length, stride)", "range(0, len(token_ids) - max_length, 1)")],
-           {"test_dataset_windows", "test_dataloader_batches"}),
-    mutant("dataloader_ignores_shuffle", CH02, "create_dataloader_v1",
-           [("shuffle=shuffle,", "shuffle=False,")],
-           {"test_dataloader_shuffle"}),
-    mutant("dataloader_always_drops_last", CH02, "create_dataloader_v1",
-           [("drop_last=drop_last,", "drop_last=True,")],
-           {"test_dataloader_batches"}),
-    mutant("embeddings_without_positions", CH02, "create_input_embeddings",
-           [("return token_embeddings + pos_embeddings", "return token_embeddings")],
-           {"test_input_embeddings"}),
-    # -- chapter 3 --------------------------------------------------------------------------------------------
     mutant("simplified_without_softmax", CH03, "simplified_self_attention",
            [("attn_weights = torch.softmax(attn_scores, dim=-1)", "attn_weights = attn_scores")],
            {"test_simplified_self_attention"}),
@@ -275,71 +186,8 @@ SIMPLIFIED_LOOPS = '''def simplified_self_attention(inputs):
     return context
 '''
 
-DATASET_UNFOLD = '''class GPTDatasetV1(Dataset):
-    def __init__(self, txt, tokenizer, max_length, stride):
-        self.input_ids = []
-        self.target_ids = []
-        ids = torch.tensor(tokenizer.encode(txt, allowed_special={"<|endoftext|>"}))
-        if len(ids) > max_length:
-            for window in ids.unfold(0, max_length + 1, stride):
-                self.input_ids.append(window[:-1].clone())
-                self.target_ids.append(window[1:].clone())
-
-    def __len__(self):
-        return len(self.target_ids)
-
-    def __getitem__(self, idx):
-        return self.input_ids[idx], self.target_ids[idx]
-'''
-
-TOKENIZE_FILTER = '''def simple_tokenize(text):
-    parts = map(str.strip, re.split(r'([,.:;?_!"()\\']|--|\\s)', text))
-    return list(filter(None, parts))
-'''
-
-VOCAB_ONE_LINER = '''def build_vocab(tokens, special_tokens=()):
-    words = sorted(set(tokens))
-    extra = [s for i, s in enumerate(special_tokens) if s not in words and s not in special_tokens[:i]]
-    return dict(zip(words + extra, range(len(words) + len(extra))))
-'''
-
-EMBEDDINGS_INDEXING = '''def create_input_embeddings(token_ids, token_embedding_layer, pos_embedding_layer):
-    n = token_ids.size(1)
-    return token_embedding_layer.weight[token_ids] + pos_embedding_layer.weight[:n].unsqueeze(0)
-'''
-
-# The book's own edge-case behaviour, written for this course: special tokens appended without a check, and a
-# dataset that refuses a text too short for one window (the book's current notebook asserts).
-VOCAB_AS_THE_BOOK = '''def build_vocab(tokens, special_tokens=()):
-    all_tokens = sorted(set(tokens))
-    all_tokens.extend(special_tokens)
-    return {token: integer for integer, token in enumerate(all_tokens)}
-'''
-
-DATASET_THAT_REFUSES_SHORT_TEXTS = '''class GPTDatasetV1(Dataset):
-    def __init__(self, txt, tokenizer, max_length, stride):
-        self.input_ids = []
-        self.target_ids = []
-        token_ids = tokenizer.encode(txt, allowed_special={"<|endoftext|>"})
-        assert len(token_ids) > max_length, "the text needs at least max_length + 1 tokens"
-        for i in range(0, len(token_ids) - max_length, stride):
-            self.input_ids.append(torch.tensor(token_ids[i:i + max_length]))
-            self.target_ids.append(torch.tensor(token_ids[i + 1:i + max_length + 1]))
-
-    def __len__(self):
-        return len(self.input_ids)
-
-    def __getitem__(self, idx):
-        return self.input_ids[idx], self.target_ids[idx]
-'''
-
 VARIANTS = [
     Variant("mha_einsum", CH03, {"multi_head_attention": MHA_EINSUM, "causal_attention": CAUSAL_TRIL}),
     Variant("mha_scaled_dot_product_attention", CH03,
             {"multi_head_attention": MHA_SDPA, "simplified_self_attention": SIMPLIFIED_LOOPS}),
-    Variant("book_edge_cases", CH02,
-            {"build_vocab": VOCAB_AS_THE_BOOK, "gpt_dataset_v1": DATASET_THAT_REFUSES_SHORT_TEXTS}),
-    Variant("dataset_unfold_and_one_liners", CH02,
-            {"gpt_dataset_v1": DATASET_UNFOLD, "simple_tokenize": TOKENIZE_FILTER, "build_vocab": VOCAB_ONE_LINER,
-             "create_input_embeddings": EMBEDDINGS_INDEXING}),
 ]
