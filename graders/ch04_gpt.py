@@ -54,7 +54,7 @@ CFG_EXAMPLE = {"vocab_size": 11, "context_length": 4, "emb_dim": 6, "n_heads": 2
 INTERFACE = Interface(
     Class("LayerNorm", "(emb_dim)", example={"emb_dim": 6}, attributes=("eps", "scale", "shift"),
           methods={"forward": "(x)"}),
-    Class("GELU", "(*args, **kwargs)", example={}, methods={"forward": "(x)"}),  # nn.Module's __init__: no weights
+    Class("GELU", "()", example={}, methods={"forward": "(x)"}),
     Class("FeedForward", "(cfg)", example={"cfg": CFG_EXAMPLE}, attributes=("layers",), methods={"forward": "(x)"}),
     Class("ExampleDeepNeuralNetwork", "(layer_sizes, use_shortcut)",
           example={"layer_sizes": [3, 3, 3, 3, 3, 1], "use_shortcut": True}, attributes=("use_shortcut", "layers"),
@@ -661,6 +661,13 @@ def test_gpt_model_dropout_in_training(submission):
 TOY_VOCAB, TOY_EMB, TOY_CONTEXT = 23, 6, 16
 
 
+# (prompt ids, max_new_tokens, context_size): batches of prompts, one token, no new token; then contexts shorter
+# than prompt + new tokens, and a prompt already longer than the context.
+GREEDY_CASES = [(randint(170, TOY_VOCAB, 3, 4), 6, TOY_CONTEXT), (randint(171, TOY_VOCAB, 1, 1), 3, TOY_CONTEXT),
+                (randint(172, TOY_VOCAB, 2, 5), 0, TOY_CONTEXT)]
+CROP_CASES = [(randint(180, TOY_VOCAB, 2, 3), 6, 5), (randint(181, TOY_VOCAB, 1, 9), 4, 6)]
+
+
 def toy_weights():
     """The toy model's weights: large output weights, so that greedy choices are clear-cut on every device."""
     return {"tok": randn(160, TOY_VOCAB, TOY_EMB), "pos": randn(161, TOY_CONTEXT, TOY_EMB),
@@ -721,14 +728,11 @@ def test_generate_text_simple(submission):
     """generate_text_simple appends the most likely next token max_new_tokens times, for batches of prompts.
 
     Greedy decoding, so the ids must be exactly the reference's."""
-    cases = [(randint(170, TOY_VOCAB, 3, 4), 6, TOY_CONTEXT), (randint(171, TOY_VOCAB, 1, 1), 3, TOY_CONTEXT),
-             (randint(172, TOY_VOCAB, 2, 5), 0, TOY_CONTEXT)]
-    check_generation(submission, cases, what="greedy generation")
+    check_generation(submission, GREEDY_CASES, what="greedy generation")
 
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_generate_text_simple")
 def test_generate_text_simple_crops_context(submission):
     """generate_text_simple feeds the model at most context_size tokens: the last ones."""
-    cases = [(randint(180, TOY_VOCAB, 2, 3), 6, 5), (randint(181, TOY_VOCAB, 1, 9), 4, 6)]
-    check_generation(submission, cases, what="generation with a short context")
+    check_generation(submission, CROP_CASES, what="generation with a short context")
