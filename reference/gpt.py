@@ -101,6 +101,9 @@ class GELU(nn.Module):
     little of the negative inputs through, which gives non-zero gradients there.
     """
 
+    def __init__(self):  # no weights; the book's signature, GELU()
+        super().__init__()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return 0.5 * x * (1 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
 

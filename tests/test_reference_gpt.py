@@ -477,3 +477,72 @@ def test_demo_config_is_small_with_gpt2s_vocabulary():
     assert GPT_CONFIG_DEMO["emb_dim"] % GPT_CONFIG_DEMO["n_heads"] == 0
     with torch.device("meta"):
         assert _n_params(GPTModel(GPT_CONFIG_DEMO)) < 10_000_000
+
+
+# --- the ch04 grader's oracles ---------------------------------------------------------------------------------
+# The grader names classic mistakes by recomputing the reference with one mistake switched on; with none switched
+# on, each recomputation must equal the reference, or its diagnoses would be wrong.
+
+
+def test_grader_layer_norm_oracle_without_mistakes_is_the_reference():
+    from graders.ch04_gpt import layer_norm_with, randomise_norms
+
+    ln = randomise_norms(LayerNorm(6), 0)
+    x = torch.randn(2, 5, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(layer_norm_with(ln, x), ln(x), atol=1e-6, rtol=1e-6)
+
+
+def test_grader_block_oracle_without_mistakes_is_the_reference():
+    from graders.ch04_gpt import block_with, randomise_norms
+
+    block = randomise_norms(_tiny_block(), 1)
+    x = torch.randn(2, 6, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(block_with(block, x), block(x), atol=1e-6, rtol=1e-6)
+
+
+def test_grader_model_oracle_without_mistakes_is_the_reference():
+    from graders.ch04_gpt import gpt_model, model_with
+
+    model = gpt_model(TINY, 2)
+    idx = torch.randint(0, TINY["vocab_size"], (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(model_with(model, idx), model(idx), atol=1e-6, rtol=1e-6)
+
+
+def test_grader_generation_oracle_without_mistakes_is_the_reference():
+    from graders.ch04_gpt import generate_with
+
+    model = _tiny(seed=3)
+    idx = torch.randint(0, TINY["vocab_size"], (2, 3))
+    expected = generate_text_simple(model, idx, max_new_tokens=9, context_size=5)
+    assert torch.equal(generate_with(model, idx, 9, 5), expected)
+
+
+def test_grader_toy_model_greedy_choices_are_clear_cut():
+    """The grader's toy model (generate_text_simple's test) must not have near-ties among its largest logits, or
+    a GPU's rounding could change a greedy choice: every step's best logit beats the second by a wide margin."""
+    from types import SimpleNamespace
+
+    from graders.ch04_gpt import CROP_CASES, GREEDY_CASES, generate_with_toy_model, toy_weights
+
+    margins = []
+
+    def recording_generate(model, idx, max_new_tokens, context_size):
+        for _ in range(max_new_tokens):
+            with torch.no_grad():
+                logits = model(idx[:, -context_size:])[:, -1]
+            top2 = logits.topk(2, dim=-1).values
+            margins.extend((top2[:, 0] - top2[:, 1]).tolist())
+            idx = torch.cat((idx, logits.argmax(dim=-1, keepdim=True)), dim=1)
+        return idx
+
+    generate_with_toy_model(SimpleNamespace(generate_text_simple=recording_generate), toy_weights(),
+                            GREEDY_CASES + CROP_CASES)
+    assert min(margins) > 1e-2
+
+
+def _tiny_block() -> TransformerBlock:
+    torch.manual_seed(5)
+    return TransformerBlock(TINY).eval()
