@@ -62,7 +62,8 @@ class GradeReport:
     def max_score(self) -> float:
         return sum(t.max_score for t in self.tests)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, descriptions: bool = False) -> dict:
+        """The JSON of `course grade --json`; with `descriptions`, also what each test checks (for from_dict)."""
         return {
             "assignment": self.assignment,
             "notebook": self.notebook,
@@ -73,7 +74,17 @@ class GradeReport:
             "notes": list(self.notes),
             "sandbox": dict(self.sandbox),
             "tests": [
-                {k: (round(v, 3) if k == "duration" else v) for k, v in asdict(t).items() if k != "description"}
+                {k: (round(v, 3) if k == "duration" else v) for k, v in asdict(t).items()
+                 if k != "description" or descriptions}
                 for t in self.tests
             ],
         }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GradeReport:
+        """The report a to_dict() wrote (a result file of an earlier run, or a report from a grading process)."""
+        fields = ("name", "status", "score", "max_score", "message", "duration", "description")
+        tests = [TestResult(**{k: t[k] for k in fields if k in t}) for t in data["tests"]]
+        return cls(assignment=data["assignment"], tests=tests, notebook=data.get("notebook", ""),
+                   device=data.get("device", "cpu"), duration=data.get("duration", 0.0),
+                   notes=list(data.get("notes", [])), sandbox=dict(data.get("sandbox", {})))

@@ -51,10 +51,13 @@ def _from_folder(course: Course, folder: Path, assignment: Assignment | None,
         notes.append(f"{folder} holds {len(notebooks)} notebooks; graded {chosen.name}, the only one with the "
                      f"cells of {match.id} (not graded: {others}).")
         return match, chosen
-    if assignment is not None:
+    if assignment is not None and notebooks:
         return assignment, folder  # graded: every test says what the folder holds
-    expected = " or ".join(a.notebook for a in course.assignments)
-    found = ", ".join(p.name for p in notebooks) or "none"
+    expected = " or ".join(a.notebook for a in ([assignment] if assignment else course.assignments))
+    if not notebooks:
+        raise UsageError(f"{folder}: holds no notebook, so there is nothing to grade (expected a notebook named "
+                         f"{expected})")
+    found = ", ".join(p.name for p in notebooks)
     raise UsageError(f"{folder}: expected a notebook named {expected} (notebooks found: {found}); pass the "
                      "notebook itself, or --assignment ID")
 

@@ -163,9 +163,9 @@ def test_reference_module_that_does_not_exist(tmp_path):
 
 def test_support_module_that_does_not_exist(tmp_path):
     message = config_error(
-        make_root(tmp_path, modified(lambda c: c["assignments"][0]["support"].append("reference.gpt")))
+        make_root(tmp_path, modified(lambda c: c["assignments"][0]["support"].append("reference.no_such_chapter")))
     )
-    assert "assignments[0] (ch02_text_data).support: reference/gpt.py does not exist" in message
+    assert "assignments[0] (ch02_text_data).support: reference/no_such_chapter.py does not exist" in message
 
 
 @pytest.mark.parametrize(

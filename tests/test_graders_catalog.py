@@ -1,11 +1,16 @@
 """The graders earn their points: solutions pass, untouched stubs score 0, every mutant loses exactly the
 points of the tests aimed at its bug, correct variants written differently score full marks, and every grader
-test is killed by at least one mutant."""
+test is killed by at least one mutant.
+
+The whole catalogue is graded once, as a class is graded (course/batch.py: two grading processes, each with a
+template worker), so that the suite's time grows slowly with the chapters; each test then reads its result.
+"""
 
 from __future__ import annotations
 
 import pytest
 
+from course import batch
 from course.config import load_course
 from course.grading.runner import collect_points
 from tests.conftest import REPO
@@ -15,19 +20,40 @@ from tests.submissions.catalog import MUTANTS, VARIANTS
 ASSIGNMENTS = [a.id for a in load_course(REPO).assignments]
 
 
+@pytest.fixture(scope="module")
+def graded(course, tmp_path_factory):
+    """Every solution, release, mutant and variant, graded in one batch: {(assignment, name): report}."""
+    folder = tmp_path_factory.mktemp("catalogue")
+    items = []
+    for assignment_id in ASSIGNMENTS:
+        assignment = course.assignment(assignment_id)
+        solution = course.solution_notebook(assignment)
+        notebooks = {"solution": solution, "release": course.release_notebook(assignment)}
+        for mutant in (m for m in MUTANTS if m.assignment == assignment_id):
+            notebooks[mutant.name] = with_edits(
+                solution, folder / assignment_id / mutant.name / assignment.notebook,
+                replace={mutant.cell: list(mutant.edits)} if mutant.edits else None, sources=mutant.sources)
+        for variant in (v for v in VARIANTS if v.assignment == assignment_id):
+            notebooks[variant.name] = with_edits(solution, folder / assignment_id / variant.name / assignment.notebook,
+                                                 sources=variant.sources)
+        items += [batch.BatchItem(name, assignment_id, notebook) for name, notebook in notebooks.items()]
+    results = batch.grade_batch(course, items, jobs=2, device="cpu")
+    return {(r.item.assignment, r.item.student): r.report for r in results}
+
+
 @pytest.mark.parametrize("assignment_id", ASSIGNMENTS)
-def test_solution_scores_full_marks(course, grade, assignment_id):
+def test_solution_scores_full_marks(course, graded, assignment_id):
     assignment = course.assignment(assignment_id)
-    report = grade(course.solution_notebook(assignment), assignment_id)
+    report = graded[assignment_id, "solution"]
     failures = {t.name: t.message for t in report.tests if t.status != "passed"}
     assert failures == {}
     assert report.score == report.max_score == assignment.points
 
 
 @pytest.mark.parametrize("assignment_id", ASSIGNMENTS)
-def test_untouched_release_scores_zero_with_feedback(course, grade, assignment_id):
+def test_untouched_release_scores_zero_with_feedback(course, graded, assignment_id):
     assignment = course.assignment(assignment_id)
-    report = grade(course.release_notebook(assignment), assignment_id)
+    report = graded[assignment_id, "release"]
     assert report.score == 0
     assert report.max_score == assignment.points
     for test in report.tests:
@@ -37,12 +63,8 @@ def test_untouched_release_scores_zero_with_feedback(course, grade, assignment_i
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: f"{m.assignment}-{m.name}")
-def test_mutant_loses_exactly_the_targeted_points(course, grade, tmp_path, mutant):
-    assignment = course.assignment(mutant.assignment)
-    notebook = with_edits(course.solution_notebook(assignment), tmp_path / assignment.notebook,
-                          replace={mutant.cell: list(mutant.edits)} if mutant.edits else None,
-                          sources=mutant.sources)
-    report = grade(notebook, mutant.assignment)
+def test_mutant_loses_exactly_the_targeted_points(graded, mutant):
+    report = graded[mutant.assignment, mutant.name]
     failing = [t for t in report.tests if t.status != "passed"]
     assert {t.name for t in failing} == set(mutant.breaks), {t.name: t.message for t in failing}
     assert all(t.score == 0 for t in failing)
@@ -53,11 +75,9 @@ def test_mutant_loses_exactly_the_targeted_points(course, grade, tmp_path, mutan
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{v.assignment}-{v.name}")
-def test_correct_variant_scores_full_marks(course, grade, tmp_path, variant):
+def test_correct_variant_scores_full_marks(course, graded, variant):
     assignment = course.assignment(variant.assignment)
-    notebook = with_edits(course.solution_notebook(assignment), tmp_path / assignment.notebook,
-                          sources=variant.sources)
-    report = grade(notebook, variant.assignment)
+    report = graded[variant.assignment, variant.name]
     assert {t.name: t.message for t in report.tests if t.status != "passed"} == {}
     assert report.score == assignment.points
 

@@ -57,9 +57,11 @@ def test_the_worker_sees_neither_the_course_nor_the_home():
 
 
 def test_bubblewrap_command_binds_the_working_folder_writable_and_nothing_of_the_course(tmp_path):
-    args = bubblewrap_arguments(tmp_path, "cpu")
-    assert args[args.index("--bind") + 1] == str(tmp_path)  # the only writable bind
+    home = tmp_path / "home"
+    args = bubblewrap_arguments(tmp_path, home, "cpu")
+    assert args[args.index("--bind") + 1] == str(home)  # the only writable bind
     assert args.count("--bind") == 1
+    assert args[args.index(str(tmp_path)) - 1] == "--ro-bind"  # the worker's own files: read-only
     assert "--unshare-all" in args
     assert "--die-with-parent" in args
     assert "--disable-userns" in args

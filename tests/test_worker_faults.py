@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from course.grading.runner import grade_notebook
-from course.worker.client import StudentCodeError, WorkerClient
+from course.worker.client import StudentCodeError, StudentTimeout, WorkerClient
 from course.worker.records import ErrorKind
 from tests.submissions.build import cell_by_id, load, source, with_edits
 
@@ -140,7 +141,7 @@ def test_worker_sees_support_modules_only(course):
                  "graders.ch03_attention", "course", "course.worker.client"]
         value = client.call("inspect_worker", PROBE_SOURCE, {"names": names}, timeout=60)
     finally:
-        workdir = client.workdir
+        workdir = client.worker.folder
         client.close()
     found = value["found"]
     assert found["reference.text_data"] == "imported"
@@ -210,5 +211,43 @@ def test_one_worker_serves_many_calls_and_a_crash_costs_one_restart():
         assert "exit status 7" in excinfo.value.record.message
         assert client.call("ask", ask, {}, timeout=60) == 42
         assert client.starts == 2
+    finally:
+        client.close()
+
+
+FORGE_AND_SLEEP = """def forge_and_sleep(student):
+    import fcntl, io, os, struct, sys, time
+    frame = sys._getframe(1)
+    while not any(isinstance(v, dict) and v.get("op") == "call" for v in frame.f_locals.values()):
+        frame = frame.f_back
+    request = next(v for v in frame.f_locals.values() if isinstance(v, dict) and v.get("op") == "call")
+    for fd in range(20):
+        try:
+            fcntl.fcntl(fd, 1031, 4096)  # F_SETPIPE_SZ: the smallest pipe
+        except OSError:
+            pass
+    buffer = io.BytesIO()
+    torch.save({"ok": True, "value": 1, "id": request["id"]}, buffer)
+    message = struct.pack("!Q", len(buffer.getvalue())) + buffer.getvalue()
+    for fd in range(3, 20):
+        try:
+            os.write(fd, message)
+        except OSError:
+            pass
+    time.sleep(3600)
+"""
+
+
+def test_a_worker_that_stops_reading_costs_one_timeout_not_a_blocked_grader():
+    """The worker answers a request itself (a forged reply), shrinks its request pipe and stops reading: the next
+    request, larger than the pipe, cannot be written, and the write's deadline ends the wait."""
+    client = WorkerClient(cells=[], support_files={})
+    client.start()
+    try:
+        assert client.call("forge_and_sleep", FORGE_AND_SLEEP, {}, timeout=60) == 1
+        started = time.monotonic()
+        with pytest.raises(StudentTimeout, match="stopped reading what the grader sends"):
+            client.call("ok", "def ok(student, x):\n    return x\n", {"x": torch.zeros(100_000)}, timeout=3)
+        assert time.monotonic() - started < 10
     finally:
         client.close()

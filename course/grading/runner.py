@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from course.config import Assignment, Course
 from course.errors import ConfigError
@@ -16,23 +18,47 @@ from course.grading.plugin import GradingPlugin
 from course.notebook import NotebookError, grading_cells, read_notebook
 from course.results import GradeReport, TestResult
 from course.worker.client import WorkerClient
+from course.worker.launchers import DirectLauncher, Launcher, TemplateLauncher, WorkerSpec
 from course.worker.sandbox import plan_sandbox
+
+
+def worker_spec(course: Course, assignment: Assignment, device: str | None = None,
+                isolation: str | None = None) -> WorkerSpec:
+    """What the workers of an assignment share: support modules, GPT-2's BPE files, the device and the sandbox
+    (`device` and `isolation` override course.yml's `device` and `sandbox.isolation`)."""
+    device = resolve_device(device or course.config.device)
+    settings = course.config.sandbox
+    sandbox = plan_sandbox(isolation or settings.isolation, memory_mb=settings.memory_mb,
+                           cpu_seconds=settings.cpu_seconds, file_mb=settings.file_mb, device=device)
+    return WorkerSpec(support_files=_support_files(course, assignment),
+                      tiktoken_files=_tiktoken_files() if assignment.tiktoken else {}, device=device,
+                      sandbox=sandbox)
+
+
+def make_launcher(spec: WorkerSpec) -> Launcher:
+    """Workers forked from a template that has imported torch on Linux (see course/worker/launchers.py); a fresh
+    interpreter per worker elsewhere (forking after importing torch is not safe on macOS)."""
+    return TemplateLauncher(spec) if sys.platform.startswith("linux") else DirectLauncher(spec)
 
 
 def grade_notebook(course: Course, assignment: Assignment, notebook_path: Path,
                    device: str | None = None, isolation: str | None = None,
-                   notes: list[str] | None = None) -> GradeReport:
+                   notes: list[str] | None = None, launcher: Launcher | None = None) -> GradeReport:
     """Grade one notebook; `device` and `isolation` override course.yml's `device` and `sandbox.isolation`;
-    `notes` come first in the report (e.g. which of a folder's notebooks was chosen)."""
+    `notes` come first in the report (e.g. which of a folder's notebooks was chosen). A `launcher` shared by the
+    submissions of a batch (made by `make_launcher(worker_spec(...))`) is used and left open; without one, this
+    submission gets its own."""
     started = time.monotonic()
-    device = resolve_device(device or course.config.device)
+    # The trusted side's tensors are tiny: with torch's thread pool each operation would wait for threads, and
+    # a class graded in parallel would have the pools of several grading processes fight over the cores.
+    torch.set_num_threads(1)
+    own_launcher = launcher is None
+    launcher = launcher or make_launcher(worker_spec(course, assignment, device, isolation))
+    device, sandbox = launcher.spec.device, launcher.spec.sandbox
     notes = list(notes or [])
     load_problem = None
     client = None
     demo_definitions: dict[str, str] = {}
-    settings = course.config.sandbox
-    sandbox = plan_sandbox(isolation or settings.isolation, memory_mb=settings.memory_mb,
-                           cpu_seconds=settings.cpu_seconds, file_mb=settings.file_mb, device=device)
     try:
         selection = grading_cells(read_notebook(notebook_path))
         notes.extend(selection.notes)
@@ -41,16 +67,10 @@ def grade_notebook(course: Course, assignment: Assignment, notebook_path: Path,
         load_problem = str(exc)
         notes.append(load_problem)
     else:
-        client = WorkerClient(
-            cells=[{"label": c.label, "source": c.source} for c in selection.cells],
-            support_files=_support_files(course, assignment),
-            tiktoken_files=_tiktoken_files() if assignment.tiktoken else {},
-            device=device,
-            load_timeout=assignment.timeout,
-            sandbox=sandbox,
-        )
+        client = WorkerClient(cells=[{"label": c.label, "source": c.source} for c in selection.cells],
+                              load_timeout=assignment.timeout, launcher=launcher)
         client.deadline = started + assignment.submission_timeout
-        client.start()  # torch imports in the worker while pytest collects the grader here
+        client.prepare()  # torch imports in the worker while pytest collects the grader here
     try:
         plugin = GradingPlugin(client, device=device, timeout=assignment.timeout, load_problem=load_problem,
                                demo_definitions=demo_definitions,
@@ -59,6 +79,8 @@ def grade_notebook(course: Course, assignment: Assignment, notebook_path: Path,
     finally:
         if client is not None:
             client.close()
+        if own_launcher:
+            launcher.close()
     _check_points(course, assignment, plugin)
     tests = [plugin.results.get(nodeid) or _no_result(nodeid, points) for nodeid, points in plugin.points.items()]
     return GradeReport(assignment=assignment.id, tests=tests, notebook=str(notebook_path), device=device,
@@ -72,6 +94,10 @@ def collect_points(course: Course, assignment: Assignment) -> dict[str, float]:
     _run_pytest(course, assignment, plugin, "--collect-only")
     _check_points(course, assignment, plugin)
     return {nodeid.split("::")[-1]: points for nodeid, points in plugin.points.items()}
+
+
+UNUSED_PLUGINS = ("unraisableexception", "threadexception", "logging", "faulthandler", "doctest", "junitxml",
+                  "pastebin", "stepwise", "nose", "legacypath")
 
 
 def _run_pytest(course: Course, assignment: Assignment, plugin: GradingPlugin, *extra: str) -> None:
@@ -91,6 +117,9 @@ def run_grader_module(grader: Path, plugin: GradingPlugin, *extra: str) -> tuple
         "--confcutdir", str(grader.parent),
         "--import-mode=importlib",
         "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:xdist",  # deterministic, in-process, no cache files
+        # Plugins a grader does not need, which cost a class of submissions minutes: a full garbage collection
+        # after every run (unraisableexception), log handlers set up around every test phase (logging), ...
+        *(arg for plugin in UNUSED_PLUGINS for arg in ("-p", f"no:{plugin}")),
         "-q", "--no-header", "-W", "ignore::pytest.PytestAssertRewriteWarning",
     ]
     output = io.StringIO()

@@ -229,7 +229,110 @@ def main():
 
     protocol = _load_sibling("protocol")
     records = _load_sibling("records")
-    Worker(protocol, guard, records, torch, requests_fd, replies_fd, memory_mb=limits.get("memory_mb")).serve()
+
+    def worker(requests, replies):
+        return Worker(protocol, guard, records, torch, requests, replies, memory_mb=limits.get("memory_mb"))
+
+    if settings.get("template"):
+        os.close(requests_fd)
+        os.close(replies_fd)
+        serve_template(settings["template"], worker)
+    else:
+        worker(requests_fd, replies_fd).serve()
+
+
+# -- the template: forks workers that need not import torch (see course/worker/launchers.py) ----------------------
+
+def serve_template(settings, make_worker):
+    """Answer the trusted side's requests on the control socket until it closes: `fork` (with the two pipe ends of
+    the new worker's channel, and its working folder) and `kill` (end a worker and all it started; answers its
+    return code). Usually one worker at a time (several while a test runs the ranks of a distributed training);
+    none of them can inspect this process (it is not dumpable)."""
+    import socket
+
+    control = socket.socket(fileno=settings["control_fd"])
+    _set_dumpable(False)
+    own_namespace = bool(settings.get("own_pid_namespace"))
+    control.send(json.dumps({"ready": True}).encode())
+    workers = set()
+    while True:
+        try:
+            data, fds, _flags, _address = socket.recv_fds(control, 65536, 4)
+        except OSError:
+            return
+        if not data:
+            return
+        try:
+            request = json.loads(data)
+        except ValueError:
+            request = {}
+        if request.get("op") == "fork" and len(fds) == 2:
+            pid = os.fork()
+            if pid == 0:  # the new worker
+                try:
+                    control.close()
+                    _start_worker(request["home"], fds, make_worker)
+                finally:
+                    os._exit(0)
+            workers.add(pid)
+            answer = {"pid": pid}
+        elif request.get("op") == "kill" and type(request.get("pid")) is int:
+            workers.discard(request["pid"])
+            # Whatever else runs in the sandbox is swept away once no worker is left to need it.
+            answer = {"returncode": _end_worker(request["pid"], own_namespace and not workers)}
+        else:
+            answer = {"error": "unknown request"}
+        for fd in fds:
+            os.close(fd)
+        control.send(json.dumps(answer).encode())
+
+
+def _start_worker(home, fds, make_worker):
+    _set_dumpable(True)
+    os.setsid()  # its own process group: killing the group ends everything it started
+    os.chdir(home)
+    os.environ["HOME"] = home
+    os.environ["TMPDIR"] = os.path.join(home, "tmp")
+    make_worker(*fds).serve()
+
+
+def _end_worker(pid, sweep):
+    """Kill the worker's process group and reap it; with `sweep` (our own PID namespace, no other worker alive)
+    kill whatever else runs there but this template and the namespace's init. Returns the worker's return code,
+    as Popen gives it."""
+    import signal
+
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+    except ChildProcessError:
+        code = None
+    if sweep:
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) not in (1, os.getpid()):
+                try:
+                    os.kill(int(entry), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+    while True:  # reap anything else of ours that ended
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                break
+        except ChildProcessError:
+            break
+    return code
+
+
+def _set_dumpable(dumpable):
+    """PR_SET_DUMPABLE: a process that is not dumpable cannot be traced, nor its memory read, by its peers."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, 1 if dumpable else 0, 0, 0, 0)
 
 
 if __name__ == "__main__":

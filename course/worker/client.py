@@ -1,38 +1,28 @@
 """The trusted side of the worker: start it, load the submission, run probes under a deadline.
 
-One worker serves all the tests of one submission (torch is imported once). A fault in the worker (a crash,
-`os._exit`, a hang past the deadline, garbage on the channel) fails the call that caused it; the worker is
-then killed with its whole process group and started afresh, with the submission reloaded, for the next call.
+One worker serves all the tests of one submission (torch is imported once, or not at all when the worker is a
+fork of a template: see course/worker/launchers.py). A fault in the worker (a crash, `os._exit`, a hang past the
+deadline, garbage on the channel) fails the call that caused it; the worker is then killed with everything it
+started, and a fresh one loads the submission again for the next call.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from course.worker import protocol
-from course.worker.cgroup import WorkerCgroup
+from course.worker.launchers import DirectLauncher, Launcher, WorkerProcess, WorkerSpec
 from course.worker.records import ErrorKind, ErrorRecord
 from course.worker.sandbox import SandboxPlan, visible_paths
 
-# The worker's own code, copied into its folder (the course repository is not visible inside the sandbox).
-RUNTIME_FILES = [Path(__file__).with_name(name) for name in ("bootstrap.py", "protocol.py", "guard.py", "records.py")]
 # The largest reply accepted from the worker: outputs of tiny models are a few kB.
 MAX_REPLY_BYTES = 64 * 1024 * 1024
 
 # Top-level packages of this repository that student code may only see through the support folder.
 BLOCKED_PACKAGES = ("reference", "graders", "course")
-
-# Environment variables passed through to the worker; everything else is dropped.
-PASSED_ENV_PREFIXES = ("CUDA_", "NVIDIA_", "HIP_", "ROCR_", "PYTORCH_")
 
 
 class StudentCodeError(Exception):
@@ -65,127 +55,78 @@ class LoadReport:
 
 
 class WorkerClient:
-    def __init__(self, cells: list[dict], support_files: dict[str, Path], device: str = "cpu",
+    def __init__(self, cells: list[dict], support_files: dict[str, Path] | None = None, device: str = "cpu",
                  threads: int = 1, startup_timeout: float = 120.0, load_timeout: float = 30.0,
-                 tiktoken_files: dict[str, Path] | None = None, sandbox: SandboxPlan | None = None):
+                 tiktoken_files: dict[str, Path] | None = None, sandbox: SandboxPlan | None = None,
+                 launcher: Launcher | None = None):
         """
         cells: [{"label", "source"}] to execute, in order, as the submission module.
+        launcher: how workers are started (shared by the submissions of a batch); by default a DirectLauncher of
+            its own, made from the other arguments:
         support_files: relative path inside the support folder -> file to copy there (e.g. reference/text_data.py).
-        startup_timeout: for the interpreter and torch to start. load_timeout: for the cells to execute.
         tiktoken_files: cache name -> file, seeded into the worker's private TIKTOKEN_CACHE_DIR.
         sandbox: isolation and limits (default: process isolation with no limits, for tests of the client).
+        startup_timeout: for the interpreter and torch to start. load_timeout: for the cells to execute.
         """
-        self.sandbox = sandbox or SandboxPlan(isolation="process", note="")
+        self.owns_launcher = launcher is None
+        self.launcher = launcher or DirectLauncher(WorkerSpec(
+            support_files=support_files or {}, tiktoken_files=tiktoken_files or {}, device=device, threads=threads,
+            sandbox=sandbox or SandboxPlan(isolation="process", note=""), startup_timeout=startup_timeout))
         self.cells = cells
-        self.support_files = support_files
-        self.tiktoken_files = tiktoken_files or {}
-        self.device = device
-        self.threads = threads
-        self.startup_timeout = startup_timeout
         self.load_timeout = load_timeout
         self.deadline: float | None = None  # time.monotonic() by which everything must end (the submission's budget)
         self.last_overhead = 0.0  # seconds the last call() spent (re)starting the worker and loading the submission
-        self.process: subprocess.Popen | None = None
-        self.cgroup: WorkerCgroup | None = None
-        self.workdir: Path | None = None
+        self.worker: WorkerProcess | None = None
         self.load_report: LoadReport | None = None
         self.fatal: Exception | None = None  # a load that crashed or hung: not retried for every test
         self.configured = False
         self.starts = 0
         self.request_id = 0
 
+    @property
+    def spec(self) -> WorkerSpec:
+        return self.launcher.spec
+
     # -- lifecycle -------------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Get a worker going in the background (the template of a batch, or this submission's own worker)."""
+        if not self.launcher.warm():
+            self.start()
+
     def start(self) -> None:
-        """Start the process (returns at once; torch is imported in the background)."""
-        self.workdir = Path(tempfile.mkdtemp(prefix="course-worker-"))
-        support = self.workdir / "support"
-        for relative, source in self.support_files.items():
-            target = support / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
-        for package in {Path(r).parts[0] for r in self.support_files}:
-            (support / package / "__init__.py").touch()
-        support.mkdir(exist_ok=True)
-        cache = self.workdir / "tiktoken-cache"
-        cache.mkdir()
-        for name, source in self.tiktoken_files.items():
-            shutil.copyfile(source, cache / name)
-        home = self.workdir / "home"
-        home.mkdir()
-        (home / "tmp").mkdir()
-        runtime = self.workdir / "runtime"
-        runtime.mkdir()
-        for source in RUNTIME_FILES:
-            shutil.copyfile(source, runtime / source.name)
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": str(home),
-            "TMPDIR": str(home / "tmp"),
-            "LANG": "C.UTF-8",
-            "LC_ALL": "C.UTF-8",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONHASHSEED": "0",
-            "TIKTOKEN_CACHE_DIR": str(cache),
-            "OMP_NUM_THREADS": str(self.threads),
-        }
-        env.update({k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV_PREFIXES)})
-        # The log lives outside the worker's folder, which student code may write to or empty.
-        log_fd, self.log_path = tempfile.mkstemp(prefix="course-worker-", suffix=".log")
-        self.log = os.fdopen(log_fd, "wb")
-        settings = {"limits": self.sandbox.limits}
-        if self.sandbox.isolation == "process":
-            settings["parent_pid"] = os.getpid()
-        settings = json.dumps(settings)
-        command = self.sandbox.command(sys.executable, runtime / "bootstrap.py", self.workdir, self.device, settings)
-        # A control group (where this machine allows one) limits the worker's processes and catches them all.
-        self.cgroup = WorkerCgroup.create(self.sandbox.pids_max) if self.sandbox.pids_max else None
-        self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-            cwd=home, env=env, start_new_session=True, close_fds=True,
-            preexec_fn=self.cgroup.enter if self.cgroup else None,
-        )
+        """Start a worker (returns at once; a fresh interpreter imports torch in the background)."""
+        self.worker = self.launcher.spawn()
         self.starts += 1
         self.load_report = None
-        # Every write has a deadline: student code could shrink the pipe and stop reading it.
-        os.set_blocking(self.process.stdin.fileno(), False)
-        # Sent now, answered once torch is imported; the reply is awaited by the first load().
+        # Sent now, answered once the worker is ready; the reply is awaited by the first load().
         self.configured = False
+        spec = self.spec
         try:
-            protocol.send(self.process.stdin.fileno(), {
-                "op": "configure", "id": self._next_id(), "support_dir": str(support), "device": self.device,
-                "threads": self.threads,
-                "blocked_packages": list(BLOCKED_PACKAGES),
-                "audit": {"writable": [str(self.workdir)], "readable": visible_paths(self.device),
-                          "strict_paths": self.sandbox.isolation == "process"}},
-                time.monotonic() + self.startup_timeout)
+            protocol.send(self.worker.request_fd, {
+                "op": "configure", "id": self._next_id(), "support_dir": str(self.worker.support_dir),
+                "device": spec.device, "threads": spec.threads, "blocked_packages": list(BLOCKED_PACKAGES),
+                "audit": {"writable": [str(self.worker.home)],
+                          "readable": visible_paths(spec.device) + [str(self.worker.folder)],
+                          "strict_paths": spec.sandbox.isolation == "process"}},
+                time.monotonic() + spec.startup_timeout)
         except (protocol.ChannelClosed, protocol.ChannelTimeout):
             pass  # the worker died (or hangs) at once; load() reports how it ended
 
     def close(self) -> None:
         self._kill()
-        if self.workdir is not None:
-            _make_removable(self.workdir)
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
+        if self.owns_launcher:
+            self.launcher.close()
 
-    def _kill(self) -> None:
-        if self.process is not None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            self.process.wait()
-            for stream in (self.process.stdin, self.process.stdout):
-                stream.close()
-            self.process = None
-            self.log.close()
-            os.unlink(self.log_path)
-        if self.cgroup is not None:  # whatever the worker started, in or out of its process group
-            self.cgroup.remove()
-            self.cgroup = None
+    def _kill(self) -> int | None:
+        """End the worker (if any) and everything it started; returns how it ended (see WorkerProcess.kill)."""
+        code = None
+        if self.worker is not None:
+            code = self.worker.kill()
+            self.worker = None
+        return code
 
     def _alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.worker is not None
 
     # -- requests --------------------------------------------------------------------------------------------
     def load(self) -> LoadReport:
@@ -199,11 +140,10 @@ class WorkerClient:
         if self._alive() and self.load_report is not None:
             return self.load_report
         if not self._alive():
-            self.close()
             self.start()
         try:
             if not self.configured:
-                self._receive(time.monotonic() + self._bounded(self.startup_timeout),
+                self._receive(time.monotonic() + self._bounded(self.spec.startup_timeout),
                               during="starting the process that runs your code")
                 self.configured = True
             reply = self._request({"op": "load", "cells": self.cells}, timeout=self._bounded(self.load_timeout),
@@ -240,38 +180,71 @@ class WorkerClient:
         self.request_id += 1
         return self.request_id
 
-    def _request(self, message: dict, timeout: float, during: str) -> dict:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
+    def call_ranks(self, probe_name: str, probe_source: str, kwargs_list: list[dict], timeout: float) -> list:
+        """Run a probe in len(kwargs_list) extra workers at once (the ranks of a distributed training: they wait
+        for each other), each with its own arguments; returns their values in rank order, or raises the first
+        error in rank order. The extra workers come from the same launcher (one sandbox, one loopback network)
+        and end when this returns."""
+        started = time.monotonic()
+        ranks = [WorkerClient(self.cells, load_timeout=self.load_timeout, launcher=self.launcher)
+                 for _ in kwargs_list]
         try:
-            protocol.send(self.process.stdin.fileno(), {**message, "id": self._next_id()}, deadline)
+            for rank in ranks:
+                rank.deadline = self.deadline
+                rank.start()
+            for rank in ranks:
+                rank.load()
+            self.last_overhead = time.monotonic() - started
+            deadline = time.monotonic() + self._bounded(timeout)
+            size = len(ranks)
+            for rank, kwargs in zip(ranks, kwargs_list):
+                rank._send({"op": "call", "probe_name": probe_name, "probe_source": probe_source, "kwargs": kwargs},
+                           deadline, f"running rank {kwargs.get('rank')} of {size}")
+            replies = [rank._receive(deadline, f"running rank {index} of {size} (a rank that waits for a peer that "
+                                               "never answers stops here)")
+                       for index, rank in enumerate(ranks)]
+        finally:
+            for rank in ranks:
+                rank.close()
+        for reply in replies:
+            if not (reply.get("ok") is True and "value" in reply):
+                raise StudentCodeError(ErrorRecord.from_reply(reply.get("error")))
+        return [reply["value"] for reply in replies]
+
+    def _request(self, message: dict, timeout: float, during: str) -> dict:
+        deadline = time.monotonic() + timeout
+        self._send(message, deadline, during)
+        return self._receive(deadline, during)
+
+    def _send(self, message: dict, deadline: float, during: str) -> None:
+        assert self.worker is not None
+        try:
+            protocol.send(self.worker.request_fd, {**message, "id": self._next_id()}, deadline)
         except protocol.ChannelClosed:
             pass  # the worker is gone; _receive reports how it ended
         except protocol.ChannelTimeout:
             self._kill()
-            raise StudentTimeout(f"stopped after {timeout:.1f} s while {during}: the process running your code "
-                                 "stopped reading what the grader sends") from None
-        return self._receive(deadline, during)
+            raise StudentTimeout(f"stopped while {during}: the process running your code stopped reading what the "
+                                 "grader sends") from None
 
     def _receive(self, deadline: float, during: str) -> dict:
-        assert self.process is not None
+        assert self.worker is not None
         limit = deadline - time.monotonic()
         try:
-            reply = protocol.receive(self.process.stdout.fileno(), deadline, max_bytes=MAX_REPLY_BYTES)
+            reply = protocol.receive(self.worker.reply_fd, deadline, max_bytes=MAX_REPLY_BYTES)
             # Student code can write to the channel too: a message with an earlier id is a leftover (the real
             # reply to a request whose reply was forged) and is skipped. A forged reply with the right id is
             # no worse than returning those values, and it is checked like any result.
             while isinstance(reply, dict) and type(reply.get("id")) is int and reply["id"] < self.request_id:
-                reply = protocol.receive(self.process.stdout.fileno(), deadline, max_bytes=MAX_REPLY_BYTES)
+                reply = protocol.receive(self.worker.reply_fd, deadline, max_bytes=MAX_REPLY_BYTES)
         except protocol.ChannelTimeout:
             self._kill()
             raise StudentTimeout(
                 f"stopped after {limit:.1f} s while {during} (an endless loop, or far too slow?)") from None
         except protocol.ChannelClosed:
-            code = self.process.wait(timeout=5) if self.process else None
-            self._kill()
+            code = self._kill()
             raise StudentCodeError.of(ErrorKind.CRASH, f"the process running your code ended while {during} "
-                                                       f"({_describe_exit(code, self.sandbox.isolation)})") from None
+                                                       f"({_describe_exit(code)})") from None
         except protocol.BadMessage as exc:
             self._kill()
             raise StudentCodeError.of(
@@ -291,21 +264,9 @@ def _load_error(data) -> ErrorRecord:
     return ErrorRecord.from_reply(data)
 
 
-def _make_removable(folder: Path) -> None:
-    """Student code may have made files or folders read-only in its folder: give them back their write bit."""
-    for root, dirs, _files in os.walk(folder):
-        for name in dirs:
-            try:
-                os.chmod(os.path.join(root, name), 0o700, follow_symlinks=False)
-            except (OSError, NotImplementedError):
-                pass
-
-
-def _describe_exit(code: int | None, isolation: str = "process") -> str:
+def _describe_exit(code: int | None) -> str:
     if code is None:
         return "it stopped answering"
-    if isolation == "bubblewrap" and code > 128:
-        code = 128 - code  # bwrap exits with 128 + N when the worker was killed by signal N
     if code < 0:
         try:
             name = signal.Signals(-code).name

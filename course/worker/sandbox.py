@@ -56,12 +56,14 @@ class SandboxPlan:
     limits: dict = field(default_factory=dict)  # for guard.apply_limits
     pids_max: int | None = None  # processes and threads of the worker, enforced by a control group (cgroup.py)
 
-    def command(self, python: str, bootstrap: Path, workdir: Path, device: str, settings: str) -> list[str]:
-        """The command line that starts the worker."""
+    def command(self, python: str, bootstrap: Path, folder: Path, writable: Path, device: str,
+                settings: str) -> list[str]:
+        """The command line that starts a worker (or a template of workers) whose files are in `folder`, of which
+        only `writable` may be written; it starts in `writable`."""
         worker = [python, "-I", str(bootstrap), settings]
         if self.isolation != "bubblewrap":
             return worker
-        return bubblewrap_arguments(workdir, device) + ["--", *worker]
+        return bubblewrap_arguments(folder, writable, device) + ["--", *worker]
 
 
 def plan_sandbox(policy: str, *, memory_mb: int, cpu_seconds: int, file_mb: int, device: str) -> SandboxPlan:
@@ -119,24 +121,30 @@ def gpu_nodes() -> list[str]:
     return [node for pattern in GPU_DEVICES for node in glob.glob(pattern)]
 
 
-def bubblewrap_arguments(workdir: Path, device: str) -> list[str]:
+def bubblewrap_arguments(folder: Path, writable: Path, device: str) -> list[str]:
+    """bwrap's options: the system and Python read-only, `folder` read-only, `writable` (inside it) writable."""
+    return _system_arguments(device) + ["--ro-bind", str(folder), str(folder), "--bind", str(writable), str(writable),
+                                        "--chdir", str(writable)]
+
+
+def _system_arguments(device: str) -> list[str]:
+    """bwrap's namespaces and its read-only view of the system and the Python installation."""
     args = ["bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--disable-userns"]
-    for folder in SYSTEM_FOLDERS:
-        if os.path.islink(folder):
-            args += ["--symlink", os.readlink(folder), folder]  # merged /usr: /bin -> usr/bin
-        elif os.path.isdir(folder):
-            args += ["--ro-bind", folder, folder]
+    for system in SYSTEM_FOLDERS:
+        if os.path.islink(system):
+            args += ["--symlink", os.readlink(system), system]  # merged /usr: /bin -> usr/bin
+        elif os.path.isdir(system):
+            args += ["--ro-bind", system, system]
     for path in ETC_FILES + SYS_FOLDERS:
         args += ["--ro-bind-try", path, path]
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     if not device.startswith("cpu"):
         for node in gpu_nodes():
             args += ["--dev-bind-try", node, node]
-    for folder in python_folders():
-        if not any(folder == s or folder.startswith(s + os.sep) for s in SYSTEM_FOLDERS if not os.path.islink(s)):
-            args += ["--ro-bind", folder, folder]
-    args += ["--bind", str(workdir), str(workdir), "--chdir", str(workdir / "home")]
+    for python in python_folders():
+        if not any(python == s or python.startswith(s + os.sep) for s in SYSTEM_FOLDERS if not os.path.islink(s)):
+            args += ["--ro-bind", python, python]
     return args
 
 
@@ -147,8 +155,7 @@ def bubblewrap_problem() -> str | None:
         return f"bubblewrap needs Linux, this is {sys.platform}"
     if shutil.which("bwrap") is None:
         return "the bwrap program is not installed (apt install bubblewrap)"
-    probe = bubblewrap_arguments(Path("/"), "cpu")
-    probe = probe[:probe.index("--bind")] + ["--", "/bin/true"]
+    probe = _system_arguments("cpu") + ["--", "/bin/true"]
     try:
         result = subprocess.run(probe, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:

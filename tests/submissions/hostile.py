@@ -293,7 +293,7 @@ RUN_ATTACKS = [
         "            except OSError:\n                pass\n"
         "        forge([torch.zeros(1)])\n"
         "        time.sleep(3600)\n")},
-        targets=MHA_TESTS, status=None, says="stopped reading what the grader sends"),
+        targets=MHA_TESTS, status=None, says="did not finish in time"),
     Attack("lone_surrogates_in_messages_and_grade_ids", simple(
         "def simplified_self_attention(inputs):\n    raise ValueError('broken \\ud800 text \\udfff')\n"),
         grade_ids={"self_attention_v1": "self_attention_v1\ud800"}, says="broken"),
