@@ -162,6 +162,9 @@ def dataset_shares(student, rank, world_size, master_port, epochs):
 
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(master_port)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    # Barriers: without a collective, a rank that is done could leave the group (closing its connections) while
+    # its peer is still connecting to it.
+    dist.barrier()
     try:
         train_loader, test_loader = student.prepare_dataset()
         sampler = train_loader.sampler
@@ -171,6 +174,7 @@ def dataset_shares(student, rank, world_size, master_port, epochs):
                 sampler.set_epoch(epoch)
             shares.append([[features.tolist(), labels.tolist()] for features, labels in train_loader])
         test = [[features.tolist(), labels.tolist()] for features, labels in test_loader]
+        dist.barrier()
         return {"sampler": type(sampler).__name__, "shares": shares, "test": test}
     finally:
         dist.destroy_process_group()
