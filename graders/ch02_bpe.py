@@ -34,7 +34,7 @@ from reference.tiktoken_offline import get_gpt2_tokenizer
 
 INTERFACE = Interface(
     Class("BPETokenizerSimple", "()", example={}, attributes=("vocab", "inverse_vocab", "bpe_merges"),
-          methods={"train": "(text, vocab_size, allowed_special=frozenset({'<|endoftext|>'}))",
+          methods={"train": "(text, vocab_size, allowed_special={'<|endoftext|>'})",
                    "encode": "(text, allowed_special=None)", "decode": "(token_ids)",
                    "save_vocab_and_merges": "(vocab_path, bpe_merges_path)",
                    "load_vocab_and_merges": "(vocab_path, bpe_merges_path)",

@@ -14,7 +14,7 @@ RECOUNTING_TOKENIZER = '''class BPETokenizerSimple:
         self.inverse_vocab = {}
         self.bpe_merges = {}
 
-    def train(self, text, vocab_size, allowed_special=frozenset({"<|endoftext|>"})):
+    def train(self, text, vocab_size, allowed_special={"<|endoftext|>"}):  # noqa: B006
         specials = sorted(set(allowed_special or ()))
         self.vocab = {i: BYTE_TO_CHAR[i] for i in range(256)}
         for token in specials:
@@ -122,7 +122,7 @@ STRING_TOKENIZER = '''class BPETokenizerSimple:
         parts = re.split("(" + "|".join(map(re.escape, sorted(specials, key=len, reverse=True))) + ")", text)
         return [p for p in parts if p]
 
-    def train(self, text, vocab_size, allowed_special=frozenset({"<|endoftext|>"})):
+    def train(self, text, vocab_size, allowed_special={"<|endoftext|>"}):  # noqa: B006
         specials = sorted(allowed_special or ())
         words = []
         for part in self._cut(text, specials):
