@@ -6,7 +6,7 @@ For each model configuration it builds one seeded model, then generates ``--new-
 every step, as chapter 4's ``generate_text_simple`` does), several times, and prints the median time,
 the tokens per second and the speed-up. It also checks that both give the same tokens.
 
-    python benchmarks/kv_cache.py [--repeat 5] [--new-tokens 200] [--threads N] [--markdown]
+    python benchmarks/kv_cache.py [--repeat 5] [--new-tokens 200] [--threads N] [--gpt2-124m] [--markdown]
 
 Results, with the machine and the date, are kept in docs/benchmarks.md.
 """
@@ -14,6 +14,7 @@ Results, with the machine and the date, are kept in docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -25,9 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 # name -> configuration overrides of GPT_CONFIG_124M (the context must hold the prompt and the new tokens)
 CONFIGS = {
+    "demo width: 2 layers, emb 64, ctx 256": {"context_length": 256, "emb_dim": 64, "n_heads": 4, "n_layers": 2},
     "small: 4 layers, emb 256, ctx 256": {"context_length": 256, "emb_dim": 256, "n_heads": 4, "n_layers": 4},
-    "GPT-2 124M (ctx 1024)": {},
 }
+GPT2_124M = {"GPT-2 124M (ctx 1024)": {}}  # with --gpt2-124m: minutes per run on two cores
 
 
 def time_generation(model, idx, new_tokens: int, use_cache: bool):
@@ -43,7 +45,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--only-small", action="store_true", help="skip the GPT-2 124M configuration")
+    parser.add_argument("--gpt2-124m", action="store_true", help="also measure GPT_CONFIG_124M (slow)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table for docs/benchmarks.md")
     args = parser.parse_args()
 
@@ -59,9 +61,8 @@ def main() -> None:
     idx = torch.tensor([get_gpt2_tokenizer().encode("Hello, I am")])  # (1, 4)
 
     rows = []
-    for name, overrides in CONFIGS.items():
-        if args.only_small and not overrides:
-            continue
+    configs = {**CONFIGS, **(GPT2_124M if args.gpt2_124m else {})}
+    for name, overrides in configs.items():
         cfg = {**GPT_CONFIG_124M, **overrides}
         torch.manual_seed(123)
         model = GPTModel(cfg).eval()
@@ -80,10 +81,11 @@ def main() -> None:
                      args.new_tokens / t_cached, t_uncached / t_cached))
 
     threads = torch.get_num_threads()
+    load = os.getloadavg()[0]  # other processes on the machine slow both variants down
     if args.markdown:
-        print(f"Measured {date.today().isoformat()} on {platform.machine()}, {threads} torch threads, Python "
-              f"{platform.python_version()}, torch {torch.__version__}; {args.new_tokens} new tokens after a "
-              f"4-token prompt, batch 1, median of {args.repeat} runs.\n")
+        print(f"Measured {date.today().isoformat()} on {platform.machine()}, {os.cpu_count()} cores, {threads} torch "
+              f"threads, Python {platform.python_version()}, torch {torch.__version__}; {args.new_tokens} new tokens "
+              f"after a 4-token prompt, batch 1, median of {args.repeat} runs; load average {load:.1f} at the end.\n")
         print("| model | parameters | without cache (s) | with cache (s) | tokens/s without | tokens/s with "
               "| speed-up |")
         print("|---|---|---|---|---|---|---|")

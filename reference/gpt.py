@@ -15,7 +15,7 @@ The pieces of GPT-2, bottom up:
 7. :func:`generate_text_simple`: greedy decoding, one token at a time.
 
 Configurations: :data:`GPT_CONFIG_124M` is the book's (the smallest GPT-2), :data:`GPT_CONFIG_DEMO` is the
-course's small model that trains on the project's corpus in well under a minute on two CPU cores.
+course's small model that trains on the project's corpus in about a minute on two CPU cores.
 
 The graders load this module's ``state_dict`` into the student's model, so the attribute names, the
 parameter shapes and the order in which layers are built are the book's: with the same seed, the same
@@ -59,7 +59,7 @@ GPT_CONFIG_124M = {
 }
 
 # The course's demo model: the same architecture, small enough to train on the project's short story in
-# well under a minute on two CPU cores (chapter 5 and appendix D demos). The vocabulary stays GPT-2's, so
+# about a minute on two CPU cores (chapter 5 and appendix D demos). The vocabulary stays GPT-2's, so
 # the token embedding and the output head hold 6.4 of its 6.5 million parameters, and the output head and
 # the softmax over 50,257 logits cost most of the training time.
 GPT_CONFIG_DEMO = {

@@ -125,6 +125,11 @@ def infer_gpt2_config(params: dict[str, torch.Tensor], n_heads: int | None = Non
     number. The number of heads is not in the shapes: give ``n_heads``, or it is taken from GPT-2's sizes
     (emb_dim 768: 12, 1024: 16, 1280: 20, 1600: 25).
     """
+    if "tok_emb.weight" in params:
+        raise GPT2WeightsError(
+            "These weights are already in GPTModel's own layout (tok_emb.weight, trf_blocks.…), like the book's "
+            "gpt2-small-124M.safetensors: load them with model.load_state_dict(safetensors.torch.load_file(path))."
+        )
     for key in ("wte.weight", "wpe.weight"):
         if key not in params:
             raise GPT2WeightsError(f"Not GPT-2 weights: the key {key!r} is missing (found e.g. {sorted(params)[:5]}).")

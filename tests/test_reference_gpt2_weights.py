@@ -174,6 +174,11 @@ def test_a_file_that_is_not_safetensors_is_named(tmp_path):
         load_gpt2_safetensors(path)
 
 
+def test_weights_in_the_books_own_layout_get_a_hint():
+    with pytest.raises(GPT2WeightsError, match="load_state_dict"):
+        infer_gpt2_config(GPTModel(TINY_CFG).state_dict())
+
+
 def test_the_head_count_of_a_non_gpt2_width_must_be_given():
     params = {"wte.weight": torch.zeros(100, 32), "wpe.weight": torch.zeros(16, 32), "h.0.ln_1.weight": torch.zeros(32)}
     with pytest.raises(GPT2WeightsError, match="n_heads"):

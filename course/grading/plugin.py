@@ -68,28 +68,12 @@ class Submission:
 
     def run(self, probe_function, **kwargs):
         """Run `probe_function` (a @probe) in the worker with these keyword arguments; returns its checked value."""
-        source = getattr(probe_function, "probe_source", None)
-        if source is None:
-            raise GraderBug(f"{getattr(probe_function, '__name__', probe_function)!r} is not a @probe")
-        try:
-            inspect.signature(probe_function).bind(None, **kwargs)
-        except TypeError as exc:
-            raise GraderBug(f"probe {probe_function.__name__} called with the wrong arguments: {exc}") from None
-        if self._load_problem is not None:
-            raise StudentCodeError.of(ErrorKind.NOTEBOOK, self._load_problem)
-        if self._client is not None and self._client.fatal is not None:
-            raise self._client.fatal  # the notebook could not be loaded: that, not a hung test, is the cause
-        if self._blocked:
-            raise StudentTimeout(self._blocked)
+        source = _probe_source(probe_function, kwargs)
+        self._check_may_run()  # an unreadable notebook, a failed load, a hung dependency, no time left
         target = next((v for k, v in kwargs.items() if k in ("name", "class_name") and isinstance(v, str)), None)
         if target in self._hung:
             raise StudentTimeout(f"not run again: `{target}` did not finish in time in {self._hung[target]}")
         remaining = self._timeout - self._used
-        if remaining <= 0:
-            raise StudentTimeout(f"the {self._timeout:g} s time limit for this test was used up before this step")
-        if self._budget is not None and time.monotonic() >= self._budget[0]:
-            raise StudentTimeout(f"the {self._budget[1]:g} s time budget for the whole submission ran out before "
-                                 "this test")
         started = time.monotonic()
         try:
             value = self._client.call(probe_function.__name__, source, kwargs, remaining)
@@ -103,6 +87,42 @@ class Submission:
             return check_result(probe_function.probe_returns, value, kwargs)
         except BadResult as exc:
             raise StudentCodeError.of(ErrorKind.BAD_OUTPUT, str(exc)) from None
+
+    def run_ranks(self, probe_function, world_size: int, **kwargs) -> list:
+        """Run `probe_function` in `world_size` extra workers at once, the ranks of a distributed training (each
+        loaded with the submission, in one sandbox with a loopback network): each gets these keyword arguments
+        plus `rank`, `world_size` and `master_port` (a free port for MASTER_PORT, with MASTER_ADDR 127.0.0.1).
+        Returns their checked values in rank order; the first error in rank order is raised."""
+        if type(world_size) is not int or world_size < 1:
+            raise GraderBug(f"run_ranks needs a positive world_size, got {world_size!r}")
+        port = _free_port()
+        kwargs_list = [dict(kwargs, rank=rank, world_size=world_size, master_port=port) for rank in range(world_size)]
+        source = _probe_source(probe_function, kwargs_list[0])
+        self._check_may_run()
+        remaining = self._timeout - self._used
+        started = time.monotonic()
+        try:
+            values = self._client.call_ranks(probe_function.__name__, source, kwargs_list, remaining)
+        finally:
+            self._used += time.monotonic() - started - self._client.last_overhead
+        try:
+            return [check_result(probe_function.probe_returns, value, kwargs) for value in values]
+        except BadResult as exc:
+            raise StudentCodeError.of(ErrorKind.BAD_OUTPUT, str(exc)) from None
+
+    def _check_may_run(self) -> None:
+        """Raise now if this test may not call the student's code at all (see run)."""
+        if self._load_problem is not None:
+            raise StudentCodeError.of(ErrorKind.NOTEBOOK, self._load_problem)
+        if self._client is not None and self._client.fatal is not None:
+            raise self._client.fatal
+        if self._blocked:
+            raise StudentTimeout(self._blocked)
+        if self._timeout - self._used <= 0:
+            raise StudentTimeout(f"the {self._timeout:g} s time limit for this test was used up before this step")
+        if self._budget is not None and time.monotonic() >= self._budget[0]:
+            raise StudentTimeout(f"the {self._budget[1]:g} s time budget for the whole submission ran out before "
+                                 "this test")
 
     def cell_errors(self):
         report = self._client.load_report if self._client is not None else None
@@ -253,6 +273,27 @@ class GradingPlugin:
             return "error", "No result: the test was skipped, which never counts as a pass."
         name = call.excinfo.typename if call.excinfo is not None else "unknown"
         return "error", f"Internal grader error (not your fault; please report it): {name}"
+
+
+def _probe_source(probe_function, kwargs: dict) -> str:
+    """The source a @probe sends to the worker; a GraderBug if it is no probe or does not take these arguments."""
+    source = getattr(probe_function, "probe_source", None)
+    if source is None:
+        raise GraderBug(f"{getattr(probe_function, '__name__', probe_function)!r} is not a @probe")
+    try:
+        inspect.signature(probe_function).bind(None, **kwargs)
+    except TypeError as exc:
+        raise GraderBug(f"probe {probe_function.__name__} called with the wrong arguments: {exc}") from None
+    return source
+
+
+def _free_port() -> int:
+    """A TCP port free on this machine's loopback now (under bubblewrap the workers have a network of their own)."""
+    import socket
+
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        return probe_socket.getsockname()[1]
 
 
 def _is_points(value) -> bool:

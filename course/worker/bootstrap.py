@@ -246,13 +246,15 @@ def main():
 def serve_template(settings, make_worker):
     """Answer the trusted side's requests on the control socket until it closes: `fork` (with the two pipe ends of
     the new worker's channel, and its working folder) and `kill` (end a worker and all it started; answers its
-    return code). One worker at a time; none of them can inspect this process (it is not dumpable)."""
+    return code). Usually one worker at a time (several while a test runs the ranks of a distributed training);
+    none of them can inspect this process (it is not dumpable)."""
     import socket
 
     control = socket.socket(fileno=settings["control_fd"])
     _set_dumpable(False)
     own_namespace = bool(settings.get("own_pid_namespace"))
     control.send(json.dumps({"ready": True}).encode())
+    workers = set()
     while True:
         try:
             data, fds, _flags, _address = socket.recv_fds(control, 65536, 4)
@@ -272,9 +274,12 @@ def serve_template(settings, make_worker):
                     _start_worker(request["home"], fds, make_worker)
                 finally:
                     os._exit(0)
+            workers.add(pid)
             answer = {"pid": pid}
         elif request.get("op") == "kill" and type(request.get("pid")) is int:
-            answer = {"returncode": _end_worker(request["pid"], own_namespace)}
+            workers.discard(request["pid"])
+            # Whatever else runs in the sandbox is swept away once no worker is left to need it.
+            answer = {"returncode": _end_worker(request["pid"], own_namespace and not workers)}
         else:
             answer = {"error": "unknown request"}
         for fd in fds:
@@ -291,9 +296,10 @@ def _start_worker(home, fds, make_worker):
     make_worker(*fds).serve()
 
 
-def _end_worker(pid, own_namespace):
-    """Kill the worker's process group, reap it, and in a PID namespace of our own (bubblewrap) kill whatever else
-    runs there but this template and the namespace's init. Returns the worker's return code, as Popen gives it."""
+def _end_worker(pid, sweep):
+    """Kill the worker's process group and reap it; with `sweep` (our own PID namespace, no other worker alive)
+    kill whatever else runs there but this template and the namespace's init. Returns the worker's return code,
+    as Popen gives it."""
     import signal
 
     try:
@@ -305,7 +311,7 @@ def _end_worker(pid, own_namespace):
         code = os.waitstatus_to_exitcode(status)
     except ChildProcessError:
         code = None
-    if own_namespace:
+    if sweep:
         for entry in os.listdir("/proc"):
             if entry.isdigit() and int(entry) not in (1, os.getpid()):
                 try:

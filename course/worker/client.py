@@ -180,18 +180,52 @@ class WorkerClient:
         self.request_id += 1
         return self.request_id
 
+    def call_ranks(self, probe_name: str, probe_source: str, kwargs_list: list[dict], timeout: float) -> list:
+        """Run a probe in len(kwargs_list) extra workers at once (the ranks of a distributed training: they wait
+        for each other), each with its own arguments; returns their values in rank order, or raises the first
+        error in rank order. The extra workers come from the same launcher (one sandbox, one loopback network)
+        and end when this returns."""
+        started = time.monotonic()
+        ranks = [WorkerClient(self.cells, load_timeout=self.load_timeout, launcher=self.launcher)
+                 for _ in kwargs_list]
+        try:
+            for rank in ranks:
+                rank.deadline = self.deadline
+                rank.start()
+            for rank in ranks:
+                rank.load()
+            self.last_overhead = time.monotonic() - started
+            deadline = time.monotonic() + self._bounded(timeout)
+            size = len(ranks)
+            for rank, kwargs in zip(ranks, kwargs_list):
+                rank._send({"op": "call", "probe_name": probe_name, "probe_source": probe_source, "kwargs": kwargs},
+                           deadline, f"running rank {kwargs.get('rank')} of {size}")
+            replies = [rank._receive(deadline, f"running rank {index} of {size} (a rank that waits for a peer that "
+                                               "never answers stops here)")
+                       for index, rank in enumerate(ranks)]
+        finally:
+            for rank in ranks:
+                rank.close()
+        for reply in replies:
+            if not (reply.get("ok") is True and "value" in reply):
+                raise StudentCodeError(ErrorRecord.from_reply(reply.get("error")))
+        return [reply["value"] for reply in replies]
+
     def _request(self, message: dict, timeout: float, during: str) -> dict:
-        assert self.worker is not None
         deadline = time.monotonic() + timeout
+        self._send(message, deadline, during)
+        return self._receive(deadline, during)
+
+    def _send(self, message: dict, deadline: float, during: str) -> None:
+        assert self.worker is not None
         try:
             protocol.send(self.worker.request_fd, {**message, "id": self._next_id()}, deadline)
         except protocol.ChannelClosed:
             pass  # the worker is gone; _receive reports how it ended
         except protocol.ChannelTimeout:
             self._kill()
-            raise StudentTimeout(f"stopped after {timeout:.1f} s while {during}: the process running your code "
-                                 "stopped reading what the grader sends") from None
-        return self._receive(deadline, during)
+            raise StudentTimeout(f"stopped while {during}: the process running your code stopped reading what the "
+                                 "grader sends") from None
 
     def _receive(self, deadline: float, during: str) -> dict:
         assert self.worker is not None

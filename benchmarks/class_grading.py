@@ -1,0 +1,102 @@
+"""Grading a class of 40: a shell loop of `course grade`, `course grade DIR --jobs 1` and `--jobs 2`, and
+nbgrader's own autograde (which executes each notebook in a kernel, unsandboxed), on the same submissions, in
+one run.
+
+    python benchmarks/class_grading.py [--students 40] [--skip-loop] [--skip-nbgrader]
+
+The class (tests/submissions/classroom.py) holds the solution, the untouched release, the catalogue's variants
+and mutants of chapter 3, unreadable notebooks and hostile submissions that are safe to run outside the sandbox
+(nbgrader's kernel has none): an endless loop, os._exit, a forged reply, a bounded fork bomb. nbgrader runs with
+a 30 s cell timeout, the course's per-test timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.submissions.classroom import make_class  # noqa: E402
+
+ASSIGNMENT = "ch03_attention"
+# Safe to run unsandboxed (no gigabytes, no files planted in site-packages), so nbgrader can run them too.
+HOSTILE = ("infinite_loop", "os_exit_in_function", "forged_reply_on_the_channel", "fork_bomb")
+
+
+def course(*args: str, cwd: Path) -> None:
+    subprocess.run([sys.executable, "-m", "course", "--root", str(REPO), *args], cwd=cwd, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def timed(action) -> float:
+    started = time.monotonic()
+    action()
+    return time.monotonic() - started
+
+
+def shell_loop(folder: Path, out: Path) -> None:
+    for student in sorted((folder / "submitted").iterdir()):
+        notebook = student / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
+        course("grade", str(notebook), "--assignment", ASSIGNMENT, "--json", str(out / f"{student.name}.json"),
+               cwd=folder)
+
+
+def nbgrader_autograde(folder: Path) -> None:
+    """nbgrader's own autograde (Execute in a kernel) on a copy of the course that holds the class."""
+    copy = folder / "nbgrader-course"
+    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", "gradebook.db"))
+    shutil.copytree(folder / "submitted", copy / "submitted")
+    (copy / "nbgrader_config.py").write_text(
+        'c = get_config()  # noqa: F821\n'
+        'c.CourseDirectory.root = "."\n'
+        'c.CourseDirectory.source_directory = "solutions"\n'
+        'c.CourseDirectory.release_directory = "assignments"\n'
+        'c.Execute.timeout = 30\n')
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    nbgrader = [sys.executable, "-m", "nbgrader"]
+    subprocess.run([*nbgrader, "generate_assignment", ASSIGNMENT, "--force"], cwd=copy, env=env, check=True,
+                   capture_output=True)
+    subprocess.run([*nbgrader, "autograde", ASSIGNMENT, "--force"], cwd=copy, env=env, check=True,
+                   capture_output=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--students", type=int, default=40)
+    parser.add_argument("--skip-loop", action="store_true")
+    parser.add_argument("--skip-nbgrader", action="store_true")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="class-benchmark-") as scratch:
+        folder = Path(scratch)
+        make_class(folder, args.students, ASSIGNMENT, hostile=HOSTILE)
+        if not args.skip_loop:
+            (folder / "loop").mkdir()
+            rows.append(("shell loop of `course grade`", timed(lambda: shell_loop(folder, folder / "loop"))))
+        for jobs in (1, 2):
+            out = folder / f"jobs{jobs}"
+            rows.append((f"`course grade DIR --jobs {jobs}`",
+                         timed(lambda out=out, jobs=jobs: course("grade", str(folder), "--jobs", str(jobs), "--out",
+                                                                 str(out), cwd=folder))))
+        if not args.skip_nbgrader:
+            rows.append(("`nbgrader autograde` (executes in a kernel)", timed(lambda: nbgrader_autograde(folder))))
+    print(f"Measured {date.today().isoformat()} on {platform.machine()}, {os.cpu_count()} cores, Python "
+          f"{platform.python_version()}: {args.students} submissions of {ASSIGNMENT}.\n")
+    print("| how | wall time (s) | per submission (s) |")
+    print("|---|---|---|")
+    for how, seconds in rows:
+        print(f"| {how} | {seconds:.1f} | {seconds / args.students:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
