@@ -49,6 +49,8 @@ OFFLINE = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:
 BUGS = {
     "ch02_text_data": ("build_vocab", "sorted(set(tokens))", "list(dict.fromkeys(tokens))"),
     "ch03_attention": ("self_attention_v2", " / keys.shape[-1] ** 0.5", ""),
+    "ch05_pretraining": ("calc_loss_loader", 'return float("nan")', "return 0.0"),
+    "appd_training_loop": ("find_highest_gradient", "param.grad.flatten().max()", "param.grad.abs().max()"),
 }
 TIMINGS: dict[str, float] = {}
 
