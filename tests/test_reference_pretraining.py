@@ -441,3 +441,66 @@ def test_the_command_trains_and_writes_the_plot(tmp_path, capsys):
     assert pretraining.main(["--plot", str(plot), "--epochs", "1", "--text", str(short_text)]) == 0
     assert plot.read_bytes()[:4] == b"\x89PNG"
     assert "training tokens/s" in capsys.readouterr().out
+
+
+# --- what the chapter 5 grader computes on its own side -------------------------------------------------------
+# The grader names classic mistakes by recomputing generation and the loss with one mistake switched on, and
+# trains with an AdamW of its own that records each step: with no mistake switched on, those must be the
+# reference, or its diagnoses and expected values would be wrong.
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"temperature": 0.0}, {"temperature": 1.3}, {"temperature": 0.7, "top_k": 3}, {"top_k": 2, "eos_id": 7},
+    {"temperature": 2.0, "top_k": 5, "eos_id": 3},
+])
+def test_grader_generation_oracle_without_mistakes_is_the_reference(kwargs):
+    from graders.ch05_pretraining import generate_with
+
+    model = _tiny()
+    idx = torch.randint(0, 50, (3, 2), generator=torch.Generator().manual_seed(9))
+    torch.manual_seed(4)
+    expected = generate(model, idx, 12, 8, **kwargs)
+    torch.manual_seed(4)
+    assert torch.equal(generate_with(model, idx, 12, 8, **kwargs), expected)
+
+
+def test_grader_loss_oracle_without_mistakes_is_the_reference():
+    from graders.ch05_pretraining import loss_with
+
+    model, (inputs, targets) = _tiny(), _batch()
+    torch.testing.assert_close(loss_with(model, inputs, targets), calc_loss_batch(inputs, targets, model, "cpu"))
+
+
+def _steps(model, train_loader, val_loader, optimizer, device, num_epochs, tokenizer=None):
+    """A bare training loop: the loss of every step."""
+    losses = []
+    for _ in range(num_epochs):
+        for inputs, targets in train_loader:
+            optimizer.zero_grad()
+            loss = calc_loss_batch(inputs, targets, model, device)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    return losses
+
+
+def test_grader_training_probe_optimizer_is_adamw():
+    """The AdamW written out in the grader's training probe trains as torch.optim.AdamW does."""
+    from types import SimpleNamespace
+
+    from graders.ch05_pretraining import training_run
+
+    get_gpt2_tokenizer()  # the probe asks tiktoken for GPT-2's tokenizer
+    torch.manual_seed(1)
+    state = GPTModel(TINY).state_dict()
+    train_data, val_data = _loader(3).dataset.tensors, _loader(1, seed=1).dataset.tensors
+    settings = {"batch_size": 2, "lr": 5e-3, "seed": 123}
+    got, records, _ = training_run(SimpleNamespace(train=_steps), "train", TINY, state, train_data, val_data,
+                                   settings, {"num_epochs": 2})
+    model = GPTModel(TINY)
+    model.load_state_dict(state)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.1)
+    torch.manual_seed(123)
+    expected = _steps(model, _loader(3), None, optimizer, "cpu", 2)
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=1e-5, atol=1e-5)
+    assert [lr for lr, _ in records] == [5e-3] * 6

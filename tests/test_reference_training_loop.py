@@ -201,3 +201,29 @@ def test_gradients_are_clipped_from_the_right_step(orig_book_version):
 def test_train_model_without_warmup_clips_from_the_first_step():
     _, norms, _ = _run(n_epochs=1, n_batches=3, warmup_steps=0, peak_lr=1e-5, scale=30.0)
     assert norms == pytest.approx([1.0, 1.0, 1.0], abs=1e-4)
+
+
+def test_the_graders_run_has_raw_gradient_norms_above_one():
+    """The appendix D grader tells clipped steps (norm exactly 1) from unclipped ones (norm above 1): that needs
+    every raw gradient norm of its run to be well above 1. Without clipping (a warmup longer than the run), the
+    norms its optimizer records are the raw ones."""
+    from types import SimpleNamespace
+
+    from graders import appd_training_loop as grader
+    from reference import training_loop
+
+    def unclipped(*args, **kwargs):
+        return training_loop.train_model(*args, **{**kwargs, "warmup_steps": 10 * grader.TOTAL_STEPS})
+
+    _, records, _ = grader.run(SimpleNamespace(train_model=unclipped).train_model, grader.run_state())
+    assert len(records) == grader.TOTAL_STEPS
+    assert min(norm for _, norm in records) > 1.5
+
+
+def test_the_graders_run_follows_the_schedule_and_clips_after_warmup():
+    from graders import appd_training_loop as grader
+
+    _, records, _ = grader.reference_run()
+    torch.testing.assert_close(torch.tensor([lr for lr, _ in records], dtype=torch.float64),
+                               grader.expected_schedule())
+    assert all(abs(norm - 1.0) < 1e-3 for _, norm in records[grader.WARMUP:])

@@ -1,0 +1,363 @@
+"""Grader of appendix D: adding bells and whistles to the training loop.
+
+The schedule is checked as a pure function, step by step (`learning_rate_at`, the course's name for the rule the
+book writes inline), and inside the student's `train_model`: the training run uses chapter 5's probe
+(graders/ch05_pretraining.py, `training_run`), whose optimizer records, at every step(), the learning rate in
+effect and the total norm of the gradients it is about to apply. That shows when the rate is set and whether
+the gradients were clipped, and from which step, without looking at the student's code.
+
+The model of the run has its output head scaled up, so that every raw gradient norm is well above 1: a clipped
+step then has a norm of exactly 1.0, an unclipped one does not.
+
+Edge cases where the book's editions differ, and what is accepted:
+- Clipping at step `warmup_steps` itself: the print edition clips only after it (`global_step > warmup_steps`),
+  the book's repository from it on (`>=`, its `orig_book_version=False`). Both are accepted; before it no
+  step may be clipped, after it every step must be.
+- The schedule is pinned to float32 precision (to 1e-6 of the peak rate), so that a schedule computed with torch
+  tensors instead of math passes; `warmup_steps=0` is not graded (the book's code divides by zero there).
+- Losses are compared loosely (2% relative): they depend on the clipping condition at `warmup_steps`.
+"""
+
+import functools
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from course.grading import DEVICE, ListOf, expect_close, expect_equal, expect_true, probe
+from course.grading.interface import Function, Interface
+from course.worker.client import StudentCodeError, StudentTimeout
+from graders.ch05_pretraining import GPT2_TINY, as_number, plain_imports, small_model, training_run, windows
+
+with plain_imports():
+    from reference import training_loop as ref
+    from reference.tiktoken_offline import get_gpt2_tokenizer
+
+INTERFACE = Interface(
+    Function("learning_rate_at", "(step, total_steps, warmup_steps, peak_lr, initial_lr=3e-05, min_lr=1e-6)"),
+    Function("find_highest_gradient", "(model)"),
+    Function("train_model", "(model, train_loader, val_loader, optimizer, device, n_epochs, eval_freq, eval_iter, "
+                            "start_context, tokenizer, warmup_steps, initial_lr=3e-05, min_lr=1e-6, "
+                            "orig_book_version=False, *, progress=False)"),
+)
+
+SCHEDULE_RTOL = 1e-6  # float32 precision, relative to the peak rate (the scale of the whole schedule)
+
+
+# -- probes ------------------------------------------------------------------------------------------------------
+
+@probe(returns=ListOf(length="configs"))
+def schedules(student, configs):
+    """learning_rate_at for every step of each configuration (keyword arguments, with total_steps)."""
+    return [[student.learning_rate_at(step, **config) for step in range(config["total_steps"])]
+            for config in configs]
+
+
+@probe(returns=ListOf(length="cases"))
+def highest_gradients(student, cases):
+    """find_highest_gradient of a small network whose parameters get the given gradients (None: no gradient)."""
+    results = []
+    for gradients in cases:
+        model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).to(DEVICE)
+        for param, grad in zip(model.parameters(), gradients):
+            param.grad = None if grad is None else grad.to(DEVICE)
+        results.append(student.find_highest_gradient(model))
+    return results
+
+
+# -- D.1 and D.2: warmup and cosine decay ---------------------------------------------------------------------
+
+def schedule_with(step, total_steps, warmup_steps, peak_lr, initial_lr=3e-05, min_lr=1e-6, mistake=None):
+    """The schedule, or what a classic mistake computes instead."""
+    if mistake is None:
+        return ref.learning_rate_at(step, total_steps, warmup_steps, peak_lr, initial_lr, min_lr)
+    increment = (peak_lr - initial_lr) / warmup_steps
+    if step < warmup_steps:
+        if mistake == "warmup ahead":
+            return initial_lr + (step + 1) * increment
+        if mistake == "warmup from zero":
+            return peak_lr * step / warmup_steps
+        return initial_lr + step * increment
+    progress = (step - warmup_steps) / (total_steps - warmup_steps)
+    if mistake == "progress over all steps":
+        progress = (step - warmup_steps) / total_steps
+    if mistake == "progress from step 0":
+        progress = step / total_steps
+    if mistake == "no decay":
+        return peak_lr
+    if mistake == "decay to zero":
+        return peak_lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return min_lr + (peak_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+SCHEDULE_MISTAKES = [
+    ("warmup ahead", "a warmup one step ahead (counting steps from 1)",
+     "step 0 gets initial_lr exactly: lr = initial_lr + step * lr_increment."),
+    ("warmup from zero", "a warmup that starts at 0 instead of initial_lr",
+     "lr = initial_lr + step * (peak_lr - initial_lr) / warmup_steps."),
+    ("progress over all steps", "a cosine progress measured over all steps",
+     "progress = (step - warmup_steps) / (total_steps - warmup_steps): the decay spans the steps after the warmup."),
+    ("progress from step 0", "a cosine progress counted from step 0", "count the progress from the end of the "
+                                                                       "warmup: (step - warmup_steps) / ..."),
+    ("no decay", "a constant rate after the warmup", "after the warmup, decay along half a cosine: "
+                                                     "min_lr + (peak_lr - min_lr) * 0.5 * (1 + cos(pi * progress))."),
+    ("decay to zero", "a cosine decay to 0 instead of min_lr",
+     "min_lr + (peak_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))."),
+]
+
+SCHEDULE_CONFIGS = [
+    {"total_steps": 20, "warmup_steps": 4, "peak_lr": 0.01, "initial_lr": 1e-4, "min_lr": 1e-5},
+    {"total_steps": 135, "warmup_steps": 27, "peak_lr": 0.001, "initial_lr": 1e-5, "min_lr": 1e-5},  # the book's
+    {"total_steps": 10, "warmup_steps": 1, "peak_lr": 5e-4},  # the default initial_lr and min_lr
+    {"total_steps": 7, "warmup_steps": 6, "peak_lr": 0.1, "initial_lr": 0.0, "min_lr": 0.0},
+]
+
+
+def describe_config(config):
+    return ", ".join(f"{key}={value}" for key, value in config.items())
+
+
+def name_schedule_mistake(config, got):
+    for mistake, description, fix in SCHEDULE_MISTAKES:
+        candidate = [schedule_with(step, **config, mistake=mistake) for step in range(config["total_steps"])]
+        if torch.allclose(got, torch.tensor(candidate, dtype=torch.float64), rtol=1e-5, atol=1e-6 * config["peak_lr"]):
+            return f"your rates are exactly what {description} gives: {fix}"
+    return None
+
+
+def rates(values, *, what):
+    expect_true(isinstance(values, list), what=what, problem=f"expected a list of rates, got "
+                f"{type(values).__name__}.", hint=None)
+    return torch.stack([as_number(value, what=what) for value in values]) if values else \
+        torch.zeros(0, dtype=torch.float64)
+
+
+@pytest.mark.points(3)
+def test_learning_rate_at(submission):
+    """learning_rate_at: linear warmup from initial_lr, then a cosine decay from peak_lr to min_lr, step by step."""
+    got = submission.run(schedules, configs=SCHEDULE_CONFIGS)
+    for index, config in enumerate(SCHEDULE_CONFIGS):
+        what = f"learning_rate_at for every step with {describe_config(config)}"
+        values = rates(got[index], what=what)
+        expected = torch.tensor([ref.learning_rate_at(step, **config) for step in range(config["total_steps"])],
+                                dtype=torch.float64)
+        expect_close(values, expected, what=what, atol=SCHEDULE_RTOL * config["peak_lr"], rtol=SCHEDULE_RTOL,
+                     hint=lambda config=config, values=values: name_schedule_mistake(config, values) or (
+                         "warmup while step < warmup_steps: initial_lr + step * (peak_lr - initial_lr) / "
+                         "warmup_steps; then min_lr + (peak_lr - min_lr) * 0.5 * (1 + cos(pi * progress)) with "
+                         "progress = (step - warmup_steps) / (total_steps - warmup_steps)."))
+
+
+# -- D.3: gradient clipping ---------------------------------------------------------------------------------------
+
+def gradient_cases():
+    generator = torch.Generator().manual_seed(3)
+    shapes = [(4, 3), (4,), (2, 4), (2,)]
+    full = [torch.randn(shape, generator=generator) for shape in shapes]
+    full[2][1, 3] = -9.0  # the entry of largest magnitude is negative: the signed maximum is another one
+    full[3][0] = 2.5  # the largest entry, in the last parameter
+    partial = [None, torch.randn(4, generator=generator) - 3.0, None, torch.randn(2, generator=generator) - 3.0]
+    return [full, partial, [None, None, None, None]]
+
+
+def highest_with(gradients, mistake=None):
+    present = [g for g in gradients if g is not None]
+    if not present:
+        return None
+    if mistake == "absolute":
+        return max(float(g.abs().max()) for g in present)
+    if mistake == "last parameter":
+        return float(present[-1].max())
+    return max(float(g.max()) for g in present)
+
+
+@pytest.mark.points(1)
+def test_find_highest_gradient(submission):
+    """find_highest_gradient: the largest gradient entry over all parameters that have one; None if none has."""
+    cases = gradient_cases()
+    got = submission.run(highest_gradients, cases=cases)
+    for index, gradients in enumerate(cases):
+        what = f"find_highest_gradient with {sum(g is not None for g in gradients)} of 4 parameters holding a gradient"
+        expected = highest_with(gradients)
+        if expected is None:
+            expect_true(got[index] is None, what=what, problem=f"expected None, got {type(got[index]).__name__}.",
+                        hint="start with max_grad = None and skip parameters whose .grad is None.")
+            continue
+        value = as_number(got[index], what=what)
+
+        def diagnose(value=value, gradients=gradients):
+            for mistake, description in (("absolute", "the largest absolute value"),
+                                         ("last parameter", "the largest entry of the last parameter only")):
+                if abs(float(value) - highest_with(gradients, mistake)) < 1e-6:
+                    return (f"your value is {description}: take param.grad.flatten().max() of every parameter and "
+                            "keep the largest (the signed maximum, as the book does).")
+            return "the signed maximum of every parameter's gradient, over all parameters with a gradient."
+
+        expect_close(value, torch.tensor(expected, dtype=torch.float64), what=what, atol=1e-6, rtol=1e-6,
+                     hint=diagnose)
+
+
+# -- D.4: the training function -----------------------------------------------------------------------------------
+
+TRAINING = {"batch_size": 2, "lr": 5e-3, "seed": 123}
+WARMUP = 3
+TRAINING_ARGUMENTS = {"n_epochs": 3, "eval_freq": 4, "eval_iter": 1, "start_context": "Every effort moves you",
+                      "warmup_steps": WARMUP, "initial_lr": 1e-4, "min_lr": 1e-4}
+TOTAL_STEPS = 12  # 4 batches in each of 3 epochs
+
+
+def run_state():
+    """The model of the run: GPT-2's vocabulary, tiny, with its output head scaled by 5 so that every raw gradient
+    norm is well above 1 (2.5 to 3)."""
+    model = small_model(31, GPT2_TINY)
+    with torch.no_grad():
+        model.out_head.weight.mul_(5.0)
+    return model.state_dict()
+
+
+def run_data():
+    return windows(40, 8, 10, 5000), windows(41, 4, 10, 5000)
+
+
+def run(loop, state):
+    """training_run (chapter 5's probe) with `loop` as the student's train_model, here on the trusted side."""
+    get_gpt2_tokenizer()  # tiktoken.get_encoding("gpt2") works offline from now on
+    train_data, val_data = run_data()
+    return training_run(SimpleNamespace(train_model=loop), "train_model", GPT2_TINY, state, train_data, val_data,
+                        TRAINING, TRAINING_ARGUMENTS)
+
+
+@functools.cache
+def reference_run():
+    return run(ref.train_model, run_state())
+
+
+STUDENT_RUN = pytest.StashKey[dict]()
+
+
+def student_run(submission, request):
+    """The student's training run, made once per submission (the pytest run's stash) and read by the three tests
+    of train_model; an error of the student's code is raised again in each of them."""
+    stash = request.config.stash
+    if STUDENT_RUN not in stash:
+        train_data, val_data = run_data()
+        try:
+            stash[STUDENT_RUN] = {"result": submission.run(
+                training_run, function="train_model", cfg=GPT2_TINY, state=run_state(), train_data=train_data,
+                val_data=val_data, settings=TRAINING, arguments=TRAINING_ARGUMENTS)}
+        except (StudentCodeError, StudentTimeout) as exc:
+            stash[STUDENT_RUN] = {"error": exc}
+    if "error" in stash[STUDENT_RUN]:
+        raise stash[STUDENT_RUN]["error"]
+    return stash[STUDENT_RUN]["result"]
+
+
+def expected_schedule():
+    peak = TRAINING["lr"]
+    return torch.tensor([ref.learning_rate_at(step, TOTAL_STEPS, WARMUP, peak, TRAINING_ARGUMENTS["initial_lr"],
+                                              TRAINING_ARGUMENTS["min_lr"]) for step in range(TOTAL_STEPS)],
+                        dtype=torch.float64)
+
+
+def expect_four_lists(result, *, what):
+    expect_true(isinstance(result, list) and len(result) == 4, what=what, problem="expected four lists "
+                "(train_losses, val_losses, track_tokens_seen, track_lrs).",
+                hint="return train_losses, val_losses, track_tokens_seen, track_lrs.")
+    for name, value in zip(("train_losses", "val_losses", "track_tokens_seen", "track_lrs"), result):
+        expect_true(isinstance(value, list), what=f"{what}: {name}", problem=f"expected a list, got "
+                    f"{type(value).__name__}.", hint=None)
+    return result
+
+
+WHAT_RUN = f"train_model (3 epochs of 4 batches, warmup_steps={WARMUP})"
+
+
+@pytest.mark.points(2)
+@pytest.mark.depends_on("test_learning_rate_at")
+def test_train_model_schedule(submission, request):
+    """train_model sets the scheduled learning rate before every step and returns it (track_lrs)."""
+    result, records, _ = student_run(submission, request)
+    result = expect_four_lists(result, what=WHAT_RUN)
+    expected = expected_schedule()
+    track_lrs = rates(result[3], what=f"{WHAT_RUN}: track_lrs")
+    in_effect = torch.tensor([record[0] for record in records], dtype=torch.float64)
+
+    def diagnose_returned():
+        peak, rates_seen = TRAINING["lr"], []
+        for step in range(TOTAL_STEPS):  # the peak read again from the optimizer at every step
+            peak = ref.learning_rate_at(step, TOTAL_STEPS, WARMUP, peak, TRAINING_ARGUMENTS["initial_lr"],
+                                        TRAINING_ARGUMENTS["min_lr"])
+            rates_seen.append(peak)
+        if track_lrs.shape[0] == TOTAL_STEPS and torch.allclose(track_lrs, torch.tensor(rates_seen,
+                                                                                         dtype=torch.float64)):
+            return ("your rates are exactly what reading peak_lr from the optimizer at every step gives: read it "
+                    "once, before the loop, since the loop overwrites the optimizer's rate.")
+        return ("one rate per step: learning_rate_at(global_step, len(train_loader) * n_epochs, warmup_steps, "
+                "peak_lr, initial_lr, min_lr), with peak_lr read from optimizer.param_groups[0]['lr'] before the loop.")
+
+    tolerance = SCHEDULE_RTOL * TRAINING["lr"]
+    expect_close(track_lrs, expected, what=f"{WHAT_RUN}: the returned track_lrs", atol=tolerance, rtol=SCHEDULE_RTOL,
+                 hint=diagnose_returned)
+
+    def diagnose_in_effect():
+        if in_effect.shape[0] == TOTAL_STEPS and torch.allclose(in_effect[1:], expected[:-1], rtol=1e-5):
+            return ("each optimizer step used the rate of the step before: set the rate of every param_group "
+                    "before optimizer.step() (the book sets it right after zero_grad).")
+        return "set param_group['lr'] = lr for every group of optimizer.param_groups before optimizer.step()."
+
+    expect_close(in_effect, expected, what=f"{WHAT_RUN}: the learning rate in effect at each optimizer.step()",
+                 atol=tolerance, rtol=SCHEDULE_RTOL, hint=diagnose_in_effect)
+
+
+@pytest.mark.points(2)
+def test_train_model_clipping(submission, request):
+    """train_model clips the gradients to norm 1 after backward, from the end of the warmup on, never before it."""
+    _, records, _ = student_run(submission, request)
+    expect_true(isinstance(records, list) and len(records) == TOTAL_STEPS, what=WHAT_RUN, problem=f"called "
+                f"optimizer.step() {len(records)} times, expected {TOTAL_STEPS} (once per batch).",
+                hint="one optimizer.step() per batch.")
+    norms = [record[1] for record in records]
+    _, reference_records, _ = reference_run()
+    rates_match = torch.allclose(torch.tensor([r[0] for r in records], dtype=torch.float64), expected_schedule(),
+                                 rtol=1e-5)
+    for step, norm in enumerate(norms):
+        what = f"{WHAT_RUN}: the gradients applied at step {step}"
+        if step < WARMUP:
+            expect_true(norm > 1.0 + 1e-3, what=what, problem=f"have a total norm of {norm:.4f}: they were clipped "
+                        "during the warmup.", hint="clip only from the end of the warmup on: if global_step >= "
+                                                   "warmup_steps (the print edition: >).")
+            if step == 0 or rates_match:
+                raw = reference_records[step][1]
+                expect_true(abs(norm - raw) <= 1e-3 * raw, what=what, problem=f"have a total norm of {norm:.4f}, "
+                            "not the norm of this step's loss gradients.", hint="zero the gradients at every step "
+                            "(optimizer.zero_grad()), then loss.backward(): the optimizer applies this batch's "
+                            "gradients only.")
+        elif step > WARMUP:
+            problem = f"have a total norm of {norm:.4f}, not 1.0: " + (
+                "they were not clipped." if norm > 1.0 else "they were clipped to another norm.")
+            expect_true(abs(norm - 1.0) <= 1e-3, what=what, problem=problem, hint=(
+                "after loss.backward() and before optimizer.step(): torch.nn.utils.clip_grad_norm_("
+                "model.parameters(), max_norm=1.0). Clipping before backward() clips nothing: backward() makes "
+                "the gradients."))
+
+
+@pytest.mark.points(2)
+@pytest.mark.depends_on("test_learning_rate_at", "test_train_model_schedule")
+def test_train_model_returns(submission, request):
+    """train_model returns one loss pair and token count per evaluation and one rate per step; losses loosely."""
+    result, _, _ = student_run(submission, request)
+    train_losses, val_losses, tokens_seen, track_lrs = expect_four_lists(result, what=WHAT_RUN)
+    (expected_train, expected_val, expected_tokens, _), _, _ = reference_run()
+    expect_equal(len(track_lrs), TOTAL_STEPS, what=f"{WHAT_RUN}: the number of entries of track_lrs",
+                 hint="append the rate of every step, not of every evaluation or epoch.")
+    expect_equal([t.item() if isinstance(t, torch.Tensor) else t for t in tokens_seen], list(expected_tokens),
+                 what=f"{WHAT_RUN}: track_tokens_seen", hint="evaluate after steps 0, eval_freq, 2 * eval_freq, "
+                                                             "... and add input_batch.numel() at every step.")
+    for name, values, expected in (("train_losses", train_losses, expected_train),
+                                   ("val_losses", val_losses, expected_val)):
+        expect_close(rates(values, what=f"{WHAT_RUN}: {name}"), torch.tensor(expected, dtype=torch.float64),
+                     what=f"{WHAT_RUN}: {name} (compared loosely, to 2%)", atol=1e-2, rtol=2e-2,
+                     hint="evaluate_model(model, train_loader, val_loader, device, eval_iter) every eval_freq steps; "
+                          "the losses of a correct run differ from the reference's only slightly.")

@@ -1,0 +1,206 @@
+"""Mutants and variants of chapter 5: pretraining on unlabeled data."""
+
+from tests.submissions.catalog.base import Variant, mutant
+
+CH05 = "ch05_pretraining"
+LOSS_USERS = {"test_calc_loss_batch", "test_calc_loss_loader", "test_evaluate_model", "test_train_model_simple"}
+SAMPLE_USERS = {"test_generate_and_print_sample", "test_train_model_simple"}
+
+EOS_STEP = '''        if eos_id is not None:
+            idx_next = idx_next.masked_fill(finished.unsqueeze(1), eos_id)  # rows that ended: padding
+            finished = finished | (idx_next.squeeze(1) == eos_id)
+            if bool(finished.all()):
+                break  # every row has ended: this step is not appended
+
+        idx = torch.cat((idx, idx_next), dim=1)  # (batch, num_tokens + 1)'''
+
+TOP_K_STEP = '''            top_logits, _ = torch.topk(logits, top_k)  # (batch, top_k), largest first
+            min_val = top_logits[:, -1:]  # (batch, 1): each row's k-th largest logit
+            logits = torch.where(logits < min_val, torch.full_like(logits, -torch.inf), logits)'''
+
+MUTANTS = [
+    mutant("ids_without_batch_dimension", CH05, "text_to_token_ids",
+           [("return torch.tensor(encoded).unsqueeze(0)", "return torch.tensor(encoded)")],
+           {"test_text_to_token_ids"} | SAMPLE_USERS, says="unsqueeze(0)"),
+    # tiktoken cannot decode a list of lists: the sample and the training that prints it fail too.
+    mutant("text_without_squeeze", CH05, "token_ids_to_text",
+           [("flat = token_ids.squeeze(0)", "flat = token_ids")],
+           {"test_token_ids_to_text"} | SAMPLE_USERS, says="squeeze(0) first"),
+    # cross_entropy reads (batch, num_tokens, vocab) as (N, C, d): it refuses the targets.
+    mutant("loss_without_flattening", CH05, "calc_loss_batch",
+           [("cross_entropy(logits.flatten(0, 1), target_batch.flatten())", "cross_entropy(logits, target_batch)")],
+           LOSS_USERS, says="logits.flatten(0, 1) and target_batch.flatten()"),
+    mutant("loss_targets_not_shifted", CH05, "calc_loss_batch",
+           [("target_batch.flatten())", "input_batch.flatten())")],
+           LOSS_USERS, says="exactly what comparing the logits with the inputs"),
+    mutant("loader_num_batches_not_capped", CH05, "calc_loss_loader",
+           [("num_batches = min(num_batches, len(data_loader))", "num_batches = num_batches")],
+           {"test_calc_loss_loader"}, says="dividing by num_batches when the loader has fewer batches"),
+    mutant("loader_empty_divides_by_zero", CH05, "calc_loss_loader",
+           [('if len(data_loader) == 0:\n        return float("nan")  # no batches, no loss\n    if', "if")],
+           {"test_calc_loss_loader"}, says="float('nan')"),
+    mutant("evaluate_leaves_eval_mode", CH05, "evaluate_model",
+           [("    model.train()  # training goes on after the evaluation\n", "")],
+           {"test_evaluate_model", "test_train_model_simple"}, says="left in eval mode"),
+    mutant("sample_keeps_newlines", CH05, "generate_and_print_sample",
+           [('print(decoded_text.replace("\\n", " "))', "print(decoded_text)")],
+           {"test_generate_and_print_sample"}, says="replace the newlines"),
+    mutant("train_without_zero_grad", CH05, "train_model_simple",
+           [("            optimizer.zero_grad()  # forget the gradients of the previous step\n", "")],
+           {"test_train_model_simple"}, says="training without optimizer.zero_grad()"),
+    mutant("train_counts_sequences", CH05, "train_model_simple",
+           [("tokens_seen += input_batch.numel()", "tokens_seen += input_batch.shape[0]")],
+           {"test_train_model_simple"}, says="counting sequences instead of tokens"),
+    # Without cropping, a sequence longer than the context has no position embeddings.
+    mutant("generate_context_not_cropped", CH05, "generate",
+           [("idx_cond = idx[:, -context_size:]", "idx_cond = idx")],
+           {"test_generate_greedy", "test_generate_temperature", "test_generate_top_k"}),
+    mutant("temperature_multiplies", CH05, "generate",
+           [("logits = logits / temperature", "logits = logits * temperature")],
+           {"test_generate_temperature", "test_generate_top_k"}, says="multiplying the logits by the temperature"),
+    mutant("top_k_drops_ties", CH05, "generate",
+           [(TOP_K_STEP, "            top_logits, top_pos = torch.topk(logits, top_k)\n"
+                         "            logits = torch.full_like(logits, -torch.inf).scatter(1, top_pos, top_logits)")],
+           {"test_generate_top_k"}, says="keeping exactly k tokens"),
+    mutant("top_k_keeps_k_plus_1", CH05, "generate",
+           [("torch.topk(logits, top_k)", "torch.topk(logits, top_k + 1)")],
+           {"test_generate_top_k"}, says="keeping k + 1 tokens"),
+    mutant("eos_appended_before_stopping", CH05, "generate",
+           [(EOS_STEP, "        idx = torch.cat((idx, idx_next), dim=1)\n"
+                       "        if eos_id is not None and bool((idx_next == eos_id).all()):\n"
+                       "            break")],
+           {"test_generate_eos"}, says="appending eos_id before stopping"),
+    mutant("eos_any_row_stops_the_batch", CH05, "generate",
+           [("if bool(finished.all()):", "if bool(finished.any()):")],
+           {"test_generate_eos"}, says="stopping the whole batch when any row chooses eos_id"),
+    mutant("checkpoint_without_optimizer", CH05, "save_checkpoint",
+           [(', "optimizer_state_dict": optimizer.state_dict()}', "}")],
+           {"test_checkpoint_round_trip"}, says="'optimizer_state_dict'"),
+]
+
+
+# -- correct variants -----------------------------------------------------------------------------------------
+
+LOSS_TRANSPOSED = '''def calc_loss_batch(input_batch, target_batch, model, device):
+    logits = model(input_batch.to(device))
+    # cross_entropy also takes (batch, classes, positions) logits with (batch, positions) targets.
+    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), target_batch.to(device))
+'''
+
+LOADER_ISLICE = '''def calc_loss_loader(data_loader, model, device, num_batches=None):
+    import itertools
+
+    if not len(data_loader):
+        return float("nan")
+    count = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
+    losses = [calc_loss_batch(x, y, model, device).item() for x, y in itertools.islice(data_loader, count)]
+    return sum(losses) / count
+'''
+
+TRAIN_WHILE = '''def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq,
+                       eval_iter, start_context, tokenizer, *, progress=False):
+    history = {"train": [], "val": [], "tokens": []}
+    seen = 0
+    steps_done = 0
+    for epoch in range(1, num_epochs + 1):
+        model.train()
+        batches = iter(train_loader)
+        while (batch := next(batches, None)) is not None:
+            inputs, targets = batch
+            for p in model.parameters():
+                p.grad = None
+            calc_loss_batch(inputs, targets, model, device).backward()
+            optimizer.step()
+            seen += inputs.shape[0] * inputs.shape[1]
+            if steps_done % eval_freq == 0:
+                losses = evaluate_model(model, train_loader, val_loader, device, eval_iter)
+                for key, value in zip(("train", "val", "tokens"), (*losses, seen)):
+                    history[key].append(value)
+            steps_done += 1
+        generate_and_print_sample(model, tokenizer, device, start_context)
+    return history["train"], history["val"], history["tokens"]
+'''
+
+GENERATE_SORTED = '''def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None):
+    done = [False] * idx.shape[0]
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            logits = model(idx[:, -context_size:])[:, -1, :]
+        if top_k is not None:
+            kth = torch.sort(logits, dim=-1, descending=True).values[:, top_k - 1].unsqueeze(-1)
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if temperature > 0:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            next_ids = torch.multinomial(probs, 1)
+        else:
+            next_ids = logits.argmax(dim=-1).unsqueeze(-1)
+        if eos_id is not None:
+            for row in range(len(done)):
+                if done[row]:
+                    next_ids[row, 0] = eos_id
+                elif next_ids[row, 0].item() == eos_id:
+                    done[row] = True
+            if all(done):
+                return idx
+        idx = torch.cat([idx, next_ids], dim=-1)
+    return idx
+'''
+
+# In the spirit of the book's own generate: one sequence at a time. For a batch, .item() and the (batch,)-shaped
+# threshold raise a RuntimeError, which the grader accepts (the book's code does the same).
+GENERATE_ONE_SEQUENCE = '''def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None,
+             eos_id=None):
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            logits = model(idx[:, -context_size:])
+        logits = logits[:, -1, :]
+        if top_k is not None:
+            threshold = torch.topk(logits, top_k).values[:, -1]
+            logits = logits.masked_fill(logits < threshold, float("-inf"))
+        if temperature > 0.0:
+            scaled = logits / temperature
+            next_id = torch.multinomial(torch.softmax(scaled, dim=-1), num_samples=1)
+        else:
+            next_id = torch.argmax(logits, dim=-1, keepdim=True)
+        if eos_id is not None and next_id.item() == eos_id:
+            break
+        idx = torch.cat((idx, next_id), dim=1)
+    return idx
+'''
+
+LOSS_LOG_SOFTMAX = '''def calc_loss_batch(input_batch, target_batch, model, device):
+    log_probas = torch.log_softmax(model(input_batch.to(device)), dim=-1)       # (b, n, vocab)
+    target_log_probas = log_probas.gather(-1, target_batch.to(device).unsqueeze(-1))  # (b, n, 1)
+    return -target_log_probas.mean()
+'''
+
+CHECKPOINT_SAVE = '''def save_checkpoint(model, optimizer, path):
+    state = dict(model_state_dict=model.state_dict(), optimizer_state_dict=optimizer.state_dict())
+    torch.save(state, path)
+'''
+
+CHECKPOINT_LOAD = '''def load_checkpoint(path, model, optimizer=None, map_location=None):
+    saved = torch.load(path, map_location=map_location or "cpu", weights_only=True)
+    model.load_state_dict(saved["model_state_dict"])
+    if optimizer:
+        optimizer.load_state_dict(saved["optimizer_state_dict"])
+    return model.train()
+'''
+
+TEXT_IDS = '''def text_to_token_ids(text, tokenizer):
+    return torch.tensor([tokenizer.encode(text, allowed_special={"<|endoftext|>"})])
+'''
+
+IDS_TEXT = '''def token_ids_to_text(token_ids, tokenizer):
+    return tokenizer.decode(token_ids.reshape(-1).tolist())
+'''
+
+VARIANTS = [
+    Variant("transposed_loss_islice_loader_sorted_top_k", CH05,
+            {"calc_loss_batch": LOSS_TRANSPOSED, "calc_loss_loader": LOADER_ISLICE,
+             "train_model_simple": TRAIN_WHILE, "generate": GENERATE_SORTED}),
+    Variant("log_softmax_loss_one_sequence_generate", CH05,
+            {"calc_loss_batch": LOSS_LOG_SOFTMAX, "generate": GENERATE_ONE_SEQUENCE,
+             "save_checkpoint": CHECKPOINT_SAVE, "load_checkpoint": CHECKPOINT_LOAD,
+             "text_to_token_ids": TEXT_IDS, "token_ids_to_text": IDS_TEXT}),
+]
