@@ -63,9 +63,9 @@ def book_run(ns):
     torch.manual_seed(123)
     model = ns["NeuralNetwork"](2, 2)
     loader = DataLoader(toy_dataset(ns), batch_size=2, shuffle=True, drop_last=True)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.5)
     with contextlib.redirect_stdout(io.StringIO()):
-        losses = ns["train_model"](model, loader, optimizer, "cpu", 3)
+        losses = ns["train_model"](model, loader, sgd, "cpu", 3)
     return model, losses
 
 
