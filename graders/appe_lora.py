@@ -9,9 +9,9 @@ chapter 6), then load the reference's weights, B matrices included, and compare 
 The scaling of the update. The course follows the book's repository: (alpha / rank) * (x @ A @ B). The print
 edition of the book scales by alpha alone. Both are accepted (the notebook says so): every comparison of an update
 passes when the student's values match either scaling, and the test inputs use alpha != rank and alpha != 1 so
-that each scaling, and no scaling at all, give different values. The editions also initialise A differently
-(nn.Linear's Kaiming uniform in the repository, a normal distribution with std 1/sqrt(rank) in print): A must be
-random, not zero, and its values are not graded.
+that each scaling, and no scaling at all, give different values. A is initialised like an nn.Linear weight
+(Kaiming uniform) in the book's repository and from a normal distribution with std 1/sqrt(rank) in earlier
+versions of the author's LoRA code: A must be random, not zero, and its values are not graded.
 """
 
 import pytest

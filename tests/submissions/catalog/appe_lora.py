@@ -54,7 +54,8 @@ MUTANTS = [
 
 # -- correct variants -----------------------------------------------------------------------------------------
 
-# The print edition of the book: A drawn from a normal distribution, the update scaled by alpha alone.
+# The print edition's scaling (alpha alone), with A drawn from a normal distribution as in earlier versions of
+# the author's LoRA code.
 LORA_PRINT_EDITION = '''class LoRALayer(nn.Module):
     def __init__(self, in_dim, out_dim, rank, alpha):
         super().__init__()
