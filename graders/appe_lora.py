@@ -436,7 +436,7 @@ def test_lora_gradients(submission):
                                   hint=HINT_SUM + " " + HINT_SCALING)
 
 
-# -- E.4: freezing and counting ------------------------------------------------------------------------------
+# -- E.4: LoRA in a GPT model ---------------------------------------------------------------------------------
 
 def classifier_state(seed):
     model = reference_module(GPTModel, seed, cfg=CFG)
@@ -444,6 +444,53 @@ def classifier_state(seed):
     model.out_head = nn.Linear(CFG["emb_dim"], 2)
     return model.eval()
 
+
+LINEAR_LAYERS = sorted(name for name, module in classifier_state(0).named_modules() if isinstance(module, nn.Linear))
+
+
+@pytest.mark.points(2)
+@pytest.mark.depends_on("test_linear_with_lora_at_initialisation", "test_linear_with_lora_update")
+def test_replace_linear_with_lora(submission):
+    """replace_linear_with_lora wraps every nn.Linear of a GPT classifier, at every depth (attention, feed forward,
+    output head), keeping the original weights: the output is unchanged until B is trained."""
+    base = classifier_state(5)
+    trained = lora_classifier(5, freeze=False)
+    trained_print = lora_classifier(5, freeze=False, print_edition=True)
+    x = randint(6, CFG["vocab_size"], 2, 7)
+    with explain_errors(state_dict_mismatch):
+        wrapped, ranks, bare, at_init, after = submission.run(
+            replaced_model, name="replace_linear_with_lora", cfg=CFG, state=base.state_dict(),
+            trained_state=trained.state_dict(), x=x, rank=RANK, alpha=ALPHA)
+    what = f"replace_linear_with_lora(model, rank={RANK}, alpha={ALPHA}) on a GPT classifier"
+    missing = [name for name in LINEAR_LAYERS if name not in wrapped]
+    expect_true(not missing, what=what, problem=f"{len(missing)} of its {len(LINEAR_LAYERS)} nn.Linear layers are not "
+                f"wrapped, e.g. {missing[0] if missing else ''}.",
+                hint="walk the model recursively: for name, module in model.named_children(): wrap an nn.Linear with "
+                     "setattr(model, name, LinearWithLoRA(module, rank, alpha)), else call replace_linear_with_lora on "
+                     "the child.")
+    expect_equal(sorted(wrapped), LINEAR_LAYERS, what=f"{what}: the modules that are now LinearWithLoRA",
+                 hint="wrap each nn.Linear once, where it is, and nothing else.")
+    expect_equal(bare, [], what=f"{what}: nn.Linear layers left outside a LinearWithLoRA",
+                 hint="each nn.Linear must end up inside its wrapper (as .linear).")
+    for name in LINEAR_LAYERS:
+        shape = ranks.get(name)
+        in_features = dict(base.named_modules())[name].in_features
+        expect_equal(shape, [in_features, RANK], what=f"{what}: the shape of {name}.lora.A",
+                     hint="pass rank and alpha on to each LinearWithLoRA.")
+    with torch.no_grad():
+        expected_at_init = base(x)
+        expected, expected_print = trained(x), trained_print(x)
+    expect_close(at_init, expected_at_init, what=f"{what}: the logits right after the replacement, compared with "
+                 "the model's before", hint="keep each original layer (with its weights) inside its wrapper; a new "
+                                            "LoRALayer adds zero until B is trained.")
+    expect_true(after is not None, what=what, problem="the weights of the reference's model with LoRA (its "
+                "state_dict) do not fit your model.", hint="wrap each nn.Linear in place, keeping its name: its "
+                "weights become <name>.linear.weight and its LoRA matrices <name>.lora.A and <name>.lora.B.")
+    expect_either_scaling(after, expected, expected_print, what=f"{what}: the logits after loading trained LoRA "
+                          "weights", hint="each wrapper must compute linear(x) + lora(x). " + HINT_SCALING)
+
+
+# -- E.4: freezing and counting ------------------------------------------------------------------------------
 
 @pytest.mark.points(1)
 def test_freeze_parameters(submission):
@@ -496,52 +543,7 @@ def test_count_trainable_parameters(submission):
                      expected_count, what=f"trainable parameters of {label}", hint=diagnose)
 
 
-# -- E.4: LoRA in a GPT model ---------------------------------------------------------------------------------
-
-LINEAR_LAYERS = sorted(name for name, module in classifier_state(0).named_modules() if isinstance(module, nn.Linear))
-
-
-@pytest.mark.points(2)
-@pytest.mark.depends_on("test_linear_with_lora_at_initialisation", "test_linear_with_lora_update")
-def test_replace_linear_with_lora(submission):
-    """replace_linear_with_lora wraps every nn.Linear of a GPT classifier, at every depth (attention, feed forward,
-    output head), keeping the original weights: the output is unchanged until B is trained."""
-    base = classifier_state(5)
-    trained = lora_classifier(5, freeze=False)
-    trained_print = lora_classifier(5, freeze=False, print_edition=True)
-    x = randint(6, CFG["vocab_size"], 2, 7)
-    with explain_errors(state_dict_mismatch):
-        wrapped, ranks, bare, at_init, after = submission.run(
-            replaced_model, name="replace_linear_with_lora", cfg=CFG, state=base.state_dict(),
-            trained_state=trained.state_dict(), x=x, rank=RANK, alpha=ALPHA)
-    what = f"replace_linear_with_lora(model, rank={RANK}, alpha={ALPHA}) on a GPT classifier"
-    missing = [name for name in LINEAR_LAYERS if name not in wrapped]
-    expect_true(not missing, what=what, problem=f"{len(missing)} of its {len(LINEAR_LAYERS)} nn.Linear layers are not "
-                f"wrapped, e.g. {missing[0] if missing else ''}.",
-                hint="walk the model recursively: for name, module in model.named_children(): wrap an nn.Linear with "
-                     "setattr(model, name, LinearWithLoRA(module, rank, alpha)), else call replace_linear_with_lora on "
-                     "the child.")
-    expect_equal(sorted(wrapped), LINEAR_LAYERS, what=f"{what}: the modules that are now LinearWithLoRA",
-                 hint="wrap each nn.Linear once, where it is, and nothing else.")
-    expect_equal(bare, [], what=f"{what}: nn.Linear layers left outside a LinearWithLoRA",
-                 hint="each nn.Linear must end up inside its wrapper (as .linear).")
-    for name in LINEAR_LAYERS:
-        shape = ranks.get(name)
-        in_features = dict(base.named_modules())[name].in_features
-        expect_equal(shape, [in_features, RANK], what=f"{what}: the shape of {name}.lora.A",
-                     hint="pass rank and alpha on to each LinearWithLoRA.")
-    with torch.no_grad():
-        expected_at_init = base(x)
-        expected, expected_print = trained(x), trained_print(x)
-    expect_close(at_init, expected_at_init, what=f"{what}: the logits right after the replacement, compared with "
-                 "the model's before", hint="keep each original layer (with its weights) inside its wrapper; a new "
-                                            "LoRALayer adds zero until B is trained.")
-    expect_true(after is not None, what=what, problem="the weights of the reference's model with LoRA (its "
-                "state_dict) do not fit your model.", hint="wrap each nn.Linear in place, keeping its name: its "
-                "weights become <name>.linear.weight and its LoRA matrices <name>.lora.A and <name>.lora.B.")
-    expect_either_scaling(after, expected, expected_print, what=f"{what}: the logits after loading trained LoRA "
-                          "weights", hint="each wrapper must compute linear(x) + lora(x). " + HINT_SCALING)
-
+# -- E.4: finetuning with LoRA -------------------------------------------------------------------------------
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_freeze_parameters", "test_replace_linear_with_lora", "test_lora_gradients")

@@ -639,6 +639,86 @@ def test_freezing(submission):
 
 # -- section 6.6: loss and accuracy from the last token ----------------------------------------------------------
 
+def loader_cases():
+    """10 sequences of 6 tokens; (rows, batch_size, num_batches): all 5 batches, the first 2, more than there are,
+    a last partial batch."""
+    inputs, labels = token_batches(3, 10, 6)
+    return inputs, labels, [(10, 2, None), (10, 2, 2), (10, 2, 9), (7, 3, None)]
+
+
+def reference_loader_value(function, model, inputs, labels, case):
+    rows, batch_size, num_batches = case
+    loader = DataLoader(TensorDataset(inputs[:rows], labels[:rows]), batch_size=batch_size, shuffle=False)
+    with torch.no_grad():
+        return function(loader, model.eval(), "cpu", num_batches), loader
+
+
+def describe_case(case):
+    rows, batch_size, num_batches = case
+    batches = -(-rows // batch_size)
+    return f"{rows} examples in {batches} batches of {batch_size}" + (
+        "" if num_batches is None else f", num_batches={num_batches}")
+
+
+def accuracy_with(model, loader, num_batches, mistake):
+    """calc_accuracy_loader with a classic mistake."""
+    used = len(loader) if num_batches is None else min(num_batches, len(loader))
+    per_batch, correct, total = [], 0, 0
+    with torch.no_grad():
+        for i, (x, y) in enumerate(loader):
+            if i >= (len(loader) if mistake == "all batches" else used):
+                break
+            logits = model(x)
+            logits = logits[:, 0, :] if mistake == "first token" else logits[:, -1, :]
+            right = int((logits.argmax(dim=-1) == y).sum())
+            per_batch.append(right / len(y))
+            correct, total = correct + right, total + len(y)
+    if mistake == "mean of batches":
+        return sum(per_batch) / len(per_batch)
+    if mistake == "count":
+        return float(correct)
+    return correct / total
+
+
+ACCURACY_MISTAKES = [
+    ("first token", "predicting from the first token", HINT_LAST_TOKEN),
+    ("all batches", "using every batch whatever num_batches says",
+     "stop after min(num_batches, len(data_loader)) batches."),
+    ("mean of batches", "averaging the accuracies of the batches (a smaller last batch counts as much as a full one)",
+     "count the correct predictions and the examples over all batches, and divide once at the end."),
+    ("count", "the number of correct predictions", "divide by the number of examples seen."),
+]
+
+
+@pytest.mark.points(2)
+def test_calc_accuracy_loader(submission):
+    """calc_accuracy_loader: the fraction of examples whose last-token argmax is the label, over all or the first
+    num_batches batches, with dropout off."""
+    model = classifier(DROPOUT, seed=5)
+    inputs, labels, cases = loader_cases()
+    got = submission.run(loader_values, name="calc_accuracy_loader", cfg=DROPOUT, state=model.state_dict(),
+                         inputs=inputs, labels=labels, cases=cases, device="cpu")
+    for index, case in enumerate(cases):
+        expected, loader = reference_loader_value(ref.calc_accuracy_loader, model, inputs, labels, case)
+        what = f"calc_accuracy_loader on {describe_case(case)}"
+        value = as_number(got[index][0], what=what)
+        training_after = got[index][1]
+
+        def diagnose(value=value, loader=loader, num_batches=case[2], training_after=training_after):
+            if training_after is True:
+                return ("the model was in training mode (dropout on) and your function left it so: call "
+                        "model.eval() first.")
+            for mistake, description, fix in ACCURACY_MISTAKES:
+                candidate = accuracy_with(model, loader, num_batches, mistake)
+                if abs(float(value) - candidate) < 1e-6:
+                    return f"your accuracy is exactly what {description} gives: {fix}"
+            return ("for each batch, predicted = torch.argmax(model(input_batch)[:, -1, :], dim=-1); count how "
+                    "many equal the labels; divide by the number of examples.")
+
+        expect_close(value, torch.tensor(expected, dtype=torch.float64), what=what, atol=1e-6, rtol=0,
+                     hint=diagnose)
+
+
 def loss_with(model, inputs, labels, mistake=None):
     """The last-token cross-entropy of `model`, or what a classic mistake computes instead."""
     with torch.no_grad():
@@ -706,32 +786,11 @@ def test_calc_loss_batch(submission):
                      atol=1e-5, rtol=1e-4, hint="compute the loss from model(input_batch) with cross_entropy.")
 
 
-def loader_cases():
-    """10 sequences of 6 tokens; (rows, batch_size, num_batches): all 5 batches, the first 2, more than there are,
-    a last partial batch."""
-    inputs, labels = token_batches(3, 10, 6)
-    return inputs, labels, [(10, 2, None), (10, 2, 2), (10, 2, 9), (7, 3, None)]
-
-
-def reference_loader_value(function, model, inputs, labels, case):
-    rows, batch_size, num_batches = case
-    loader = DataLoader(TensorDataset(inputs[:rows], labels[:rows]), batch_size=batch_size, shuffle=False)
-    with torch.no_grad():
-        return function(loader, model.eval(), "cpu", num_batches), loader
-
-
-def describe_case(case):
-    rows, batch_size, num_batches = case
-    batches = -(-rows // batch_size)
-    return f"{rows} examples in {batches} batches of {batch_size}" + (
-        "" if num_batches is None else f", num_batches={num_batches}")
-
-
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_calc_loss_batch")
 def test_calc_loss_loader(submission):
     """calc_loss_loader: the average batch loss over all or the first num_batches batches (at most all); NaN for
-    an empty loader; the model's mode is left as it was given."""
+    an empty loader."""
     model = classifier(SMALL)
     inputs, labels, cases = loader_cases()
     cases = [*cases, (0, 2, None)]
@@ -762,65 +821,6 @@ def test_calc_loss_loader(submission):
             return "add calc_loss_batch(...).item() over the batches and divide by the number of batches used."
 
         expect_close(value, torch.tensor(expected, dtype=torch.float64), what=what, atol=1e-5, rtol=1e-5,
-                     hint=diagnose)
-
-
-def accuracy_with(model, loader, num_batches, mistake):
-    """calc_accuracy_loader with a classic mistake."""
-    used = len(loader) if num_batches is None else min(num_batches, len(loader))
-    per_batch, correct, total = [], 0, 0
-    with torch.no_grad():
-        for i, (x, y) in enumerate(loader):
-            if i >= (len(loader) if mistake == "all batches" else used):
-                break
-            logits = model(x)
-            logits = logits[:, 0, :] if mistake == "first token" else logits[:, -1, :]
-            right = int((logits.argmax(dim=-1) == y).sum())
-            per_batch.append(right / len(y))
-            correct, total = correct + right, total + len(y)
-    if mistake == "mean of batches":
-        return sum(per_batch) / len(per_batch)
-    if mistake == "count":
-        return float(correct)
-    return correct / total
-
-
-ACCURACY_MISTAKES = [
-    ("first token", "predicting from the first token", HINT_LAST_TOKEN),
-    ("all batches", "using every batch whatever num_batches says",
-     "stop after min(num_batches, len(data_loader)) batches."),
-    ("mean of batches", "averaging the accuracies of the batches (a smaller last batch counts as much as a full one)",
-     "count the correct predictions and the examples over all batches, and divide once at the end."),
-    ("count", "the number of correct predictions", "divide by the number of examples seen."),
-]
-
-
-@pytest.mark.points(2)
-def test_calc_accuracy_loader(submission):
-    """calc_accuracy_loader: the fraction of examples whose last-token argmax is the label, over all or the first
-    num_batches batches, with dropout off."""
-    model = classifier(DROPOUT, seed=5)
-    inputs, labels, cases = loader_cases()
-    got = submission.run(loader_values, name="calc_accuracy_loader", cfg=DROPOUT, state=model.state_dict(),
-                         inputs=inputs, labels=labels, cases=cases, device="cpu")
-    for index, case in enumerate(cases):
-        expected, loader = reference_loader_value(ref.calc_accuracy_loader, model, inputs, labels, case)
-        what = f"calc_accuracy_loader on {describe_case(case)}"
-        value = as_number(got[index][0], what=what)
-        training_after = got[index][1]
-
-        def diagnose(value=value, loader=loader, num_batches=case[2], training_after=training_after):
-            if training_after is True:
-                return ("the model was in training mode (dropout on) and your function left it so: call "
-                        "model.eval() first.")
-            for mistake, description, fix in ACCURACY_MISTAKES:
-                candidate = accuracy_with(model, loader, num_batches, mistake)
-                if abs(float(value) - candidate) < 1e-6:
-                    return f"your accuracy is exactly what {description} gives: {fix}"
-            return ("for each batch, predicted = torch.argmax(model(input_batch)[:, -1, :], dim=-1); count how "
-                    "many equal the labels; divide by the number of examples.")
-
-        expect_close(value, torch.tensor(expected, dtype=torch.float64), what=what, atol=1e-6, rtol=0,
                      hint=diagnose)
 
 
