@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import os
 import pathlib
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.data import Dataset
+
+if TYPE_CHECKING:  # matplotlib is imported by plot_values only: it costs about a second to import
+    from matplotlib.figure import Figure
 
 __all__ = [
     "create_balanced_dataset",
@@ -329,6 +331,9 @@ def plot_values(
     ``save_path`` also writes it. The book's version always writes ``f"{label}-plot.pdf"`` into the
     working directory and shows the figure instead.
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(5, 3))
     FigureCanvasAgg(fig)  # the canvas that renders the figure (savefig, notebook display)
     ax1 = fig.add_subplot()
