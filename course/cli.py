@@ -1,11 +1,17 @@
 """The `course` command line.
 
+    course check [NOTEBOOK] [--assignment ID] [--json FILE] [--summary FILE] [--github-output FILE]
+                 [--classroom50 FILE] [--isolation I]
     course grade SUBMISSION [--assignment ID] [--json FILE] [--device D] [--isolation I]
-    course release [ID ...] [--check]
+    course release [ID ...] [--check] [--out DIR] [--all]
     course validate
 
-Exit status: 0 when grading completed (whatever the score), 2 for a bad command line, 3 for a configuration
-problem, 1 for other problems (e.g. a stale release with --check).
+`course` finds its configuration, course.yml, in the working folder or the nearest folder above it: the
+course's, or a student repository's (written by `course release --out`), where only `check` and `validate`
+apply.
+
+Exit status: 0 when grading or checking completed (whatever the score), 2 for a bad command line, 3 for a
+configuration problem, 1 for other problems (e.g. a stale release with --check).
 """
 
 from __future__ import annotations
@@ -44,9 +50,28 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--allow-process-isolation", action="store_true",
                        help="grade a class without bubblewrap (only for code you trust: docs/trust-model.md)")
 
-    release = commands.add_parser("release", help="generate assignments/ from solutions/ with nbgrader")
+    check = commands.add_parser("check", help="run the public checks of a notebook and show what is left")
+    check.add_argument("notebook", nargs="?", type=Path,
+                       help="a notebook, or a folder that holds it (default in a student repository: its notebook)")
+    check.add_argument("--assignment", metavar="ID", help="the assignment id (default: inferred from the notebook)")
+    check.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON to FILE")
+    check.add_argument("--summary", type=Path, metavar="FILE",
+                       help='append a Markdown summary to FILE (on GitHub: "$GITHUB_STEP_SUMMARY")')
+    check.add_argument("--github-output", type=Path, metavar="FILE",
+                       help="append the autograding reporter's payload as the step output `result` to FILE "
+                            '(on GitHub: "$GITHUB_OUTPUT")')
+    check.add_argument("--classroom50", type=Path, metavar="FILE", help="write Classroom 50's result.json to FILE")
+    check.add_argument("--isolation", choices=["auto", "bubblewrap", "process"],
+                       help="how the process running the notebook is isolated (default: course.yml's)")
+
+    release = commands.add_parser("release", help="generate assignments/ from solutions/ with nbgrader, or write "
+                                                  "student repositories (--out)")
     release.add_argument("ids", nargs="*", metavar="ID", help="assignment ids (default: all)")
     release.add_argument("--check", action="store_true", help="only check that assignments/ is up to date")
+    release.add_argument("--out", type=Path, metavar="DIR",
+                         help="write a self-contained student repository of one assignment to DIR; with --all "
+                              "or several ids, one folder DIR/<id> each")
+    release.add_argument("--all", action="store_true", help="every assignment of course.yml")
 
     commands.add_parser("validate", help="check course.yml, the files it names and the graders' points")
     return parser
@@ -127,17 +152,81 @@ def _grade_class(course, args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    from course.config import StudentRepository, load_config
+
+    config = load_config(args.root)
+    notes: list[str] = []
+    if isinstance(config, StudentRepository):
+        own = config.assignment.id
+        if args.assignment not in (None, own):
+            raise UsageError(f"this student repository holds {own}, not {args.assignment}")
+        notebook = args.notebook or config.notebook
+        if notebook.is_dir() and (notebook / config.assignment.notebook).is_file():
+            notebook = notebook / config.assignment.notebook
+        from course.checking import CheckTarget
+
+        target = CheckTarget.from_student_repository(config)
+    else:
+        if args.notebook is None:
+            raise UsageError("name the notebook to check, e.g. `course check solutions/ch03_attention` (in a "
+                             "student repository, `course check` finds its notebook itself)")
+        from course.submission import resolve_submission
+
+        assignment, notebook = resolve_submission(config, args.notebook, args.assignment, notes)
+        from course.checking import CheckTarget
+
+        target = CheckTarget.from_course(config, assignment)
+    from course.checking import run_checks  # imports torch: only once there is work to do
+    from course.reporters.autograding import append_step_output
+    from course.reporters.classroom50 import write_classroom50
+    from course.reporters.json_report import write_json
+    from course.reporters.markdown import append_markdown
+    from course.reporters.terminal import render_progress
+
+    report = run_checks(target, notebook, isolation=args.isolation)
+    report.notes[:0] = notes
+    print(render_progress(report))
+    outputs = [(args.json, lambda path: write_json(report, path)),
+               (args.summary, lambda path: append_markdown(report, path)),
+               (args.github_output, lambda path: append_step_output(report, path)),
+               (args.classroom50, lambda path: write_classroom50(report, path, root=config.root))]
+    for path, write in outputs:
+        if path is None:
+            continue
+        try:
+            write(path)
+        except OSError as exc:
+            raise CourseError(f"{path}: the results could not be written ({exc.strerror or exc})") from None
+    return 0
+
+
 def cmd_release(args) -> int:
     from course import release
     from course.config import load_course
 
     course = load_course(args.root)
+    if args.check and args.out:
+        raise UsageError("--check compares assignments/ with solutions/; it does not go with --out")
+    if args.all and args.ids:
+        raise UsageError("name assignment ids or --all, not both")
     ids = args.ids or [a.id for a in course.assignments]
     for assignment_id in ids:
         try:
             course.assignment(assignment_id)
         except KeyError as exc:
             raise UsageError(str(exc.args[0])) from None
+    if args.out is not None:
+        if not args.ids and not args.all:
+            raise UsageError("name the assignment to write a student repository of, or --all for one folder each")
+        from course.student_repo import write_student_repository
+
+        one = len(ids) == 1 and not args.all
+        for assignment_id in ids:
+            folder = args.out if one else args.out / assignment_id
+            files = write_student_repository(course, course.assignment(assignment_id), folder)
+            print(f"wrote the student repository of {assignment_id} to {folder} ({len(files)} files)")
+        return 0
     if args.check:
         problems = release.stale_files(course, ids)
         if problems:
@@ -153,10 +242,16 @@ def cmd_release(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from course.config import load_course
+    from course.config import StudentRepository, load_config
+
+    course = load_config(args.root)
+    if isinstance(course, StudentRepository):
+        assignment = course.assignment
+        print(f"{assignment.id}: {len(assignment.tests)} public checks, {assignment.points} points")
+        print("course.yml of this student repository is valid")
+        return 0
     from course.grading.runner import collect_points
 
-    course = load_course(args.root)
     for assignment in course.assignments:
         points = collect_points(course, assignment)
         print(f"{assignment.id}: {len(points)} tests, {sum(points.values()):g} points")
@@ -164,4 +259,4 @@ def cmd_validate(args) -> int:
     return 0
 
 
-COMMANDS = {"grade": cmd_grade, "release": cmd_release, "validate": cmd_validate}
+COMMANDS = {"check": cmd_check, "grade": cmd_grade, "release": cmd_release, "validate": cmd_validate}

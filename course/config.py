@@ -3,6 +3,11 @@
 course.yml is the one place that says which assignments exist, their notebooks, graders, points, per-test
 timeouts, the reference module each one is graded against and the support modules its students may import.
 Every problem is reported as a ConfigError that names the file and the key.
+
+A student repository (written by `course release ID --out DIR`) marks itself with a small course.yml of its
+own: one `assignment` (singular) instead of the course's `assignments`, holding what `course check` needs (the
+notebook, the support modules, the hidden tests' names and points) and nothing about graders or references.
+`course` finds either file by walking up from the working folder, so it works from any folder inside.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from course.errors import ConfigError
+from course.errors import ConfigError, UsageError
 
 CONFIG_NAME = "course.yml"
 
@@ -55,6 +60,32 @@ class SandboxConfig(BaseModel):
     memory_mb: int = Field(default=4096, ge=1024, description="address-space limit of the worker (CPU grading)")
     cpu_seconds: int = Field(default=600, ge=10, description="CPU time a worker may use in all (all its tests)")
     file_mb: int = Field(default=64, ge=1, description="largest file the worker may write")
+
+
+class StudentAssignment(BaseModel):
+    """The one assignment of a student repository, as `course release --out` wrote it from the course."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[a-z0-9_]+$")
+    title: str
+    notebook: str = Field(description="file name of the notebook, at the top of the student repository")
+    support: list[str] = Field(default_factory=list, description="reference modules the notebook may import")
+    points: int = Field(gt=0)
+    timeout: float = Field(default=30.0, gt=0, description="seconds each check may spend in student code")
+    tiktoken: bool = False
+    tests: dict[str, float] = Field(min_length=1, description="the hidden grader's tests and their points, in the "
+                                                              "grader's order; each has a public check")
+
+
+class StudentRepositoryConfig(BaseModel):
+    """The course.yml of a student repository."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    title: str
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    assignment: StudentAssignment
 
 
 class CourseConfig(BaseModel):
@@ -104,27 +135,57 @@ class Course:
         return self.root.joinpath(*dotted.split(".")).with_suffix(".py")
 
 
+class StudentRepository:
+    """A loaded student repository: its one assignment, its notebook, public checks and support modules."""
+
+    def __init__(self, root: Path, config: StudentRepositoryConfig):
+        self.root = root
+        self.config = config
+
+    @property
+    def title(self) -> str:
+        return self.config.title
+
+    @property
+    def assignment(self) -> StudentAssignment:
+        return self.config.assignment
+
+    @property
+    def notebook(self) -> Path:
+        return self.root / self.assignment.notebook
+
+    def module_path(self, dotted: str) -> Path:
+        """File of a module named in course.yml, e.g. reference.tiktoken_offline -> reference/tiktoken_offline.py."""
+        return self.root.joinpath(*dotted.split(".")).with_suffix(".py")
+
+
+NOT_FOUND_ADVICE = ("run `course` inside your assignment's repository (the folder with course.yml, your notebook "
+                    "and README.md) or inside the course repository, or name that folder with --root FOLDER")
+
+
 def find_course_root(start: Path | None = None) -> Path:
     """The nearest folder at or above `start` (default: the working directory) that holds course.yml."""
     start = (start or Path.cwd()).resolve()
     for folder in (start, *start.parents):
         if (folder / CONFIG_NAME).is_file():
             return folder
-    raise ConfigError(f"no {CONFIG_NAME} found in {start} or any folder above it")
+    raise ConfigError(f"no {CONFIG_NAME} found in {start} or any folder above it: {NOT_FOUND_ADVICE}")
 
 
-def load_course(root: Path | None = None) -> Course:
-    """Read, validate and cross-check course.yml in `root`.
+def load_config(root: Path | None = None) -> Course | StudentRepository:
+    """Read, validate and cross-check course.yml in `root`: the course's, or a student repository's.
 
     Without `root`, the nearest folder at or above the working directory that holds course.yml is used. An
-    explicit `root` must hold course.yml itself: it never silently falls back to an enclosing course.
+    explicit `root` must hold course.yml itself: it never silently falls back to an enclosing folder. A file
+    with `assignment` (one) is a student repository; anything else is read as the course's (`assignments`).
     """
     if root is None:
         root = find_course_root()
     else:
         root = Path(root).resolve()
         if not (root / CONFIG_NAME).is_file():
-            raise ConfigError(f"{root / CONFIG_NAME}: not found (is {root} the course folder?)")
+            raise ConfigError(f"{root / CONFIG_NAME}: not found (is {root} the course folder or a student "
+                              "repository?)")
     path = root / CONFIG_NAME
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -133,7 +194,16 @@ def load_course(root: Path | None = None) -> Course:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping with 'title' and 'assignments' at the top level")
+        raise ConfigError(f"{path}: expected a mapping with 'title' and 'assignments' (the course) or "
+                          "'assignment' (a student repository) at the top level")
+    if "assignment" in raw and "assignments" not in raw:
+        try:
+            student_config = StudentRepositoryConfig.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(_describe_validation_error(path, raw, exc)) from None
+        repository = StudentRepository(root, student_config)
+        _check_student_files(path, repository)
+        return repository
     try:
         config = CourseConfig.model_validate(raw)
     except ValidationError as exc:
@@ -141,6 +211,18 @@ def load_course(root: Path | None = None) -> Course:
     course = Course(root, config)
     _check_files(path, course)
     return course
+
+
+def load_course(root: Path | None = None) -> Course:
+    """The course (see load_config); in a student repository, a UsageError that says what to do instead."""
+    loaded = load_config(root)
+    if isinstance(loaded, StudentRepository):
+        raise UsageError(
+            f"{loaded.root} is a student repository of {loaded.assignment.id}: the hidden grader and the "
+            "course's other commands are not here. Run `course check` for the public checks; your instructor "
+            "grades your work with the hidden tests."
+        )
+    return loaded
 
 
 def _describe_validation_error(path: Path, raw: dict, exc: ValidationError) -> str:
@@ -204,5 +286,29 @@ def _check_files(path: Path, course: Course) -> None:
                     problems.append(f"  {where}.{key}: {missing} does not exist")
         if assignment.reference in assignment.support:
             problems.append(f"  {where}.support: must not include the graded module {assignment.reference}")
+    if problems:
+        raise ConfigError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(problems))
+
+
+def _check_student_files(path: Path, repository: StudentRepository) -> None:
+    """The public checks and the support modules a student repository's course.yml names exist."""
+    assignment = repository.assignment
+    problems: list[str] = []
+    if Path(assignment.notebook).name != assignment.notebook or assignment.notebook in ("", ".", ".."):
+        problems.append(f"  assignment.notebook: {assignment.notebook!r} must be a file name, not a path")
+    # A missing notebook is not a configuration error: `course check` reports it on every check.
+    checks = repository.module_path(f"checks.{assignment.id}")
+    if not checks.is_file():
+        problems.append(f"  assignment.id: the public checks {checks.relative_to(repository.root)} do not exist")
+    for module in assignment.support:
+        if not _REFERENCE_MODULE.fullmatch(module):
+            problems.append(f"  assignment.support: {module!r} is not a module of the reference package")
+        elif not repository.module_path(module).is_file():
+            problems.append(f"  assignment.support: {repository.module_path(module).relative_to(repository.root)} "
+                            "does not exist")
+    total = sum(assignment.tests.values())
+    if total != assignment.points:
+        problems.append(f"  assignment.points: {assignment.points}, but assignment.tests are worth {total:g} "
+                        "points in all")
     if problems:
         raise ConfigError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(problems))

@@ -31,7 +31,8 @@ STATUS_NAMES = {"failed": "TestFailed", "error": "TestError", "timeout": "TestTi
 class GradeInSandbox(NbGraderPreprocessor):
     """nbgrader's autograde step, done by the course's graders in a sandboxed worker (see the module)."""
 
-    course_root = Unicode("", help="the course folder (default: nbgrader's CourseDirectory.root)").tag(config=True)
+    course_root = Unicode("", help="the course folder (default: the nearest folder at or above the working "
+                                   "folder that holds course.yml, where nbgrader runs)").tag(config=True)
     allow_process_isolation = Bool(
         False, help="grade without bubblewrap: only for code you trust (docs/trust-model.md)").tag(config=True)
 
@@ -42,8 +43,7 @@ class GradeInSandbox(NbGraderPreprocessor):
         from course.grading.runner import grade_notebook
 
         info = resources.get("nbgrader", {})
-        root = Path(self.course_root or (self.parent.coursedir.root if self.parent is not None else "."))
-        course = load_course(root.resolve())
+        course = load_course(Path(self.course_root).resolve() if self.course_root else None)
         assignment = course.assignment(info["assignment"])
         launcher = batch.launcher_for(course, assignment)
         if launcher.spec.sandbox.isolation != "bubblewrap" and not self.allow_process_isolation:

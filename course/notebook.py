@@ -3,8 +3,10 @@
 A notebook becomes a module by executing its setup cells (read-only nbgrader cells) and its solution cells
 (nbgrader `solution: true`), in notebook order. Demo cells (no nbgrader metadata) are skipped, so a training
 loop in a demo cell never runs at grading time; only a cell the student added that merely defines functions or
-classes (a helper, or a solution pasted into a new cell) is run with them. Everything here runs on the trusted
-side: it parses JSON and Python (`ast.parse`), it never executes the student's code.
+classes (a helper, or a solution pasted into a new cell) is run with them. The public checks' cells (the
+check cells, which are nbgrader grade cells, and the read-only cell that imports the checks) are never run.
+Everything here runs on the trusted side: it parses JSON and Python (`ast.parse`), it never executes the
+student's code.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ _CONFLICT_MARKER = re.compile(r"^(<{7}|>{7})( |$)", re.MULTILINE)
 _MAX_PARSED_SOURCE = 200_000
 
 SKIPPED = "# (skipped at grading) "
+
+# The read-only cell that imports the public checks (checks/<id>.py) for the notebook's check cells. Like the
+# check cells themselves (nbgrader grade cells), it is never run at grading: the checks are the student's own
+# feedback, not part of the graded module, and the process that runs student code has no `checks` package.
+CHECKS_IMPORT_ID = "import_checks"
 
 # A cell's label (its grade_id) appears in every message about the cell: a submission controls it, so it is capped.
 MAX_LABEL = 100
@@ -238,9 +245,9 @@ def grading_cells(notebook: dict) -> GradingCells:
         label = f"cell {index + 1}"
         if meta is not None:
             is_solution = bool(meta.get("solution"))
-            is_setup = bool(meta.get("locked")) and not meta.get("grade")
+            is_setup = bool(meta.get("locked")) and not meta.get("grade") and meta.get("grade_id") != CHECKS_IMPORT_ID
             if not (is_solution or is_setup):
-                continue  # a test cell: nbgrader's business, not ours
+                continue  # a check cell (an nbgrader test cell) or the import of the checks: never run at grading
             label = safe_text(str(meta.get("grade_id") or label), MAX_LABEL, single_line=True)
             if source is not None and is_solution and _only_ipython(source):
                 notes.append(_only_ipython_note(index, meta, source))

@@ -1,5 +1,10 @@
 """The one result data model that every reporter renders.
 
+A GradeReport holds the results of `course grade` (kind "grade": the hidden grader's tests) or of
+`course check` (kind "check": the public checks, one per grader test, named and weighted like it). The
+reporters in course/reporters/ render either: the terminal, JSON, a Markdown job summary, the
+classroom-resources autograding payload and Classroom 50's result.json.
+
 Every string is made safe when a result is built (course/safe_text.py): capped, control characters escaped,
 lone surrogates replaced. A submission controls many of them (messages, names, grade ids, file names), and
 every reporter (the terminal table, JSON, ...) renders only from this model, so none of them has to worry.
@@ -45,6 +50,7 @@ class GradeReport:
     duration: float = 0.0
     notes: list[str] = field(default_factory=list)
     sandbox: dict = field(default_factory=dict)  # {"isolation": "bubblewrap" | "process", "note": "..."}
+    kind: Literal["grade", "check"] = "grade"  # the hidden grader's tests, or the public checks
 
     def __post_init__(self):
         self.assignment = safe_text(self.assignment, 200, single_line=True)
@@ -62,9 +68,19 @@ class GradeReport:
     def max_score(self) -> float:
         return sum(t.max_score for t in self.tests)
 
+    @property
+    def passed(self) -> list[TestResult]:
+        return [t for t in self.tests if t.status == "passed"]
+
+    @property
+    def first_failure(self) -> TestResult | None:
+        """The first test, in the grader's order, that did not pass: what to fix next."""
+        return next((t for t in self.tests if t.status != "passed"), None)
+
     def to_dict(self, descriptions: bool = False) -> dict:
         """The JSON of `course grade --json`; with `descriptions`, also what each test checks (for from_dict)."""
         return {
+            "kind": self.kind,
             "assignment": self.assignment,
             "notebook": self.notebook,
             "device": self.device,
@@ -87,4 +103,5 @@ class GradeReport:
         tests = [TestResult(**{k: t[k] for k in fields if k in t}) for t in data["tests"]]
         return cls(assignment=data["assignment"], tests=tests, notebook=data.get("notebook", ""),
                    device=data.get("device", "cpu"), duration=data.get("duration", 0.0),
-                   notes=list(data.get("notes", [])), sandbox=dict(data.get("sandbox", {})))
+                   notes=list(data.get("notes", [])), sandbox=dict(data.get("sandbox", {})),
+                   kind=data.get("kind", "grade"))

@@ -177,7 +177,8 @@ def test_solution_notebook_selects_setup_and_solution_cells(course, assignment_i
     expected = []  # computed independently from the raw metadata
     for index, cell in enumerate(nb["cells"]):
         meta = cell.get("metadata", {}).get("nbgrader")
-        setup = meta and meta.get("locked") and not meta.get("grade")
+        # Read-only cells are setup, except the one that imports the public checks (never run at grading).
+        setup = meta and meta.get("locked") and not meta.get("grade") and meta["grade_id"] != "import_checks"
         if cell["cell_type"] == "code" and meta and (meta.get("solution") or setup):
             expected.append((index, meta["grade_id"]))
     demo = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and "nbgrader" not in c["metadata"]]
@@ -192,7 +193,9 @@ def test_solution_notebook_selects_setup_and_solution_cells(course, assignment_i
     for cell in selection.cells:
         assert cell.source == "".join(nb["cells"][cell.index]["source"])
         compile(cell.source, cell.label, "exec")
-    assert grade_ids(nb) == {label for _, label in expected}
+    checks = {c["metadata"]["nbgrader"]["grade_id"] for c in nb["cells"]
+              if c["metadata"].get("nbgrader", {}).get("grade")}
+    assert grade_ids(nb) == {label for _, label in expected} | checks | {"import_checks"}
 
 
 def test_demo_cells_are_skipped():

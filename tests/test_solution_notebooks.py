@@ -15,6 +15,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from course.notebook import CHECKS_IMPORT_ID
 from reference.tiktoken_offline import seed_tiktoken_cache
 from tests.conftest import REPO
 
@@ -55,12 +56,16 @@ def test_cell_conventions(path):
             continue
         ids.append(meta["grade_id"])
         assert meta["schema_version"] == 3
-        assert not meta["grade"]
+        if meta["grade"]:  # a check cell: one call into the public checks (tests/test_public_checks.py)
+            assert text == f'check("{meta["grade_id"]}")'
+            assert meta["locked"]
+            assert not meta["solution"]
+            continue
         if meta["solution"]:
             assert text.count("### BEGIN SOLUTION") == text.count("### END SOLUTION") >= 1
             assert "print(" not in text, "solution cells hold definitions only"
         else:
             assert meta["locked"]
-            assert meta["grade_id"].startswith("setup")
+            assert meta["grade_id"].startswith("setup") or meta["grade_id"] == CHECKS_IMPORT_ID
     assert len(ids) == len(set(ids)), "grade_ids are unique"
     assert ids[0] == "setup"

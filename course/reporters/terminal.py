@@ -1,4 +1,4 @@
-"""The score table printed by `course grade`."""
+"""The tables printed on the terminal: the score table of `course grade`, the progress table of `course check`."""
 
 from __future__ import annotations
 
@@ -33,3 +33,29 @@ def render_table(report: GradeReport, width: int | None = None) -> str:
         lines += [""] + textwrap.wrap("Sandbox: " + report.sandbox["note"], width=width)
     lines.append(f"\ngraded in {report.duration:.1f} s")
     return "\n".join(lines)
+
+
+def render_progress(report: GradeReport, width: int | None = None) -> str:
+    """The progress table printed by `course check`: every public check with its points, how many are left,
+    and the first one to fix in full, with its hint."""
+    width = width or min(shutil.get_terminal_size((100, 20)).columns, 120)
+    lines = [f"{report.assignment}: public checks of {report.notebook}", ""]
+    for test in report.tests:
+        lines.append(f"  {SYMBOLS[test.status]:7}  {f'{test.score:g}/{test.max_score:g}':>5}  {test.name}")
+    passed = len(report.passed)
+    lines += ["", f"{passed} of {len(report.tests)} checks pass ({report.score:g} of {report.max_score:g} points); "
+                  f"{len(report.tests) - passed} left."]
+    first = report.first_failure
+    if first is not None:
+        lines += [""] + textwrap.wrap(f"Next to fix: {first.name}: {first.description}.", width=width)
+        for paragraph in first.message.splitlines():
+            lines += textwrap.wrap(paragraph, width=max(width - 4, 40), initial_indent="    ",
+                                   subsequent_indent="    ")
+    for note in report.notes:
+        lines += [""] + textwrap.wrap("Note: " + note, width=width)
+    lines += ["", *textwrap.wrap(PUBLIC_CHECKS_CAVEAT, width=width), f"\nchecked in {report.duration:.1f} s"]
+    return "\n".join(lines)
+
+
+PUBLIC_CHECKS_CAVEAT = ("These public checks are quick and visible, and far weaker than the hidden grader your "
+                        "instructor runs: passing them all does not guarantee full marks.")

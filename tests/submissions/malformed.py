@@ -413,21 +413,21 @@ MALFORMED = [
               says={"test_tokenizer_v1_encode": ("`SimpleTokenizerV1` " + MISSING,),
                     "test_tokenizer_v1_decode": ("`SimpleTokenizerV1` " + MISSING,),
                     "test_input_embeddings": ("`create_input_embeddings` " + MISSING,)},
-              notes=("Cell 'simple_tokenizer_v1' (cell 12 of the notebook): its source is null, not text",
-                     "Cell 'create_input_embeddings' (cell 27 of the notebook): its source is a list of lines with "
+              notes=("Cell 'simple_tokenizer_v1' (cell 15 of the notebook): its source is null, not text",
+                     "Cell 'create_input_embeddings' (cell 38 of the notebook): its source is a list of lines with "
                      "the number 42 among them")),
     Malformed("only_ipython_magics", CH02,
               file_writer(edited(set_sources({"create_input_embeddings":
                                               "%load_ext autoreload\n%autoreload 2\n%run embeddings.py\n"}))),
               says={"test_input_embeddings": ("`create_input_embeddings` " + MISSING,)},
-              notes=("Cell 'create_input_embeddings' (cell 27 of the notebook) holds only IPython commands",
+              notes=("Cell 'create_input_embeddings' (cell 38 of the notebook) holds only IPython commands",
                      "`%run embeddings.py`")),
     Malformed("solution_cell_turned_markdown", CH02, file_writer(edited(to_markdown("build_vocab"))),
               says={"test_build_vocab": ("`build_vocab` " + MISSING,)},
-              notes=("Cell 'build_vocab' (cell 9 of the notebook) is a Markdown cell", "press Y")),
+              notes=("Cell 'build_vocab' (cell 11 of the notebook) is a Markdown cell", "press Y")),
     Malformed("solution_pasted_into_new_cell", CH02, file_writer(edited(paste_into_new_cell("build_vocab"))),
               notes=("Cells without nbgrader metadata that only define functions or classes were run",
-                     "cell 10 (`build_vocab`)")),
+                     "cell 12 (`build_vocab`)")),
     Malformed("folder_with_scratch_notebook", CH02, with_scratch_notebook,
               notes=("holds 2 notebooks; graded my work.ipynb", "not graded: scratch.ipynb")),
 ]

