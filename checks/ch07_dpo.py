@@ -125,6 +125,22 @@ def tiny_batch(ns):
                                    pad_token_id=0)
 
 
+@contextlib.contextmanager
+def policy_as_global_model(namespace, policy):
+    """The book's loop samples from a global `model` (the policy model in the book's notebook): while the check
+    runs, `model` names the check's policy model, as the hidden grader does; the notebook's own is put back."""
+    missing = object()
+    saved = namespace.get("model", missing)
+    namespace["model"] = policy
+    try:
+        yield
+    finally:
+        if saved is missing:
+            del namespace["model"]
+        else:
+            namespace["model"] = saved
+
+
 def expect_number(value, expected, what, hint):
     expect_true(isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1),
                 f"{what}: expected one number, got {type(value).__name__}.", "average over the batch with .mean().")
@@ -315,10 +331,10 @@ def check_train_model_dpo_simple(ns):
     batch = tiny_batch(ns)
     policy, reference = tiny_models()
     before = [p.detach().clone() for p in reference.parameters()]
-    with contextlib.redirect_stdout(io.StringIO()):  # the loop's progress lines and samples
-        tracking = ns["train_model_dpo_simple"](policy, reference, [batch, batch], [batch], SGD(policy.parameters(),
-                                                0.05), num_epochs=1, beta=0.1, eval_freq=1, eval_iter=1,
-                                                start_context="Hi", tokenizer=CharTokenizer())
+    train = ns["train_model_dpo_simple"]
+    with contextlib.redirect_stdout(io.StringIO()), policy_as_global_model(train.__globals__, policy):
+        tracking = train(policy, reference, [batch, batch], [batch], SGD(policy.parameters(), 0.05), num_epochs=1,
+                         beta=0.1, eval_freq=1, eval_iter=1, start_context="Hi", tokenizer=CharTokenizer())
     expect_true(isinstance(tracking, dict) and sorted(tracking) == sorted(TRACKING_KEYS), "train_model_dpo_simple "
                 "does not return a dict with the keys " + ", ".join(TRACKING_KEYS) + ".", "")
     expect_equal([int(t) for t in tracking["tokens_seen"]], [18, 36], "tokens_seen after 2 steps of 2 x 9 tokens, "
