@@ -54,7 +54,7 @@ class PreferenceDataset(Dataset):
     ``"\\n\\n### Response:\\n"``, as in chapter 7.
     """
 
-    def __init__(self, data: list, tokenizer):
+    def __init__(self, data: list, tokenizer):  # data: entries with a chosen and a rejected answer
         self.data = data
 
         self.encoded_texts = []
@@ -274,8 +274,7 @@ def compute_dpo_loss_loader(
     elif num_batches is None:
         num_batches = len(data_loader)
     else:
-        # Never more batches than the loader has.
-        num_batches = min(num_batches, len(data_loader))
+        num_batches = min(num_batches, len(data_loader))  # never more batches than the loader has
 
     for i, batch in enumerate(data_loader):
         if i < num_batches:

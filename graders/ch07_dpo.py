@@ -1,0 +1,1068 @@
+"""Grader of the chapter 7 bonus: Direct Preference Optimization (DPO).
+
+The dataset runs with GPT-2's tokenizer in the worker and the collate function on hand-made and tokenized
+preference items; both are compared exactly, masks included (True on the answer tokens only). compute_logprobs
+and compute_dpo_loss run on constructed logits and log-probabilities, with the property checks the loss must
+meet: ln 2 when the policy equals the reference, falling as the chosen answer's log-probability rises. The
+batch, loader, evaluation and training functions run with tiny GPTs (the support code's GPTModel, loaded with the
+weights of seeded reference models) whose vocabulary is GPT-2's tokens of the course's preference data renumbered
+from 0, on batches the reference's collate function made, on the CPU; the reference runs the same probes on the
+trusted side. The reference model must be frozen: it gets no gradient and does not change.
+
+Edge cases where the book and the course differ, and what is accepted:
+- compute_dpo_loss_loader on an empty loader: the book returns one NaN, the course three; not graded.
+- train_model_dpo_simple: the book's samples its text after each epoch from a global `model` (in the book's
+  notebook the policy model); the grader makes `model` name the policy model while the function runs, so the
+  book's code and the course's (which samples from policy_model) both pass.
+- The masks keep the book's "### Response:\\n" header (all but its first two newline tokens) in the answer, as
+  the book's "+2" does; that is the graded contract.
+"""
+
+import contextlib
+import json
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course.grading import ListOf, expect_close, expect_count, expect_equal, expect_tensor, expect_true, probe
+from course.grading.diagnosis import explain_errors
+from course.grading.inputs import rand, randint, randn, reference_module
+from course.grading.interface import Class, Function, Interface
+from course.worker.records import ErrorKind
+
+
+@contextlib.contextmanager
+def plain_imports():
+    """Imports without pytest's assertion rewriting. A grading run's pytest collects every *.py file
+    (graders/pytest.ini), so it would rewrite the asserts of every module imported for the first time while it
+    runs: for tiktoken's `regex` and the reference modules, seconds of every `course grade`. The grader itself
+    uses no bare assert."""
+    hooks = [hook for hook in sys.meta_path if type(hook).__name__ == "AssertionRewritingHook"]
+    for hook in hooks:
+        sys.meta_path.remove(hook)
+    try:
+        yield
+    finally:
+        sys.meta_path[:0] = hooks
+
+
+with plain_imports():
+    import tiktoken  # noqa: F401 - imported here once, without rewriting, for the probes run on this side
+    from torch.utils.data import DataLoader  # noqa: F401 - the same
+
+    from reference import dpo as ref
+    from reference.gpt import GPTModel
+    from reference.instruction import RESPONSE_HEADER, format_input
+    from reference.tiktoken_offline import get_gpt2_tokenizer
+
+INTERFACE = Interface(
+    Class("PreferenceDataset", "(data, tokenizer)", example={"data": [], "tokenizer": None},
+          attributes=("data", "encoded_texts"), methods={"__getitem__": "(index)", "__len__": "()"}),
+    Function("custom_collate_fn", "(batch, pad_token_id=50256, allowed_max_length=None, mask_prompt_tokens=True, "
+                                  "device='cpu')"),
+    Function("compute_logprobs", "(logits, labels, selection_mask=None)"),
+    Function("compute_dpo_loss", "(model_chosen_logprobs, model_rejected_logprobs, reference_chosen_logprobs, "
+                                 "reference_rejected_logprobs, beta=0.1)"),
+    Function("compute_dpo_loss_batch", "(batch, policy_model, reference_model, beta)"),
+    Function("compute_dpo_loss_loader", "(data_loader, policy_model, reference_model, beta, num_batches=None)"),
+    Function("evaluate_dpo_loss_loader", "(policy_model, reference_model, train_loader, val_loader, beta, "
+                                         "eval_iter)"),
+    Function("train_model_dpo_simple", "(policy_model, reference_model, train_loader, val_loader, optimizer, "
+                                       "num_epochs, beta, eval_freq, eval_iter, start_context, tokenizer)"),
+)
+
+DATA = json.loads((Path(__file__).resolve().parents[1] / "data" / "preference_data.json").read_text("utf-8"))
+PAD = 50256
+LN2 = math.log(2)
+KEYS = ("chosen", "rejected")
+HINT_FROZEN = ("the reference model must not be trained: compute its log-probabilities inside `with torch.no_grad():`, "
+               "so that no gradient reaches it.")
+
+
+def error_mentions(*phrases, hint):
+    """A diagnosis: `hint` for an error raised in the student's code whose text contains one of `phrases`."""
+
+    def diagnose(record):
+        raised = record.kind is ErrorKind.RAISED
+        return hint if raised and any(p in f"{record.type}: {record.message}" for p in phrases) else None
+
+    return diagnose
+
+
+def as_number(value, *, what, hint=None):
+    """A student's number as a float64 tensor of shape () (Python numbers and one-element tensors accepted)."""
+    if isinstance(value, torch.Tensor):
+        expect_true(value.numel() == 1, what=what, problem=f"expected one number, got a tensor of shape "
+                    f"{tuple(value.shape)}.", hint=hint or "average over the batch with .mean().")
+        return value.detach().reshape(()).double()
+    expect_true(type(value) in (int, float), what=what, problem=f"expected a number, got {type(value).__name__}.",
+                hint=hint)
+    return torch.tensor(float(value), dtype=torch.float64)
+
+
+# -- probes: run in the worker against the student's module ---------------------------------------------------
+
+@probe(returns=ListOf(length=3))
+def preference_dataset(student, class_name, entries):
+    """[encoded_texts, [dataset[i] for each i], len(dataset)] with GPT-2's tokenizer; token ids as ints."""
+    import tiktoken
+
+    def plain(item):
+        if not isinstance(item, dict):
+            return type(item).__name__
+        return {str(key): [int(token) for token in value] for key, value in item.items()}
+
+    dataset = getattr(student, class_name)(entries, tiktoken.get_encoding("gpt2"))
+    return [[plain(item) for item in dataset.encoded_texts], [plain(dataset[i]) for i in range(len(entries))],
+            len(dataset)]
+
+
+@probe(returns=ListOf(length="cases"))
+def collate_batches(student, name, cases):
+    """The student's collate function on each (items, kwargs); the items are fresh copies every time."""
+    results = []
+    for items, kwargs in cases:
+        batch = [{key: list(value) for key, value in item.items()} for item in items]
+        result = getattr(student, name)(batch, **kwargs)
+        if isinstance(result, dict) and isinstance(result.get("prompt"), tuple):
+            result = dict(result, prompt=list(result["prompt"]))
+        results.append(result)
+    return results
+
+
+@probe(returns=ListOf(length=2))
+def collate_on_device(student, name, items, device):
+    """[{key: [device type, dtype] of each returned tensor}, the items afterwards] for device=`device`."""
+    batch = [{key: list(value) for key, value in item.items()} for item in items]
+    result = getattr(student, name)(batch, device=device)
+    described = {str(key): [str(value.device.type), str(value.dtype)] if isinstance(value, torch.Tensor)
+                 else type(value).__name__ for key, value in result.items()} if isinstance(result, dict) else None
+    return [described, batch]
+
+
+@probe(returns=ListOf(length="cases"))
+def logprobs(student, name, cases):
+    """compute_logprobs for each (logits, labels, mask or None); with a mask it is passed as selection_mask."""
+    results = []
+    for logits, labels, mask in cases:
+        if mask is None:
+            results.append(getattr(student, name)(logits, labels))
+        else:
+            results.append(getattr(student, name)(logits, labels, selection_mask=mask))
+    return results
+
+
+@probe(returns=ListOf(length="cases"))
+def dpo_losses(student, name, cases):
+    """compute_dpo_loss for each (four log-probability tensors, beta or None for the default): [loss, chosen
+    rewards, rejected rewards, whether the loss has a gradient], detached."""
+    results = []
+    for logprobs, beta in cases:
+        logprobs = [t.clone().requires_grad_(True) for t in logprobs]
+        if beta is None:
+            result = getattr(student, name)(*logprobs)
+        else:
+            result = getattr(student, name)(*logprobs, beta=beta)
+        result = list(result) if isinstance(result, (tuple, list)) else [result]
+        has_gradient = isinstance(result[0], torch.Tensor) and result[0].requires_grad
+        results.append([r.detach() if isinstance(r, torch.Tensor) else r for r in result] + [has_gradient])
+    return results
+
+
+@probe(returns=ListOf(length=2))
+def loss_landscape(student, name, chosen, rejected, offsets):
+    """compute_dpo_loss with the reference's log-probabilities `chosen`, `rejected` and the policy's the same
+    except for its chosen ones raised by each offset: [the losses, d loss / d policy's chosen log-probabilities
+    at offset 0]."""
+    losses, gradient = [], None
+    for offset in offsets:
+        policy_chosen = (chosen + offset).clone().requires_grad_(True)
+        loss = getattr(student, name)(policy_chosen, rejected.clone(), chosen.clone(), rejected.clone())[0]
+        if offset == 0 and isinstance(loss, torch.Tensor) and loss.requires_grad and loss.numel() == 1:
+            loss.backward()
+            gradient = policy_chosen.grad
+        losses.append(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+    return [losses, gradient]
+
+
+@probe(returns=ListOf(length="cases"))
+def batch_losses(student, name, cfg, policy_state, reference_state, batch, cases):
+    """compute_dpo_loss_batch for each (beta, policy is a copy of the reference) with tiny GPTs on the CPU, then
+    backward through the loss: [loss, chosen reward, rejected reward, {policy parameter: gradient}, names of the
+    reference's parameters that got a gradient]."""
+    from reference.gpt import GPTModel
+
+    results = []
+    for beta, same in cases:
+        policy, reference = GPTModel(cfg), GPTModel(cfg)
+        policy.load_state_dict(reference_state if same else policy_state)
+        reference.load_state_dict(reference_state)
+        policy.eval()
+        reference.eval()
+        loss, chosen_rewards, rejected_rewards = getattr(student, name)(batch, policy, reference, beta)
+        if isinstance(loss, torch.Tensor) and loss.requires_grad:
+            loss.backward()
+        gradients = {key: p.grad for key, p in policy.named_parameters() if p.grad is not None}
+        touched = [key for key, p in reference.named_parameters() if p.grad is not None]
+        results.append([loss.detach() if isinstance(loss, torch.Tensor) else loss,
+                        chosen_rewards.detach() if isinstance(chosen_rewards, torch.Tensor) else chosen_rewards,
+                        rejected_rewards.detach() if isinstance(rejected_rewards, torch.Tensor) else rejected_rewards,
+                        gradients, touched])
+    return results
+
+
+@probe(returns=ListOf(length="cases"))
+def loader_losses(student, name, cfg, policy_state, reference_state, batches, cases):
+    """compute_dpo_loss_loader on a DataLoader over the ready-made `batches`, for each num_batches (None: left
+    out), without gradients."""
+    from torch.utils.data import DataLoader
+
+    from reference.gpt import GPTModel
+
+    policy, reference = GPTModel(cfg), GPTModel(cfg)
+    policy.load_state_dict(policy_state)
+    reference.load_state_dict(reference_state)
+    policy.eval()
+    reference.eval()
+    loader = DataLoader(batches, batch_size=None, shuffle=False)
+    results = []
+    with torch.no_grad():
+        for num_batches in cases:
+            if num_batches is None:
+                result = getattr(student, name)(loader, policy, reference, 0.1)
+            else:
+                result = getattr(student, name)(loader, policy, reference, 0.1, num_batches=num_batches)
+            results.append(list(result) if isinstance(result, tuple) else result)
+    return results
+
+
+@probe(returns=ListOf(length=3))
+def evaluation(student, name, cfg, policy_state, reference_state, train_batches, val_batches, eval_iter):
+    """evaluate_dpo_loss_loader on a policy in training mode (with dropout), twice after different seeds:
+    [first result, second result, the policy's training flag after the first call]."""
+    from torch.utils.data import DataLoader
+
+    from reference.gpt import GPTModel
+
+    policy, reference = GPTModel(cfg), GPTModel(cfg)
+    policy.load_state_dict(policy_state)
+    reference.load_state_dict(reference_state)
+    reference.eval()
+    train_loader = DataLoader(train_batches, batch_size=None, shuffle=False)
+    val_loader = DataLoader(val_batches, batch_size=None, shuffle=False)
+    results = []
+    for seed in (1, 2):
+        policy.train()
+        torch.manual_seed(seed)
+        results.append(getattr(student, name)(policy, reference, train_loader, val_loader, 0.1, eval_iter))
+        if seed == 1:
+            training_after = policy.training
+    return [results[0], results[1], training_after]
+
+
+@probe(returns=ListOf(length=4))
+def dpo_training_run(student, name, cfg, policy_state, reference_state, vocabulary, train_batches, val_batches,
+                     settings):
+    """The student's DPO training loop on the CPU with tiny GPTs, an Adam optimizer over the policy's parameters
+    and ready-made batches: [the tracking dict, the printed lines, whether the reference model is unchanged,
+    names of the reference's parameters that got a gradient]. The book's loop samples from a global `model`
+    (the policy in the book's notebook): while it runs, `model` names the policy model. The grader runs this very
+    function with the reference's loop to get the expected values."""
+    import contextlib
+    import io
+
+    import tiktoken
+    from torch.utils.data import DataLoader
+
+    from reference.gpt import GPTModel
+
+    class CompactTokenizer:
+        def __init__(self, gpt2_ids):
+            self.gpt2 = tiktoken.get_encoding("gpt2")
+            self.gpt2_ids = list(gpt2_ids)
+            self.compact_ids = {gpt2_id: i for i, gpt2_id in enumerate(self.gpt2_ids)}
+
+        def encode(self, text, allowed_special=frozenset()):
+            return [self.compact_ids[i] for i in self.gpt2.encode(text, allowed_special=allowed_special)]
+
+        def decode(self, ids):
+            return self.gpt2.decode([self.gpt2_ids[i] for i in ids])
+
+    class Adam:
+        """Adam written out: torch.optim's would import torch._dynamo, seconds of work in the worker."""
+
+        def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8):
+            self.params, self.lr, self.betas, self.eps, self.steps = list(params), lr, betas, eps, 0
+            self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
+
+        def zero_grad(self, set_to_none=True):
+            for param in self.params:
+                param.grad = None
+
+        @torch.no_grad()
+        def step(self):
+            self.steps += 1
+            beta1, beta2 = self.betas
+            for param, (mean, square) in zip(self.params, self.moments):
+                if param.grad is not None:
+                    mean.mul_(beta1).add_(param.grad, alpha=1 - beta1)
+                    square.mul_(beta2).addcmul_(param.grad, param.grad, value=1 - beta2)
+                    denominator = (square / (1 - beta2 ** self.steps)).sqrt_().add_(self.eps)
+                    param.addcdiv_(mean, denominator, value=-self.lr / (1 - beta1 ** self.steps))
+
+    policy, reference = GPTModel(cfg), GPTModel(cfg)
+    policy.load_state_dict(policy_state)
+    reference.load_state_dict(reference_state)
+    reference.eval()
+    before = {key: value.clone() for key, value in reference.state_dict().items()}
+    train_loader = DataLoader(train_batches, batch_size=None, shuffle=False)
+    val_loader = DataLoader(val_batches, batch_size=None, shuffle=False)
+    optimizer = Adam(policy.parameters(), lr=settings["lr"])
+    had_model = "model" in vars(student)
+    if not had_model:
+        student.model = policy
+    printed = io.StringIO()
+    torch.manual_seed(settings["seed"])
+    try:
+        with contextlib.redirect_stdout(printed):
+            tracking = getattr(student, name)(
+                policy, reference, train_loader, val_loader, optimizer, num_epochs=settings["num_epochs"],
+                beta=settings["beta"], eval_freq=settings["eval_freq"], eval_iter=settings["eval_iter"],
+                start_context=settings["start_context"], tokenizer=CompactTokenizer(vocabulary))
+    finally:
+        if not had_model:
+            del student.model
+    unchanged = all(torch.equal(value, before[key]) for key, value in reference.state_dict().items())
+    touched = [key for key, p in reference.named_parameters() if p.grad is not None]
+    if isinstance(tracking, dict):
+        tracking = {str(key): [float(v) for v in values] for key, values in tracking.items()}
+    return [tracking, printed.getvalue().splitlines(), unchanged, touched]
+
+
+# -- the data of the tests (trusted side) -------------------------------------------------------------------
+
+def full_text(entry, key):
+    return format_input(entry) + RESPONSE_HEADER + entry[key]
+
+
+class CompactTokenizer:
+    """GPT-2's tokenizer with the ids of `vocabulary` renumbered from 0 (the probes build the same)."""
+
+    def __init__(self, vocabulary):
+        self.gpt2 = get_gpt2_tokenizer()
+        self.gpt2_ids = list(vocabulary)
+        self.compact_ids = {gpt2_id: i for i, gpt2_id in enumerate(self.gpt2_ids)}
+
+    def encode(self, text, allowed_special=frozenset()):
+        return [self.compact_ids[i] for i in self.gpt2.encode(text, allowed_special=allowed_special)]
+
+    def decode(self, ids):
+        return self.gpt2.decode([self.gpt2_ids[i] for i in ids])
+
+
+def compact_vocabulary():
+    """GPT-2's token ids of the course's preference texts, sorted, with the end-of-text token last."""
+    tokenizer = get_gpt2_tokenizer()
+    ids = {token for entry in DATA for key in KEYS for token in tokenizer.encode(full_text(entry, key))}
+    return sorted(ids - {PAD}) + [PAD]
+
+
+VOCABULARY = compact_vocabulary()
+EOT = len(VOCABULARY) - 1  # the compact id of the end-of-text token, the padding of the tiny models' batches
+# Tiny GPTs: every preference text (at most 70 tokens) fits their context.
+TINY = {"vocab_size": len(VOCABULARY), "context_length": 96, "emb_dim": 32, "n_heads": 2, "n_layers": 2,
+        "drop_rate": 0.0, "qkv_bias": False}
+
+
+def tiny_state(seed, **overrides):
+    return reference_module(GPTModel, seed, cfg=dict(TINY, **overrides)).state_dict()
+
+
+def tiny_models(cfg, policy_state, reference_state):
+    policy, reference = GPTModel(cfg), GPTModel(cfg)
+    policy.load_state_dict(policy_state)
+    reference.load_state_dict(reference_state)
+    return policy.eval(), reference.eval()
+
+
+def compact_batches(entries, batch_size):
+    """Batches of the reference's collate function over compact-encoded entries (padding with EOT)."""
+    items = list(ref.PreferenceDataset(entries, CompactTokenizer(VOCABULARY)))
+    return [ref.custom_collate_fn(items[i:i + batch_size], pad_token_id=EOT)
+            for i in range(0, len(items), batch_size)]
+
+
+# Two hand-made items: a prompt, the two "\n" tokens (198) that open the response header, then the answer.
+HAND_ITEMS = [
+    {"prompt": [1, 2, 3], "chosen": [1, 2, 3, 198, 198, 10, 11, 12], "rejected": [1, 2, 3, 198, 198, 10, 20]},
+    {"prompt": [4, 5], "chosen": [4, 5, 198, 198, 30], "rejected": [4, 5, 198, 198, 31, 32, 33, 34]},
+]
+
+
+def gpt2_items(entries):
+    return [dict(item) for item in ref.PreferenceDataset(entries, get_gpt2_tokenizer())]
+
+
+def collate_cases():
+    """(items, kwargs) for the collate tests: hand-made items, another pad id, tokenized entries, a single item."""
+    tokenized = gpt2_items(DATA[:3])
+    return [(HAND_ITEMS, {}), (HAND_ITEMS, {"pad_token_id": 0}), (tokenized, {}), (tokenized[1:2], {}),
+            (gpt2_items(DATA[3:7]), {})]
+
+
+def describe_items(items, kwargs):
+    settings = "".join(f", {key}={value}" for key, value in kwargs.items())
+    lengths = ", ".join(f"{len(item['chosen'])}/{len(item['rejected'])}" for item in items)
+    return f"a batch of {len(items)} item(s) (chosen/rejected lengths {lengths}){settings}"
+
+
+def expect_batch_dict(got, *, what):
+    expect_true(isinstance(got, dict), what=what, problem=f"expected a dict, got {type(got).__name__}.",
+                hint="return batch_data, a dict with the keys prompt, chosen, rejected, chosen_mask, rejected_mask.")
+    missing = [key for key in ("prompt", "chosen", "rejected", "chosen_mask", "rejected_mask") if key not in got]
+    expect_true(not missing, what=what, problem=f"has no key {missing[0]!r}." if missing else "",
+                hint="the dict holds prompt, chosen, rejected, chosen_mask and rejected_mask.")
+
+
+def as_mask(got, expected, *, what, hint):
+    """A student's mask as a bool tensor (bool, or 0/1 of any dtype, is accepted)."""
+    got = expect_tensor(got, what=what, shape=tuple(expected.shape), hint=hint)
+    if got.dtype != torch.bool:
+        expect_true(bool(((got == 0) | (got == 1)).all()), what=what, problem="holds values other than True/False "
+                    "(or 1/0).", hint=hint)
+        got = got != 0
+    return got
+
+
+# -- PreferenceDataset -------------------------------------------------------------------------------------------
+
+DATASET_MISTAKES = [
+    ("chosen and rejected swapped", lambda e: {"chosen": full_text(e, "rejected"), "rejected": full_text(e, "chosen")},
+     "the chosen answer is entry['chosen']; entry['rejected'] is the answer not preferred."),
+    ("a prompt that includes the response header", lambda e: {"prompt": format_input(e) + RESPONSE_HEADER},
+     "the prompt is format_input(entry) alone; the header opens the chosen and rejected texts."),
+    ("answers without the response header", lambda e: {key: format_input(e) + e[key] for key in KEYS},
+     "chosen_full_text = f'{prompt}\\n\\n### Response:\\n{chosen_response}' (and the same for rejected)."),
+]
+
+
+@pytest.mark.points(2)
+def test_preference_dataset(submission):
+    """PreferenceDataset: prompt, prompt + chosen answer and prompt + rejected answer as GPT-2 token ids."""
+    entries = DATA[:6]
+    with explain_errors(error_mentions("disallowed special token", hint="encode the texts with tokenizer.encode.")):
+        encoded, items, length = submission.run(preference_dataset, class_name="PreferenceDataset", entries=entries)
+    tokenizer = get_gpt2_tokenizer()
+    expected = ref.PreferenceDataset(entries, tokenizer).encoded_texts
+    expect_count(length, len(entries), what="len(dataset)", hint="__len__ returns the number of entries.")
+    expect_true(isinstance(encoded, list) and len(encoded) == len(entries), what="dataset.encoded_texts",
+                problem="expected a list with one dict per entry.",
+                hint="tokenize every entry in __init__ and append a dict to self.encoded_texts.")
+
+    def diagnose(index):
+        for description, change, fix in DATASET_MISTAKES:
+            candidate = dict(expected[index])
+            candidate.update({key: tokenizer.encode(text) for key, text in change(entries[index]).items()})
+            if encoded[index] == candidate:
+                return f"your item is exactly what {description} gives: {fix}"
+        return ("{'prompt': tokenizer.encode(format_input(entry)), 'chosen': tokenizer.encode(prompt + "
+                "'\\n\\n### Response:\\n' + entry['chosen']), 'rejected': the same with entry['rejected']}.")
+
+    for index in range(len(entries)):
+        expect_equal(encoded[index], expected[index], what=f"dataset.encoded_texts[{index}]",
+                     hint=lambda index=index: diagnose(index))
+        expect_equal(items[index], expected[index], what=f"dataset[{index}]",
+                     hint="__getitem__ returns self.encoded_texts[index].")
+
+
+# -- the collate function ----------------------------------------------------------------------------------------
+
+def collate_with(items, pad_token_id=PAD, allowed_max_length=None, mask_prompt_tokens=True, mistake=None):
+    """The reference's collate function, or what it gives with one classic mistake."""
+    if mistake is None:
+        return ref.custom_collate_fn(items, pad_token_id=pad_token_id, allowed_max_length=allowed_max_length,
+                                     mask_prompt_tokens=mask_prompt_tokens)
+    header = len(get_gpt2_tokenizer().encode(RESPONSE_HEADER))  # 5 tokens: "\n", "\n", "###", " Response", ":\n"
+    extra = 0 if mistake == "no extra pad" else 1
+    common = max(len(item[key]) + extra for item in items for key in KEYS)
+    result = {}
+    for key in KEYS:
+        own = max(len(item[key]) + extra for item in items)
+        rows, masks = [], []
+        for item in items:
+            sequence = item[key]
+            length = own if mistake == "padded separately" else common
+            padded = sequence + [pad_token_id] * (length - len(sequence))
+            mask = torch.ones(len(padded), dtype=torch.bool)
+            if mistake != "padding kept":
+                mask[len(sequence):] = False
+            if mask_prompt_tokens and mistake != "prompt kept":
+                skip = {"no +2": 0, "header left out": header}.get(mistake, 2)
+                mask[:len(item["prompt"]) + skip] = False
+            rows.append(torch.tensor(padded))
+            masks.append(mask)
+        result[key], result[f"{key}_mask"] = torch.stack(rows), torch.stack(masks)
+    return result
+
+
+MASK_MISTAKES = [
+    ("prompt kept", "masks that keep the prompt", "set the mask to False on the prompt's tokens and the two newlines "
+     "after it: mask[:prompt.shape[0] + 2] = False (when mask_prompt_tokens)."),
+    ("no +2", "masks that keep the two newline tokens after the prompt",
+     "the prompt is followed by the two '\\n' tokens of '\\n\\n### Response:\\n': mask[:prompt.shape[0] + 2] = False."),
+    ("header left out", "masks that leave out the whole '\\n\\n### Response:\\n' header",
+     "the book's masks keep '### Response:\\n' in the answer and skip only the two newline tokens before it: "
+     "mask[:prompt.shape[0] + 2] = False."),
+    ("padding kept", "masks that keep the padding", "set the mask to False on the padding: mask[len(sequence):] = "
+     "False."),
+]
+ID_MISTAKES = [
+    ("padded separately", "padding chosen and rejected to two different lengths",
+     "chosen and rejected share one length: 1 + the longest chosen OR rejected sequence of the batch."),
+    ("no extra pad", "padding to the longest sequence without one extra pad token",
+     "the common length is max(len(item[key]) + 1 ...): every sequence ends with at least one pad token."),
+]
+
+
+def name_batch_mistake(items, kwargs, got, keys, mistakes):
+    if not isinstance(got, dict):
+        return None
+    for mistake, description, fix in mistakes:
+        candidate = collate_with(items, **kwargs, mistake=mistake)
+        same = all(isinstance(got.get(key), torch.Tensor) and got[key].shape == candidate[key].shape
+                   and torch.equal(got[key].long(), candidate[key].long()) for key in keys)
+        if same:
+            return f"your batch is exactly what {description} gives: {fix}"
+    return None
+
+
+@pytest.mark.points(2)
+def test_collate_token_ids(submission):
+    """custom_collate_fn: chosen and rejected padded to one common length, and the prompts as a list."""
+    cases = collate_cases()
+    got = submission.run(collate_batches, name="custom_collate_fn", cases=cases)
+    for index, (items, kwargs) in enumerate(cases):
+        what = f"custom_collate_fn on {describe_items(items, kwargs)}"
+        expect_batch_dict(got[index], what=what)
+        expected = collate_with(items, **kwargs)
+        hint = ("pad each chosen and rejected sequence with pad_token_id to max_length_common = 1 + the longest "
+                "chosen or rejected sequence of the batch; the prompts stay a list of 1-d tensors.")
+
+        def diagnose(items=items, kwargs=kwargs, result=got[index], hint=hint):
+            return name_batch_mistake(items, kwargs, result, KEYS, ID_MISTAKES) or hint
+
+        for key in KEYS:
+            expect_equal(got[index][key], expected[key], what=f"{what}: batch[{key!r}]", hint=diagnose)
+        expect_equal(got[index]["prompt"], [torch.tensor(item["prompt"]) for item in items],
+                     what=f"{what}: batch['prompt']",
+                     hint="batch['prompt'] is the list of torch.tensor(item['prompt']).")
+
+
+@pytest.mark.points(3)
+@pytest.mark.depends_on("test_collate_token_ids")
+def test_collate_masks(submission):
+    """custom_collate_fn: chosen_mask and rejected_mask are True on the answer's tokens only (no prompt, no padding)."""
+    cases = collate_cases()
+    got = submission.run(collate_batches, name="custom_collate_fn", cases=cases)
+    for index, (items, kwargs) in enumerate(cases):
+        what = f"custom_collate_fn on {describe_items(items, kwargs)}"
+        expect_batch_dict(got[index], what=what)
+        expected = collate_with(items, **kwargs)
+        hint = ("start from a mask of True, set it to False from len(sequence) on (the padding) and, with "
+                "mask_prompt_tokens, on the first prompt.shape[0] + 2 tokens (the prompt and the two newlines).")
+
+        def diagnose(items=items, kwargs=kwargs, result=got[index], hint=hint):
+            masks = ("chosen_mask", "rejected_mask")
+            return name_batch_mistake(items, kwargs, result, masks, MASK_MISTAKES) or hint
+
+        for key in ("chosen_mask", "rejected_mask"):
+            mask = as_mask(got[index][key], expected[key], what=f"{what}: batch[{key!r}]", hint=diagnose)
+            expect_equal(mask, expected[key], what=f"{what}: batch[{key!r}]", hint=diagnose)
+
+
+@pytest.mark.points(1)
+@pytest.mark.depends_on("test_collate_masks")
+def test_collate_without_prompt_masking(submission):
+    """custom_collate_fn with mask_prompt_tokens=False: the masks leave out the padding only."""
+    cases = [(items, dict(kwargs, mask_prompt_tokens=False)) for items, kwargs in collate_cases()[::2]]
+    got = submission.run(collate_batches, name="custom_collate_fn", cases=cases)
+    for index, (items, kwargs) in enumerate(cases):
+        what = f"custom_collate_fn on {describe_items(items, kwargs)}"
+        expect_batch_dict(got[index], what=what)
+        expected = collate_with(items, **kwargs)
+        for key in ("chosen_mask", "rejected_mask"):
+            hint = "with mask_prompt_tokens=False only the padding is masked out: the prompt stays True."
+            mask = as_mask(got[index][key], expected[key], what=f"{what}: batch[{key!r}]", hint=hint)
+            expect_equal(mask, expected[key], what=f"{what}: batch[{key!r}]", hint=hint)
+
+
+@pytest.mark.points(1)
+@pytest.mark.depends_on("test_collate_token_ids")
+def test_collate_truncation_and_device(submission):
+    """custom_collate_fn with allowed_max_length cuts the four tensors; `device` is where they are returned."""
+    tokenized = gpt2_items(DATA[:3])
+    cases = [(HAND_ITEMS, {}), (HAND_ITEMS, {"allowed_max_length": 6}), (tokenized, {}),
+             (tokenized, {"allowed_max_length": 60}), (tokenized, {"allowed_max_length": 1024})]
+    got = submission.run(collate_batches, name="custom_collate_fn", cases=cases)
+    hint = ("after stacking, cut every one of the four tensors to its first allowed_max_length columns: "
+            "tensor_stack[:, :allowed_max_length].")
+    for index, (items, kwargs) in enumerate(cases):
+        if not kwargs:
+            continue
+        what = f"custom_collate_fn on {describe_items(items, kwargs)}"
+        full = got[index - 1] if index in (1, 3) else got[2]  # the same items without allowed_max_length
+        expect_batch_dict(got[index], what=what)
+        expected = collate_with(items, **kwargs)
+        for key in KEYS:
+            expect_equal(got[index][key], expected[key], what=f"{what}: batch[{key!r}]", hint=hint)
+        if isinstance(full, dict):  # the masks are compared with your own, cut: their content is another test's
+            for key in ("chosen_mask", "rejected_mask"):
+                if isinstance(full.get(key), torch.Tensor):
+                    expect_equal(got[index][key], full[key][:, :kwargs["allowed_max_length"]],
+                                 what=f"{what}: batch[{key!r}] compared with your mask without allowed_max_length, "
+                                      "cut", hint=hint)
+    described, items_after = submission.run(collate_on_device, name="custom_collate_fn", items=HAND_ITEMS,
+                                            device="meta")
+    what = "custom_collate_fn(batch, device='meta')"
+    expect_true(isinstance(described, dict), what=what, problem="did not return a dict.", hint=None)
+    for key in ("chosen", "rejected", "chosen_mask", "rejected_mask"):
+        expect_true(isinstance(described.get(key), list) and described[key][0] == "meta", what=f"{what}: "
+                    f"batch[{key!r}]", problem=f"is not on the meta device ({described.get(key)}).",
+                    hint="move each stacked tensor with .to(device) before returning the batch.")
+    expect_equal(items_after, HAND_ITEMS, what=f"{what}: the items after the call",
+                 hint="build new lists (sequence + [pad_token_id] * n): the items belong to the dataset.")
+
+
+# -- log-probabilities and the DPO loss ---------------------------------------------------------------------------
+
+def answer_mask(seed, batch, num_tokens):
+    """A mask like the collate function's: False on a prompt, True on an answer, False on some padding."""
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(batch, num_tokens, dtype=torch.bool)
+    for row in range(batch):
+        start = int(torch.randint(1, num_tokens // 2, (1,), generator=generator))
+        end = int(torch.randint(start + 1, num_tokens + 1, (1,), generator=generator))
+        mask[row, start:end] = True
+    return mask
+
+
+def logprobs_with(logits, labels, mask=None, mistake=None):
+    """compute_logprobs, or what it gives with one classic mistake."""
+    if mistake == "not shifted":
+        log_probs, targets, kept = F.log_softmax(logits, dim=-1), labels, mask
+    else:
+        cut = logits[:, 1:] if mistake == "logits cut at the front" else logits[:, :-1]
+        log_probs = F.softmax(cut, dim=-1) if mistake == "probabilities" else F.log_softmax(cut, dim=-1)
+        targets = labels[:, 1:]
+        kept = None if mask is None else (mask[:, :-1] if mistake == "mask not shifted" else mask[:, 1:])
+    selected = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    if kept is None:
+        return selected.sum(-1) if mistake == "sum" else selected.mean(-1)
+    kept = kept.to(selected.dtype)
+    if mistake == "sum":
+        return (selected * kept).sum(-1)
+    if mistake == "mask ignored in the mean":
+        return (selected * kept).mean(-1)
+    return (selected * kept).sum(-1) / kept.sum(-1)
+
+
+LOGPROB_MISTAKES = [
+    ("not shifted", "log-probabilities of the labels at their own positions (no shift)",
+     "the logits at position j predict token j + 1: labels[:, 1:] against logits[:, :-1, :]."),
+    ("logits cut at the front", "logits[:, 1:] against labels[:, 1:]",
+     "drop the LAST position of the logits (it predicts beyond the sequence): logits[:, :-1, :]."),
+    ("mask not shifted", "a mask that is not shifted like the labels", "shift the mask as well: "
+     "selection_mask[:, 1:]."),
+    ("sum", "a sum over the tokens instead of a mean", "divide by the number of selected tokens, mask.sum(-1)."),
+    ("mask ignored in the mean", "the masked sum divided by every position",
+     "average over the selected tokens only: (selected_log_probs * mask).sum(-1) / mask.sum(-1)."),
+    ("probabilities", "probabilities instead of log-probabilities", "use F.log_softmax(logits, dim=-1)."),
+]
+
+
+@pytest.mark.points(3)
+def test_compute_logprobs(submission):
+    """compute_logprobs: the mean log-probability of each sequence's next tokens, over the selected tokens."""
+    shapes = [(3, 7, 11), (2, 5, 4), (4, 9, 6)]
+    cases = []
+    for seed, (batch, num_tokens, vocab) in enumerate(shapes):
+        logits, labels = randn(40 + seed, batch, num_tokens, vocab), randint(50 + seed, vocab, batch, num_tokens)
+        cases += [(logits, labels, answer_mask(60 + seed, batch, num_tokens)), (logits, labels, None)]
+    with explain_errors(error_mentions("gather", hint="torch.gather(log_probs, dim=-1, index=labels.unsqueeze(-1)) "
+                                                      "picks each next token's log-probability; labels must be "
+                                                      "shifted to labels[:, 1:] first.")):
+        got = submission.run(logprobs, name="compute_logprobs", cases=cases)
+    for index, (logits, labels, mask) in enumerate(cases):
+        expected = ref.compute_logprobs(logits, labels, mask)
+        what = (f"compute_logprobs on logits of shape {tuple(logits.shape)} "
+                + ("with a selection mask" if mask is not None else "without a mask"))
+
+        def diagnose(got=got[index], logits=logits, labels=labels, mask=mask, expected=expected):
+            if isinstance(got, torch.Tensor) and got.shape == expected.shape:
+                for mistake, description, fix in LOGPROB_MISTAKES:
+                    if torch.allclose(got.double(), logprobs_with(logits, labels, mask, mistake).double(),
+                                      atol=1e-5, rtol=1e-5):
+                        return f"your result is exactly what {description} gives: {fix}"
+            return ("log_softmax over the vocabulary, gather the log-probability of labels[:, 1:] from "
+                    "logits[:, :-1], then average each row over the positions where selection_mask[:, 1:] is True.")
+
+        expect_close(got[index], expected, what=what, hint=diagnose)
+
+
+def logprob_sets(seed, batch=6):
+    """Four seeded tensors of log-probabilities (policy chosen, policy rejected, reference chosen, reference
+    rejected), each of shape (batch,), between -5 and 0."""
+    return [-rand(seed + k, batch) * 5 for k in range(4)]
+
+
+LOSS_CASES = [(logprob_sets(70), None), (logprob_sets(80), 0.5), (logprob_sets(90, 3), 0.25), (logprob_sets(100), 0.1)]
+
+
+def dpo_loss_with(pc, pr, rc, rr, beta, mistake=None):
+    """compute_dpo_loss's loss, or what it gives with one classic mistake."""
+    logits = (pc - pr) - (rc - rr)
+    if mistake == "no beta":
+        return -F.logsigmoid(logits).mean()
+    if mistake == "sign flipped":
+        return -F.logsigmoid(-beta * logits).mean()
+    if mistake == "no minus":
+        return F.logsigmoid(beta * logits).mean()
+    if mistake == "sum":
+        return -F.logsigmoid(beta * logits).sum()
+    if mistake == "ratios added":
+        return -F.logsigmoid(beta * ((pc - pr) + (rc - rr))).mean()
+    if mistake == "sigmoid":
+        return -torch.sigmoid(beta * logits).mean()
+    return -F.logsigmoid(beta * logits).mean()
+
+
+LOSS_MISTAKES = [
+    ("no beta", "a loss without beta", "multiply the difference of the log-ratios by beta before logsigmoid."),
+    ("sign flipped", "a loss with the log-ratios the wrong way round",
+     "logits = (policy chosen - policy rejected) - (reference chosen - reference rejected)."),
+    ("no minus", "logsigmoid without the minus sign", "the loss is -F.logsigmoid(beta * logits): minimising it "
+     "raises the chosen answer's log-ratio."),
+    ("sum", "a sum over the batch", "average over the batch: losses.mean()."),
+    ("ratios added", "the reference's log-ratio added instead of subtracted",
+     "subtract the reference's log-ratio: model_logratios - reference_logratios."),
+    ("sigmoid", "-sigmoid instead of -logsigmoid", "take the log: -F.logsigmoid(beta * logits)."),
+]
+
+
+def describe_loss_case(logprobs, beta):
+    return f"compute_dpo_loss on a batch of {logprobs[0].shape[0]} " + ("(default beta)" if beta is None
+                                                                      else f"with beta={beta}")
+
+
+@pytest.mark.points(2)
+def test_dpo_loss(submission):
+    """compute_dpo_loss: -logsigmoid(beta * (policy log-ratio - reference log-ratio)), averaged over the batch."""
+    got = submission.run(dpo_losses, name="compute_dpo_loss", cases=LOSS_CASES)
+    for index, (logprobs, beta) in enumerate(LOSS_CASES):
+        what = describe_loss_case(logprobs, beta)
+        expect_true(isinstance(got[index], list) and len(got[index]) == 4, what=what,
+                    problem="expected three results (loss, chosen_rewards, rejected_rewards).",
+                    hint="return losses.mean(), chosen_rewards.mean(), rejected_rewards.mean().")
+        loss = as_number(got[index][0], what=f"{what}: the loss")
+        expected = ref.compute_dpo_loss(*logprobs, **({} if beta is None else {"beta": beta}))[0]
+
+        def diagnose(loss=loss, logprobs=logprobs, beta=0.1 if beta is None else beta):
+            for mistake, description, fix in LOSS_MISTAKES:
+                if torch.allclose(loss, dpo_loss_with(*logprobs, beta, mistake).double(), atol=1e-5, rtol=1e-5):
+                    return f"your loss is exactly what {description} gives: {fix}"
+            return ("logits = (model_chosen - model_rejected) - (reference_chosen - reference_rejected); "
+                    "losses = -F.logsigmoid(beta * logits); the loss is losses.mean() (beta defaults to 0.1).")
+
+        expect_close(loss, expected.double(), what=f"{what}: the loss", atol=1e-5, rtol=1e-5, hint=diagnose)
+
+
+@pytest.mark.points(1)
+def test_dpo_rewards(submission):
+    """compute_dpo_loss: the chosen and rejected rewards, policy minus reference log-probabilities (no beta)."""
+    got = submission.run(dpo_losses, name="compute_dpo_loss", cases=LOSS_CASES)
+    for index, (logprobs, beta) in enumerate(LOSS_CASES):
+        what = describe_loss_case(logprobs, beta)
+        expect_true(isinstance(got[index], list) and len(got[index]) == 4, what=what,
+                    problem="expected three results (loss, chosen_rewards, rejected_rewards).",
+                    hint="return losses.mean(), chosen_rewards.mean(), rejected_rewards.mean().")
+        pc, pr, rc, rr = logprobs
+        for position, name, expected in ((1, "chosen", pc - rc), (2, "rejected", pr - rr)):
+            reward = as_number(got[index][position], what=f"{what}: {name} rewards",
+                               hint="average the rewards over the batch with .mean().")
+            factor = 0.1 if beta is None else beta
+
+            def diagnose(reward=reward, expected=expected, factor=factor, name=name):
+                if torch.allclose(reward, (factor * expected).mean().double(), atol=1e-6, rtol=1e-5):
+                    return ("your rewards are multiplied by beta: the book tracks the rewards without it, "
+                            f"({name} log-probabilities of the policy - those of the reference).mean().")
+                return (f"the {name} reward is (model_{name}_logprobs - reference_{name}_logprobs), detached and "
+                        "averaged over the batch.")
+
+            expect_close(reward, expected.mean().double(), what=f"{what}: {name} rewards", atol=1e-5, rtol=1e-5,
+                         hint=diagnose)
+
+
+@pytest.mark.points(1)
+@pytest.mark.depends_on("test_dpo_loss")
+def test_dpo_loss_properties(submission):
+    """compute_dpo_loss: ln 2 when the policy equals the reference; falls as the chosen log-probability rises."""
+    chosen, rejected = -rand(110, 5) * 5, -rand(111, 5) * 5
+    offsets = [-2.0, -1.0, -0.5, 0, 0.5, 1.0, 2.0]
+    losses, gradient = submission.run(loss_landscape, name="compute_dpo_loss", chosen=chosen, rejected=rejected,
+                                      offsets=offsets)
+    what = "compute_dpo_loss"
+    values = [as_number(loss, what=f"{what} (policy's chosen log-probabilities + {offset})")
+              for loss, offset in zip(losses, offsets)]
+    expect_close(values[offsets.index(0)], torch.tensor(LN2, dtype=torch.float64), atol=1e-6, rtol=1e-6,
+                 what=f"{what} with the policy's log-probabilities equal to the reference's",
+                 hint="when the policy equals the reference, the difference of the log-ratios is 0 and the loss is "
+                      "-logsigmoid(0) = ln 2.")
+    falling = all(later < earlier for earlier, later in zip(values, values[1:]))
+    expect_true(falling, what=f"{what} as the policy's chosen log-probabilities rise (offsets {offsets})",
+                problem="the loss does not fall at every step: " + ", ".join(f"{float(v):.4f}" for v in values) + ".",
+                hint="raising the chosen answer's log-probability must lower the loss: -logsigmoid(beta * logits) "
+                     "with logits = (chosen - rejected) - (reference chosen - reference rejected).")
+    expect_true(isinstance(gradient, torch.Tensor) and gradient.shape == chosen.shape
+                and bool((gradient < 0).all()), what=f"{what}: the gradient of the loss with respect to the "
+                "policy's chosen log-probabilities", problem="is missing or not negative everywhere.",
+                hint="return the loss as a tensor connected to its inputs (no .item(), .detach() or torch.no_grad()): "
+                     "training backpropagates through it.")
+
+
+# -- batches, loaders and training with tiny GPTs -------------------------------------------------------------------
+
+BATCH = compact_batches(DATA[:4], 4)[0]
+
+
+def reference_batch_result(cfg, policy_state, reference_state, batch, beta, same=False):
+    policy, reference = tiny_models(cfg, reference_state if same else policy_state, reference_state)
+    loss, chosen_rewards, rejected_rewards = ref.compute_dpo_loss_batch(batch, policy, reference, beta)
+    loss.backward()
+    return loss.detach(), chosen_rewards, rejected_rewards, {k: p.grad for k, p in policy.named_parameters()}
+
+
+@pytest.mark.points(2)
+@pytest.mark.depends_on("test_compute_logprobs", "test_dpo_loss", "test_dpo_rewards")
+def test_dpo_loss_batch(submission):
+    """compute_dpo_loss_batch: the DPO loss and rewards of a batch from the masked log-probabilities of the
+    policy and the reference model (tiny GPTs), and ln 2 when the policy is a copy of the reference."""
+    policy_state, reference_state = tiny_state(1), tiny_state(2)
+    cases = [(0.1, False), (0.5, False), (0.1, True)]
+    got = submission.run(batch_losses, name="compute_dpo_loss_batch", cfg=TINY, policy_state=policy_state,
+                         reference_state=reference_state, batch=BATCH, cases=cases)
+    hint = ("compute_logprobs(logits=model(batch['chosen']), labels=batch['chosen'], "
+            "selection_mask=batch['chosen_mask']) for the policy and the reference model, chosen and rejected, "
+            "then compute_dpo_loss(...) with beta.")
+    for index, (beta, same) in enumerate(cases):
+        what = f"compute_dpo_loss_batch with beta={beta}" + (" (policy = reference)" if same else "")
+        expected = reference_batch_result(TINY, policy_state, reference_state, BATCH, beta, same)
+        for position, name in enumerate(("loss", "chosen rewards", "rejected rewards")):
+            value = as_number(got[index][position], what=f"{what}: {name}", hint=hint)
+            expect_close(value, expected[position].double(), what=f"{what}: {name}", atol=1e-5, rtol=1e-5, hint=hint)
+
+
+@pytest.mark.points(2)
+@pytest.mark.depends_on("test_dpo_loss_batch")
+def test_dpo_batch_gradients(submission):
+    """compute_dpo_loss_batch: backpropagating the loss trains the policy, and the frozen reference gets no gradient."""
+    policy_state, reference_state = tiny_state(3), tiny_state(4)
+    (result,) = submission.run(batch_losses, name="compute_dpo_loss_batch", cfg=TINY, policy_state=policy_state,
+                               reference_state=reference_state, batch=BATCH, cases=[(0.1, False)])
+    _, _, _, gradients, touched = result
+    what = "after loss.backward() on compute_dpo_loss_batch's loss"
+    expect_true(touched == [], what=f"{what}: the reference model", problem=f"got gradients ({len(touched)} "
+                "parameters, e.g. " + (touched[0] if touched else "") + ").", hint=HINT_FROZEN)
+    expected = reference_batch_result(TINY, policy_state, reference_state, BATCH, 0.1)[3]
+    expect_true(isinstance(gradients, dict) and set(gradients) == set(expected), what=f"{what}: the policy model",
+                problem="some of its parameters got no gradient.",
+                hint="the loss must come from the policy's log-probabilities with their graph (no torch.no_grad() or "
+                     ".detach() around the policy model).")
+    for key in ("out_head.weight", "tok_emb.weight", "trf_blocks.0.att.W_query.weight", "final_norm.scale"):
+        expect_close(gradients[key], expected[key], what=f"{what}: the gradient of the policy's {key}", atol=1e-6,
+                     rtol=1e-4, hint="the policy's log-probabilities of the chosen and rejected answers feed the loss "
+                                     "with their graph.")
+
+
+LOADER_BATCHES = compact_batches(DATA[8:20], 4)
+
+
+def loader_with(batches, policy, reference, num_batches, mistake=None):
+    """compute_dpo_loss_loader on a list of batches, or what it gives with one classic mistake."""
+    results = [[float(v) for v in ref.compute_dpo_loss_batch(b, policy, reference, 0.1)] for b in batches]
+    count = len(batches) if num_batches is None else min(num_batches, len(batches))
+    if mistake == "num_batches ignored":
+        count = len(batches)
+    used = results[:count]
+    divisor = num_batches if mistake == "not capped" and num_batches is not None else len(used)
+    if mistake == "sum":
+        divisor = 1
+    return [sum(r[k] for r in used) / divisor for k in range(3)]
+
+
+LOADER_MISTAKES = [
+    ("num_batches ignored", "averaging over every batch whatever num_batches says",
+     "stop after the first num_batches batches."),
+    ("not capped", "dividing by num_batches when the loader has fewer batches",
+     "use min(num_batches, len(data_loader)) batches and divide by that number."),
+    ("sum", "sums instead of averages", "divide the totals by the number of batches used."),
+]
+
+
+@pytest.mark.points(2)
+@pytest.mark.depends_on("test_dpo_loss_batch")
+def test_dpo_loss_loader(submission):
+    """compute_dpo_loss_loader: mean loss, chosen and rejected reward over all or the first num_batches batches."""
+    policy_state, reference_state = tiny_state(5), tiny_state(6)
+    cases = [None, 2, 10]
+    got = submission.run(loader_losses, name="compute_dpo_loss_loader", cfg=TINY, policy_state=policy_state,
+                         reference_state=reference_state, batches=LOADER_BATCHES, cases=cases)
+    policy, reference = tiny_models(TINY, policy_state, reference_state)
+    with torch.no_grad():
+        for index, num_batches in enumerate(cases):
+            what = (f"compute_dpo_loss_loader on {len(LOADER_BATCHES)} batches"
+                    + ("" if num_batches is None else f" with num_batches={num_batches}"))
+            expect_true(isinstance(got[index], list) and len(got[index]) == 3, what=what,
+                        problem="expected three numbers (loss, chosen reward, rejected reward).",
+                        hint="return total_loss, total_chosen_rewards, total_rejected_rewards.")
+            values = [as_number(v, what=what) for v in got[index]]
+            expected = loader_with(LOADER_BATCHES, policy, reference, num_batches)
+
+            def diagnose(values=values, num_batches=num_batches):
+                for mistake, description, fix in LOADER_MISTAKES:
+                    candidate = loader_with(LOADER_BATCHES, policy, reference, num_batches, mistake)
+                    if all(abs(float(v) - c) < 1e-5 * max(1.0, abs(c)) for v, c in zip(values, candidate)):
+                        return f"your result is exactly what {description} gives: {fix}"
+                return ("add loss.item(), chosen_rewards.item() and rejected_rewards.item() of compute_dpo_loss_batch "
+                        "over the batches used, and divide each by their number.")
+
+            for name, value, expected_value in zip(("loss", "chosen reward", "rejected reward"), values, expected):
+                expect_close(value, torch.tensor(expected_value, dtype=torch.float64), what=f"{what}: {name}",
+                             atol=1e-5, rtol=1e-5, hint=diagnose)
+
+
+EVAL_KEYS = ("train_loss", "train_chosen_reward", "train_rejected_reward", "val_loss", "val_chosen_reward",
+             "val_rejected_reward")
+
+
+@pytest.mark.points(1)
+@pytest.mark.depends_on("test_dpo_loss_loader")
+def test_evaluate_dpo_loss_loader(submission):
+    """evaluate_dpo_loss_loader: losses and rewards on eval_iter batches of each loader in eval mode, as a dict;
+    the policy is left in training mode."""
+    cfg = dict(TINY, drop_rate=0.3)  # dropout: eval mode matters
+    policy_state, reference_state = tiny_state(7, drop_rate=0.3), tiny_state(8, drop_rate=0.3)
+    train_batches, val_batches = LOADER_BATCHES, compact_batches(DATA[40:48], 4)
+    first, second, training_after = submission.run(
+        evaluation, name="evaluate_dpo_loss_loader", cfg=cfg, policy_state=policy_state,
+        reference_state=reference_state, train_batches=train_batches, val_batches=val_batches, eval_iter=2)
+    policy, reference = tiny_models(cfg, policy_state, reference_state)
+    with torch.no_grad():
+        train = loader_with(train_batches, policy, reference, 2)
+        val = loader_with(val_batches, policy, reference, 2)
+    expected = dict(zip(EVAL_KEYS, train + val))
+    what = "evaluate_dpo_loss_loader(..., beta=0.1, eval_iter=2)"
+    expect_true(isinstance(first, dict) and sorted(first) == sorted(EVAL_KEYS), what=what,
+                problem="expected a dict with the keys " + ", ".join(EVAL_KEYS) + ".", hint=None)
+
+    def diagnose():
+        if isinstance(second, dict) and any(first.get(k) != second.get(k) for k in EVAL_KEYS):
+            return ("two calls gave different results, so dropout was on: call policy_model.eval() before "
+                    "computing the losses.")
+        return "compute_dpo_loss_loader(..., num_batches=eval_iter) on each loader, under torch.no_grad()."
+
+    for key in EVAL_KEYS:
+        expect_close(as_number(first[key], what=f"{what}: {key}"), torch.tensor(expected[key], dtype=torch.float64),
+                     what=f"{what}: {key}", atol=1e-5, rtol=1e-5, hint=diagnose)
+    expect_true(training_after is True, what=what, problem="the policy model is left in eval mode.",
+                hint="call policy_model.train() before returning: training goes on after the evaluation.")
+
+
+DPO_TRAINING = {"seed": 123, "lr": 5e-3, "beta": 0.5, "num_epochs": 2, "eval_freq": 2, "eval_iter": 1,
+                "start_context": "Below is an instruction"}
+TRACKING_KEYS = ("train_losses", "train_chosen_rewards", "train_rejected_rewards", "val_losses",
+                 "val_chosen_rewards", "val_rejected_rewards", "tokens_seen")
+
+
+def mistaken_dpo_loop(mistake):
+    """train_model_dpo_simple with one classic mistake, built from the reference's other functions."""
+
+    def train_model_dpo_simple(policy_model, reference_model, train_loader, val_loader, optimizer, num_epochs, beta,
+                               eval_freq, eval_iter, start_context, tokenizer):
+        tracking = {key: [] for key in TRACKING_KEYS}
+        tokens_seen, step = 0, -1
+        for _ in range(num_epochs):
+            policy_model.train()
+            for batch in train_loader:
+                if mistake != "no zero_grad":
+                    optimizer.zero_grad()
+                ref.compute_dpo_loss_batch(batch, policy_model, reference_model, beta)[0].backward()
+                optimizer.step()
+                tokens_seen += batch["chosen"].numel() * (2 if mistake == "both counted" else 1)
+                step += 1
+                if (step + 1 if mistake == "steps from 1" else step) % eval_freq == 0:
+                    res = ref.evaluate_dpo_loss_loader(policy_model, reference_model, train_loader, val_loader, beta,
+                                                       eval_iter)
+                    for key, name in zip(TRACKING_KEYS, EVAL_KEYS):
+                        tracking[key].append(res[name])
+                    tracking["tokens_seen"].append(tokens_seen)
+        return tracking
+
+    return train_model_dpo_simple
+
+
+TRAINING_MISTAKES = [
+    ("no zero_grad", "training without optimizer.zero_grad()",
+     "call optimizer.zero_grad() at every step: otherwise the gradients of all earlier steps add up."),
+    ("steps from 1", "counting the steps from 1 (evaluating after steps 1, 3, ...)",
+     "global_step starts at -1 and is increased after each step, so the first evaluation is after step 0."),
+    ("both counted", "counting the rejected tokens as well", "tokens_seen += batch['chosen'].numel()."),
+]
+
+
+def training_batches():
+    return compact_batches(DATA[20:32], 4), compact_batches(DATA[48:52], 4)
+
+
+def reference_training(loop, state):
+    train_batches, val_batches = training_batches()
+    return dpo_training_run(SimpleNamespace(train_model_dpo_simple=loop), "train_model_dpo_simple", TINY, state,
+                            state, VOCABULARY, train_batches, val_batches, DPO_TRAINING)
+
+
+@pytest.mark.points(3)
+@pytest.mark.depends_on("test_dpo_batch_gradients", "test_evaluate_dpo_loss_loader")
+def test_train_model_dpo_simple(submission):
+    """train_model_dpo_simple: a short seeded DPO run gives the reference's losses, rewards and tokens seen, and
+    leaves the reference model as it was (2 epochs of 3 batches of tiny GPTs, evaluating every 2 steps)."""
+    state = tiny_state(9)  # the policy starts as a copy of the reference model, as in the book
+    train_batches, val_batches = training_batches()
+    tracking, _, unchanged, touched = submission.run(
+        dpo_training_run, name="train_model_dpo_simple", cfg=TINY, policy_state=state, reference_state=state,
+        vocabulary=VOCABULARY, train_batches=train_batches, val_batches=val_batches, settings=DPO_TRAINING)
+    expected = reference_training(ref.train_model_dpo_simple, state)[0]
+    what = "train_model_dpo_simple (2 epochs of 3 batches, evaluating every 2 steps)"
+    expect_true(unchanged is True and touched == [], what=f"{what}: the reference model",
+                problem="changed or got gradients during training.", hint=HINT_FROZEN)
+    expect_true(isinstance(tracking, dict) and sorted(tracking) == sorted(TRACKING_KEYS), what=what,
+                problem="expected a dict with the keys " + ", ".join(TRACKING_KEYS) + ".",
+                hint="return the tracking dict, one list per key with one entry per evaluation.")
+
+    def diagnose():
+        for mistake, description, fix in TRAINING_MISTAKES:
+            candidate = reference_training(mistaken_dpo_loop(mistake), state)[0]
+            if all(len(candidate[k]) == len(tracking[k]) and all(abs(a - b) < 1e-4 * max(1.0, abs(b))
+                   for a, b in zip(tracking[k], candidate[k])) for k in TRACKING_KEYS):
+                return f"your run is exactly what {description} gives: {fix}"
+        return ("one optimizer step per batch (zero_grad, compute_dpo_loss_batch, backward, step); tokens_seen += "
+                "batch['chosen'].numel(); an evaluation after steps 0, eval_freq, 2 * eval_freq, ...")
+
+    expect_equal([int(t) for t in tracking["tokens_seen"]], [int(t) for t in expected["tokens_seen"]],
+                 what=f"{what}: tokens_seen", hint=diagnose)
+    for key in TRACKING_KEYS[:-1]:
+        expect_close(torch.tensor(tracking[key], dtype=torch.float64), torch.tensor(expected[key], dtype=torch.float64),
+                     what=f"{what}: {key}", atol=1e-4, rtol=1e-4, hint=diagnose)
