@@ -189,8 +189,9 @@ def test_cli_folder_with_a_scratch_notebook_and_a_syntax_error(tmp_path, tests_o
     assert "15/16" in done.stdout
     assert "SyntaxError" in done.stdout
     assert "Traceback" not in done.stdout
-    assert "graded my work.ipynb" in done.stdout
-    assert "not graded: scratch.ipynb" in done.stdout
+    printed = " ".join(done.stdout.split())  # the note is wrapped where the (temporary) path makes it long
+    assert "graded my work.ipynb" in printed
+    assert "not graded: scratch.ipynb" in printed
     result = check_json_result(out, tests_of("ch02_text_data"), {"test_build_vocab"}, *entry.says["test_build_vocab"])
     assert any("graded my work.ipynb" in note for note in result["notes"])
 
