@@ -20,7 +20,6 @@ Edge cases where the book's editions and the course differ, and what is accepted
 
 import contextlib
 import io
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -31,25 +30,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from course.grading import DEVICE, ListOf, expect_close, expect_equal, expect_true, probe
 from course.grading.diagnosis import explain_errors
+from course.grading.imports import plain_imports
 from course.grading.inputs import randint, reference_module
 from course.grading.interface import Function, Interface
 from course.worker.records import ErrorKind
-
-
-@contextlib.contextmanager
-def plain_imports():
-    """Imports without pytest's assertion rewriting. A grading run's pytest collects every *.py file
-    (graders/pytest.ini), so it would rewrite the asserts of every module imported for the first time while it
-    runs: for matplotlib (imported by the reference of chapter 5) and tiktoken, seconds of work on every
-    `course grade`. The grader itself uses no bare assert."""
-    hooks = [hook for hook in sys.meta_path if type(hook).__name__ == "AssertionRewritingHook"]
-    for hook in hooks:
-        sys.meta_path.remove(hook)
-    try:
-        yield
-    finally:
-        sys.meta_path[:0] = hooks
-
 
 with plain_imports():
     from reference import pretraining as ref

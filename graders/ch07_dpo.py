@@ -18,10 +18,8 @@ Edge cases where the book and the course differ, and what is accepted:
   the book's "+2" does; that is the graded contract.
 """
 
-import contextlib
 import json
 import math
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,25 +29,10 @@ import torch.nn.functional as F
 
 from course.grading import ListOf, expect_close, expect_count, expect_equal, expect_tensor, expect_true, probe
 from course.grading.diagnosis import explain_errors
+from course.grading.imports import plain_imports
 from course.grading.inputs import rand, randint, randn, reference_module
 from course.grading.interface import Class, Function, Interface
 from course.worker.records import ErrorKind
-
-
-@contextlib.contextmanager
-def plain_imports():
-    """Imports without pytest's assertion rewriting. A grading run's pytest collects every *.py file
-    (graders/pytest.ini), so it would rewrite the asserts of every module imported for the first time while it
-    runs: for tiktoken's `regex` and the reference modules, seconds of every `course grade`. The grader itself
-    uses no bare assert."""
-    hooks = [hook for hook in sys.meta_path if type(hook).__name__ == "AssertionRewritingHook"]
-    for hook in hooks:
-        sys.meta_path.remove(hook)
-    try:
-        yield
-    finally:
-        sys.meta_path[:0] = hooks
-
 
 with plain_imports():
     import tiktoken  # noqa: F401 - imported here once, without rewriting, for the probes run on this side

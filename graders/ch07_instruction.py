@@ -17,9 +17,7 @@ Edge cases where the book and the course differ, and what is accepted:
   (Ollama), which the notebook offers as an option and nothing grades.
 """
 
-import contextlib
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,25 +27,10 @@ import torch
 
 from course.grading import ListOf, expect_close, expect_count, expect_equal, expect_true, probe
 from course.grading.diagnosis import explain_errors
+from course.grading.imports import plain_imports
 from course.grading.inputs import reference_module
 from course.grading.interface import Class, Function, Interface
 from course.worker.records import ErrorKind
-
-
-@contextlib.contextmanager
-def plain_imports():
-    """Imports without pytest's assertion rewriting. A grading run's pytest collects every *.py file
-    (graders/pytest.ini), so it would rewrite the asserts of every module imported for the first time while it
-    runs: for tiktoken's `regex` and the reference modules, seconds of every `course grade`. The grader itself
-    uses no bare assert."""
-    hooks = [hook for hook in sys.meta_path if type(hook).__name__ == "AssertionRewritingHook"]
-    for hook in hooks:
-        sys.meta_path.remove(hook)
-    try:
-        yield
-    finally:
-        sys.meta_path[:0] = hooks
-
 
 with plain_imports():
     import tiktoken  # noqa: F401 - imported here once, without rewriting, for the probes run on this side

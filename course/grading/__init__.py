@@ -14,6 +14,7 @@ A grader test reads like pytest:
 Modules:
     probes      the @probe decorator (checked at import) and the generic probes every chapter uses
     inputs      seeded inputs and seeded reference modules
+    imports     plain_imports: a grader's heavy imports without pytest's assertion rewriting
     compare     comparisons with teaching failure messages (expect_*)
     properties  checks shared by chapters: outputs against the reference, causality, dropout in training only
     diagnosis   hints for errors, given only when they fit the error (explain_errors)
