@@ -13,7 +13,15 @@ import pytest
 from course.errors import ConfigError
 from course.worker import sandbox
 from course.worker.cgroup import WorkerCgroup, cgroup_parent
-from course.worker.sandbox import bubblewrap_arguments, plan_sandbox, python_folders, visible_paths
+from course.worker.sandbox import (
+    READ_ONLY_ROOT,
+    TMPFS_SHARE,
+    bubblewrap_arguments,
+    bubblewrap_problem,
+    plan_sandbox,
+    python_folders,
+    visible_paths,
+)
 from tests.conftest import REPO
 
 LIMITS = {"memory_mb": 4096, "cpu_seconds": 600, "file_mb": 64}
@@ -28,6 +36,16 @@ def test_process_policy_sets_limits_but_no_process_count():
 
 def test_no_address_space_limit_on_a_gpu():
     assert "memory_mb" not in plan_sandbox("process", device="cuda", **LIMITS).limits
+
+
+def test_under_bubblewrap_tmpfs_counts_against_the_memory_limit(monkeypatch):
+    """/tmp and /dev/shm are RAM: each gets memory_mb / TMPFS_SHARE, and the address space what is left."""
+    monkeypatch.setattr(sandbox, "bubblewrap_problem", lambda: None)
+    plan = plan_sandbox("bubblewrap", device="cpu", **LIMITS)
+    assert plan.tmpfs_mb == 4096 // TMPFS_SHARE == 128
+    assert plan.limits["memory_mb"] + 2 * plan.tmpfs_mb == 4096
+    assert plan_sandbox("bubblewrap", device="cuda", **LIMITS).tmpfs_mb == 128
+    assert plan_sandbox("process", device="cpu", **LIMITS).tmpfs_mb is None
 
 
 def test_required_bubblewrap_that_cannot_run_is_a_configuration_error(monkeypatch):
@@ -65,6 +83,11 @@ def test_bubblewrap_command_binds_the_working_folder_writable_and_nothing_of_the
     assert "--unshare-all" in args
     assert "--die-with-parent" in args
     assert "--disable-userns" in args
+    for scratch in ("/tmp", "/dev/shm"):  # RAM-backed, with a size
+        at = args.index(scratch) - 1
+        assert args[at] == "--tmpfs"
+        assert args[at - 2:at] == ["--size", str(sandbox.DEFAULT_TMPFS_MB * 2**20)]
+    assert args[-len(READ_ONLY_ROOT):] == READ_ONLY_ROOT  # last: nothing else stays writable
     for flag, source in zip(args, args[1:]):
         if flag in ("--ro-bind", "--ro-bind-try", "--bind"):
             assert not inside(source, REPO.resolve()) or inside(source, REPO.resolve() / ".venv"), source
@@ -105,3 +128,29 @@ def alive(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(bool(bubblewrap_problem()), reason=f"bubblewrap is not available here: {bubblewrap_problem()}")
+def test_inside_bubblewrap_only_the_working_folder_and_capped_scratch_space_are_writable(tmp_path):
+    """The sandbox's root, /dev, /etc and the rest refuse writes; /tmp and /dev/shm take writes up to their size
+    and then fail with ENOSPC (the memory stays bounded); the working folder is writable."""
+    home = tmp_path / "home"
+    home.mkdir()
+    script = (
+        "import errno, os\n"
+        "for folder in ('/', '/dev', '/etc', '/sys', '/usr', '/proc', os.getcwd(), '/tmp', '/dev/shm'):\n"
+        "    try:\n"
+        "        with open(os.path.join(folder, 'probe'), 'wb') as handle:\n"
+        "            for _ in range(64):\n"
+        "                handle.write(bytes(2**20))\n"
+        "        print(folder, 'written')\n"
+        "    except OSError as exc:\n"
+        "        print(folder, errno.errorcode.get(exc.errno))\n"
+    )
+    args = bubblewrap_arguments(tmp_path, home, "cpu", tmpfs_mb=16)
+    result = subprocess.run(args + ["--", sys.executable, "-I", "-c", script], capture_output=True, text=True,
+                            timeout=60, cwd=home)
+    outcome = dict(line.rsplit(" ", 1) for line in result.stdout.splitlines())
+    assert outcome.pop(str(home)) == "written", result.stdout + result.stderr
+    assert outcome.pop("/tmp") == outcome.pop("/dev/shm") == "ENOSPC"
+    assert set(outcome.values()) <= {"EROFS", "ENOENT", "EACCES"}, outcome

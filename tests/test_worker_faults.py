@@ -251,3 +251,21 @@ def test_a_worker_that_stops_reading_costs_one_timeout_not_a_blocked_grader():
         assert time.monotonic() - started < 10
     finally:
         client.close()
+
+
+def test_a_result_too_large_for_the_workers_memory_is_an_error_and_the_worker_lives_on():
+    """Copying and encoding a huge result needs memory the worker may not have (torch raises RuntimeError, not
+    MemoryError): that call fails with the memory limit in its message, and the same worker serves the next."""
+    from course.worker.sandbox import plan_sandbox
+
+    plan = plan_sandbox("process", memory_mb=1024, cpu_seconds=600, file_mb=64, device="cpu")
+    client = WorkerClient(cells=[], support_files={}, sandbox=plan)
+    client.start()
+    try:
+        with pytest.raises(StudentCodeError) as excinfo:
+            client.call("huge", "def huge(student):\n    return torch.zeros(60_000_000)\n", {}, timeout=60)
+        assert "at most 1024 MB" in excinfo.value.record.message
+        assert client.call("ok", "def ok(student):\n    return torch.ones(2)\n", {}, timeout=60).tolist() == [1.0, 1.0]
+        assert client.starts == 1
+    finally:
+        client.close()

@@ -79,6 +79,7 @@ def grade_notebook(course: Course, assignment: Assignment, notebook_path: Path,
     finally:
         if client is not None:
             client.close()
+            notes.extend(client.problems)  # what the submission left that could not be removed: said, never raised
         if own_launcher:
             launcher.close()
     _check_points(course, assignment, plugin)

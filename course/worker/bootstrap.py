@@ -110,6 +110,11 @@ class Worker:
             except self.protocol.BadMessage:
                 self.protocol.send(self.replies_fd, {"ok": False, "id": request.get("id"),
                                                      "error": self.error("bad_output", "unsendable reply")})
+            except (MemoryError, RuntimeError):  # no memory to encode a huge result (torch raises RuntimeError):
+                reply = None  # nothing was written yet
+                limit = f" of {self.memory_mb} MB" if self.memory_mb else ""
+                self.protocol.send(self.replies_fd, {"ok": False, "id": request.get("id"), "error": self.error(
+                    "bad_output", f"the returned value is too large to send back within the memory limit{limit}")})
 
     def op_configure(self, request):
         if self.configured:
@@ -175,6 +180,9 @@ class Worker:
             return {"ok": True, "value": self.to_plain(value)}
         except BadOutput as exc:
             return {"ok": False, "error": self.error("bad_output", str(exc))}
+        except Exception as exc:  # noqa: BLE001 - e.g. no memory left to copy a huge result
+            value = None
+            return {"ok": False, "error": self.records.exception_record(exc, self.memory_mb)}
 
     def error(self, kind, message, **fields):
         return {"kind": kind, "type": "", "message": message, "cell": None, "line": None, "function": None,
@@ -214,7 +222,8 @@ def main():
     guard = _load_sibling("guard")
     limits = settings.get("limits", {})
     if settings.get("parent_pid"):  # process isolation (bubblewrap's --die-with-parent does this itself)
-        guard.die_with_parent(int(settings["parent_pid"]))
+        # A template is told with SIGTERM, so that it can end its workers first (see serve_template).
+        guard.die_with_parent(int(settings["parent_pid"]), SIGTERM if settings.get("template") else SIGKILL)
     guard.apply_limits(limits)  # before torch is imported, so that nothing escapes them
     # Keep the channel out of the student's way: replies go to a private copy of stdout, prints go to stderr,
     # and reading stdin from student code sees an empty file.
@@ -236,50 +245,82 @@ def main():
     if settings.get("template"):
         os.close(requests_fd)
         os.close(replies_fd)
-        serve_template(settings["template"], worker)
+        serve_template(settings["template"], worker, guard)
     else:
         worker(requests_fd, replies_fd).serve()
 
 
 # -- the template: forks workers that need not import torch (see course/worker/launchers.py) ----------------------
 
-def serve_template(settings, make_worker):
+SIGKILL, SIGTERM = 9, 15
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
+
+
+def serve_template(settings, make_worker, guard):
     """Answer the trusted side's requests on the control socket until it closes: `fork` (with the two pipe ends of
-    the new worker's channel, and its working folder) and `kill` (end a worker and all it started; answers its
-    return code). Usually one worker at a time (several while a test runs the ranks of a distributed training);
-    none of them can inspect this process (it is not dumpable)."""
+    the new worker's channel and the file for its output, and its working folder) and `kill` (end a worker and
+    all it started; answers its return code). Usually one worker at a time (several while a test runs the ranks
+    of a distributed training); none of them can inspect this process (it is not dumpable).
+
+    When the last worker is killed, nothing of it is left for the next one: under bubblewrap every other process
+    of the sandbox is killed and the sandbox's scratch folders (`scratch`: /tmp, /dev/shm, /dev/mqueue) and
+    SysV IPC objects are emptied before the answer (the trusted side empties the working folders). When the
+    grading process dies (SIGTERM, under process isolation) or closes the socket, the workers are ended and
+    this process exits; a worker dies with this process."""
+    import signal
     import socket
 
     control = socket.socket(fileno=settings["control_fd"])
     _set_dumpable(False)
     own_namespace = bool(settings.get("own_pid_namespace"))
-    control.send(json.dumps({"ready": True}).encode())
+    scratch = [folder for folder in settings.get("scratch", ()) if own_namespace and os.path.isdir(folder)]
+    group_procs = settings.get("cgroup_procs")  # process isolation: the control group of this template
+    template_pid = os.getpid()
     workers = set()
+
+    def end_everything(*_):
+        for pid in list(workers):
+            _kill_group(pid)
+        if own_namespace:
+            _kill_all_but_init()
+        elif group_procs:
+            _kill_group_members(group_procs)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, end_everything)
+    control.send(json.dumps({"ready": True}).encode())
     while True:
         try:
             data, fds, _flags, _address = socket.recv_fds(control, 65536, 4)
         except OSError:
-            return
+            end_everything()
         if not data:
-            return
+            end_everything()
         try:
             request = json.loads(data)
         except ValueError:
             request = {}
-        if request.get("op") == "fork" and len(fds) == 2:
+        if request.get("op") == "fork" and len(fds) == 3:
             pid = os.fork()
             if pid == 0:  # the new worker
                 try:
                     control.close()
-                    _start_worker(request["home"], fds, make_worker)
+                    _start_worker(request["home"], fds, make_worker, template_pid)
                 finally:
                     os._exit(0)
             workers.add(pid)
             answer = {"pid": pid}
         elif request.get("op") == "kill" and type(request.get("pid")) is int:
             workers.discard(request["pid"])
-            # Whatever else runs in the sandbox is swept away once no worker is left to need it.
-            answer = {"returncode": _end_worker(request["pid"], own_namespace and not workers)}
+            answer = {"returncode": _end_worker(request["pid"])}
+            if not workers:  # whatever else runs or lies in the sandbox goes once no worker is left to need it
+                if own_namespace:
+                    _kill_all_but_init()
+                    _remove_ipc_objects()
+                problems = [guard.remove_tree(folder, keep_top=True, what=f"the sandbox's {folder}", mounts_stay=True)
+                            for folder in scratch]
+                if any(problems):
+                    answer["problem"] = "; ".join(problem for problem in problems if problem)
         else:
             answer = {"error": "unknown request"}
         for fd in fds:
@@ -287,52 +328,148 @@ def serve_template(settings, make_worker):
         control.send(json.dumps(answer).encode())
 
 
-def _start_worker(home, fds, make_worker):
+def _start_worker(home, fds, make_worker, template_pid):
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the template's handler is not the worker's
+    _prctl(PR_SET_PDEATHSIG, SIGKILL)  # the worker dies with its template
+    if os.getppid() != template_pid:
+        os._exit(70)
     _set_dumpable(True)
+    requests_fd, replies_fd, output_fd = fds
+    # Its own output file, fresh from the trusted side: what it prints, where it seeks, what it reads back through
+    # /proc/self/fd are its own, never another worker's.
+    os.dup2(output_fd, 1)
+    os.dup2(output_fd, 2)
+    os.close(output_fd)
     os.setsid()  # its own process group: killing the group ends everything it started
     os.chdir(home)
     os.environ["HOME"] = home
     os.environ["TMPDIR"] = os.path.join(home, "tmp")
-    make_worker(*fds).serve()
+    make_worker(requests_fd, replies_fd).serve()
 
 
-def _end_worker(pid, sweep):
-    """Kill the worker's process group and reap it; with `sweep` (our own PID namespace, no other worker alive)
-    kill whatever else runs there but this template and the namespace's init. Returns the worker's return code,
-    as Popen gives it."""
+def _end_worker(pid):
+    """Kill the worker's process group and reap it (and any other child of ours that ended); returns the worker's
+    return code, as Popen gives it."""
+    _kill_group(pid)
+    try:
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+    except ChildProcessError:
+        code = None
+    _reap()
+    return code
+
+
+def _kill_group(pid):
     import signal
 
     try:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    try:
-        _, status = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-    except ChildProcessError:
-        code = None
-    if sweep:
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and int(entry) not in (1, os.getpid()):
-                try:
-                    os.kill(int(entry), signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-    while True:  # reap anything else of ours that ended
+
+
+def _reap():
+    while True:
         try:
             if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                break
+                return
         except ChildProcessError:
-            break
-    return code
+            return
+
+
+def _kill_all_but_init(timeout=2.0):
+    """In our own PID namespace: kill every process but this template and the namespace's init (bubblewrap's),
+    until none is left (a process that escaped its group, a daemon; zombies do not count), so that nothing of
+    a worker runs, or still writes, once it is gone."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        others = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) not in (1, os.getpid()) and not _zombie(entry):
+                others.append(int(entry))
+        if not others or time.monotonic() > deadline:
+            return
+        for pid in others:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        _reap()
+        time.sleep(0.005)
+
+
+def _zombie(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
+
+
+def _kill_group_members(procs_file):
+    """Process isolation with a control group: kill every process of the group but this template."""
+    import signal
+
+    try:
+        with open(procs_file) as procs:
+            members = [int(line) for line in procs.read().split()]
+    except (OSError, ValueError):
+        return
+    for pid in members:
+        if pid != os.getpid():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _remove_ipc_objects():
+    """Remove the SysV shared memory segments, message queues and semaphores of the sandbox's IPC namespace: native
+    code can make them, and they outlive their maker (a segment holds memory that no limit of a worker counts)."""
+    found = []
+    for kind in ("shm", "msg", "sem"):
+        try:
+            with open(f"/proc/sysvipc/{kind}") as table:
+                rows = table.read().splitlines()[1:]
+        except OSError:
+            continue
+        found += [(kind, int(row.split()[1])) for row in rows if len(row.split()) > 1 and row.split()[1].isdigit()]
+    if not found:
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ipc_rmid = 0
+    for kind, ident in found:
+        if kind == "shm":
+            libc.shmctl(ident, ipc_rmid, None)
+        elif kind == "msg":
+            libc.msgctl(ident, ipc_rmid, None)
+        else:
+            libc.semctl(ident, 0, ipc_rmid)
+
+
+_LIBC = []
+
+
+def _prctl(option, value):
+    if sys.platform.startswith("linux"):
+        if not _LIBC:
+            import ctypes
+
+            _LIBC.append(ctypes.CDLL(None, use_errno=True))
+        _LIBC[0].prctl(option, value, 0, 0, 0)
 
 
 def _set_dumpable(dumpable):
     """PR_SET_DUMPABLE: a process that is not dumpable cannot be traced, nor its memory read, by its peers."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(4, 1 if dumpable else 0, 0, 0, 0)
+    _prctl(PR_SET_DUMPABLE, 1 if dumpable else 0)
 
 
 if __name__ == "__main__":

@@ -67,10 +67,11 @@ class WorkerCgroup:
         except (OSError, ValueError):
             return []
 
-    def kill_all(self, timeout: float = 5.0) -> None:
-        """SIGKILL every process in the group until it is empty (a fork racing the kill is caught next round)."""
+    def kill_all(self, timeout: float = 5.0, spare: frozenset[int] | set[int] = frozenset()) -> None:
+        """SIGKILL every process in the group (but those in `spare`) until none is left (a fork racing the kill is
+        caught next round)."""
         deadline = time.monotonic() + timeout
-        while (pids := self.members()) and time.monotonic() < deadline:
+        while (pids := [pid for pid in self.members() if pid not in spare]) and time.monotonic() < deadline:
             for pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)

@@ -82,6 +82,7 @@ class WorkerClient:
         self.configured = False
         self.starts = 0
         self.request_id = 0
+        self.problems: list[str] = []  # what could not be removed after a worker (one line each), for the report
 
     @property
     def spec(self) -> WorkerSpec:
@@ -122,6 +123,8 @@ class WorkerClient:
         code = None
         if self.worker is not None:
             code = self.worker.kill()
+            if self.worker.problem and self.worker.problem not in self.problems:
+                self.problems.append(self.worker.problem)
             self.worker = None
         return code
 
@@ -206,6 +209,7 @@ class WorkerClient:
         finally:
             for rank in ranks:
                 rank.close()
+                self.problems += [problem for problem in rank.problems if problem not in self.problems]
         for reply in replies:
             if not (reply.get("ok") is True and "value" in reply):
                 raise StudentCodeError(ErrorRecord.from_reply(reply.get("error")))

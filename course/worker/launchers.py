@@ -6,13 +6,23 @@ A worker is the process that runs one submission's code (course/worker/bootstrap
 - `DirectLauncher` starts a fresh interpreter for every worker (inside bubblewrap where the plan says so), with
   its own folder: about two seconds of CPU to import torch each time. It works everywhere.
 - `TemplateLauncher` (Linux) starts ONE template process per launcher, inside the same sandbox, that imports
-  torch and then only forks: each worker is a fork of it, ready in milliseconds. The template serves one worker
-  at a time. Between two workers it kills everything the last one started and the trusted side empties the
-  last one's folder, so a worker never meets another's files or processes. The template cannot be inspected
-  or altered by its workers (it is not dumpable, so they cannot ptrace it or read its memory; its code and
-  support files are mounted read-only under bubblewrap); a worker that kills or stops it only costs a
+  torch and then only forks: each worker is a fork of it, ready in milliseconds. The template cannot be
+  inspected or altered by its workers (it is not dumpable, so they cannot ptrace it or read its memory; its code
+  and support files are mounted read-only under bubblewrap); a worker that kills or stops it only costs a
   restart of the template. The trade-off against a fresh interpreter per worker: workers of one launcher share
   the template's sandbox (its namespaces and mounts) one after the other, instead of each having its own.
+  So that each submission is graded as if alone, nothing passes from one worker to the next:
+  - each worker gets its own output file for stdout and stderr (its prints, file offset and size limit are its
+    own), made by the trusted side without a name and gone with the worker;
+  - when a worker is killed and no other is alive (the ranks of a distributed test live together), the
+    template kills whatever else runs in the sandbox and empties its /tmp, /dev/shm and message queues
+    (bootstrap.py), and the trusted side empties the folder of all homes and, under process isolation with a
+    control group, kills what is left in the group;
+  - if something cannot be removed, the problem is reported on that submission (`WorkerProcess.problem`, in
+    the report's notes) and the template and its folder are not used again: the next worker gets fresh ones.
+  The template and its workers die with the grading process: bubblewrap's --die-with-parent ends the whole
+  sandbox (its PID namespace); under process isolation the template is told by PR_SET_PDEATHSIG (it ends its
+  workers and its control group, then exits) and every worker dies with its template.
 
 Both give the client a `WorkerProcess`: the two pipe ends, the worker's writable folder, and `kill()`, which
 ends the worker and everything it started and returns how it ended (a return code as Popen writes it).
@@ -33,7 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from course.worker.cgroup import WorkerCgroup
-from course.worker.sandbox import SandboxPlan
+from course.worker.guard import remove_tree
+from course.worker.sandbox import SCRATCH_FOLDERS, SandboxPlan
 
 # The worker's own code, copied into its folder (the course repository is not visible inside the sandbox).
 RUNTIME_FILES = [Path(__file__).with_name(name) for name in ("bootstrap.py", "protocol.py", "guard.py", "records.py")]
@@ -63,8 +74,9 @@ class WorkerProcess:
         self.reply_fd = reply_fd
         self.home = home  # its working folder, the only writable one
         self.folder = folder  # what it may read of the launcher's files (support, runtime, tiktoken cache)
-        self._kill = kill
+        self._kill = kill  # returns (return code, problem)
         self.exit_code: int | None = None
+        self.problem: str | None = None  # one line, if what the worker left could not all be removed
         self.killed = False
 
     @property
@@ -72,8 +84,9 @@ class WorkerProcess:
         return self.folder / "support"
 
     def kill(self) -> int | None:
-        """End the worker and everything it started; returns its return code (negative: killed by that signal),
-        None if that could not be learnt. Safe to call twice."""
+        """End the worker and everything it started, and remove what it left; returns its return code (negative:
+        killed by that signal), None if that could not be learnt. Safe to call twice. What could not be removed
+        is said in `problem`."""
         if not self.killed:
             self.killed = True
             for fd in (self.request_fd, self.reply_fd):
@@ -81,7 +94,7 @@ class WorkerProcess:
                     os.close(fd)
                 except OSError:
                     pass
-            self.exit_code = self._kill()
+            self.exit_code, self.problem = self._kill()
         return self.exit_code
 
 
@@ -89,7 +102,7 @@ class Launcher:
     def __init__(self, spec: WorkerSpec):
         self.spec = spec
         self.starts = 0  # workers started (a fork counts as a start)
-        self.log_path: str | None = None
+        self.problems: list[str] = []  # what close() could not remove (no submission to report it on)
 
     def spawn(self) -> WorkerProcess:
         raise NotImplementedError
@@ -142,10 +155,13 @@ class Launcher:
             settings["parent_pid"] = os.getpid()  # bubblewrap's --die-with-parent does this itself
         return json.dumps(settings)
 
-    def _open_log(self):
-        # The log lives outside the worker's folder, which student code may write to or empty.
-        fd, self.log_path = tempfile.mkstemp(prefix="course-worker-", suffix=".log")
-        return os.fdopen(fd, "wb")
+
+def output_file() -> int:
+    """A descriptor of a fresh file for a worker's (or a template's) stdout and stderr. It has no name: nothing to
+    delete, nothing another process can open by a path, and it goes when its last descriptor is closed. It lies
+    outside the worker's folder, which student code may write to or empty."""
+    with tempfile.TemporaryFile(prefix="course-worker-output-") as handle:
+        return os.dup(handle.fileno())
 
 
 def new_home(parent: Path) -> Path:
@@ -154,15 +170,17 @@ def new_home(parent: Path) -> Path:
     return home
 
 
-def remove_folder(folder: Path) -> None:
-    """Remove a worker's folder, whatever its code made read-only in it."""
-    for root, dirs, _files in os.walk(folder):
-        for name in dirs:
-            try:
-                os.chmod(os.path.join(root, name), 0o700, follow_symlinks=False)
-            except (OSError, NotImplementedError):
-                pass
-    shutil.rmtree(folder, ignore_errors=True)
+def remove_folder(folder: Path, what: str | None = None) -> str | None:
+    """Remove a folder that a worker wrote in, however deep and whatever its code made read-only in it, without
+    following links (course/worker/guard.py); never raises. Returns None, or one line that says what stayed."""
+    return remove_tree(str(folder), what=what)
+
+
+def _after_grading(problem: str | None) -> str | None:
+    if not problem:
+        return None
+    return (f"Clean-up after grading: {problem}. This is the grading machine's problem, not the submission's; "
+            "the next submission gets a fresh sandbox.")
 
 
 def _returncode(code: int | None, isolation: str) -> int | None:
@@ -187,20 +205,22 @@ class DirectLauncher(Launcher):
                                   self.spec.device, self._settings())
         # A control group (where this machine allows one) limits the worker's processes and catches them all.
         group = WorkerCgroup.create(sandbox.pids_max) if sandbox.pids_max else None
-        log = self._open_log()
-        log_path = self.log_path
-        process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-            cwd=home, env=self._environment(folder, home), start_new_session=True, close_fds=True,
-            preexec_fn=group.enter if group else None,
-        )
+        output = output_file()
+        try:
+            process = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=output,
+                cwd=home, env=self._environment(folder, home), start_new_session=True, close_fds=True,
+                preexec_fn=group.enter if group else None,
+            )
+        finally:
+            os.close(output)
         self.starts += 1
         request_fd, reply_fd = os.dup(process.stdin.fileno()), os.dup(process.stdout.fileno())
         process.stdin.close()
         process.stdout.close()
         os.set_blocking(request_fd, False)
 
-        def kill() -> int | None:
+        def kill() -> tuple[int | None, str | None]:
             try:
                 os.killpg(process.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -208,10 +228,8 @@ class DirectLauncher(Launcher):
             code = process.wait()
             if group is not None:  # whatever the worker started, in or out of its process group
                 group.remove()
-            log.close()
-            os.unlink(log_path)
-            remove_folder(folder)
-            return _returncode(code, sandbox.isolation)
+            problem = remove_folder(folder, "the worker's folder")
+            return _returncode(code, sandbox.isolation), _after_grading(problem)
 
         return WorkerProcess(request_fd, reply_fd, home, folder, kill)
 
@@ -232,8 +250,10 @@ class TemplateLauncher(Launcher):
         self.template: subprocess.Popen | None = None
         self.control: socket.socket | None = None
         self.group: WorkerCgroup | None = None
-        self.log = None
         self.template_starts = 0
+        self.live: set[int] = set()  # the template's workers not killed yet (their pids, as the template sees them)
+        self.retired: list[Path] = []  # folders of templates given up after a failed clean-up, removed by close()
+        self.tainted = False  # something a worker left could not be removed: retire once no worker is alive
 
     def spawn(self) -> WorkerProcess:
         for attempt in range(2):
@@ -241,36 +261,51 @@ class TemplateLauncher(Launcher):
                 self._start_template()
             request_read, request_write = os.pipe()
             reply_read, reply_write = os.pipe()
-            home = new_home(self.folder / "homes")
+            output = output_file()
+            answer, home = None, None
             try:
-                answer = self._ask({"op": "fork", "home": str(home)}, fds=[request_read, reply_write],
+                home = new_home(self.folder / "homes")
+                answer = self._ask({"op": "fork", "home": str(home)}, fds=[request_read, reply_write, output],
                                    timeout=self.spec.startup_timeout if attempt == 0 else CONTROL_TIMEOUT)
             except (OSError, TimeoutError, ValueError):
-                answer = None
+                pass
             finally:
-                os.close(request_read)
-                os.close(reply_write)
+                for fd in (request_read, reply_write, output):
+                    os.close(fd)
             if answer is not None and type(answer.get("pid")) is int:
                 break
             os.close(request_write)
             os.close(reply_read)
-            remove_folder(home)
-            self._stop_template()  # broken (killed or stopped by the last worker?): start afresh
+            if home is not None:
+                remove_folder(home)
+            self._retire()  # broken (killed or stopped by the last worker? its folders replaced?): start afresh
         else:
             raise RuntimeError("the template process that starts workers could not be started")
         self.starts += 1
         os.set_blocking(request_write, False)
-        pid = answer["pid"]
+        pid, generation = answer["pid"], self.template_starts
+        self.live.add(pid)
 
-        def kill() -> int | None:
-            code = None
-            try:
-                answer = self._ask({"op": "kill", "pid": pid}, timeout=CONTROL_TIMEOUT)
-                code = answer.get("returncode") if type(answer.get("returncode")) is int else None
-            except (OSError, TimeoutError, ValueError):
-                self._stop_template()  # it does not answer: it and everything in its sandbox go
-            remove_folder(home)
-            return code
+        def kill() -> tuple[int | None, str | None]:
+            code, problems = None, []
+            if generation == self.template_starts and self.template is not None:
+                try:
+                    answer = self._ask({"op": "kill", "pid": pid}, timeout=CONTROL_TIMEOUT)
+                    code = answer.get("returncode") if type(answer.get("returncode")) is int else None
+                    if type(answer.get("problem")) is str:
+                        problems.append(answer["problem"][:1000])
+                except (OSError, TimeoutError, ValueError):
+                    self._stop_template()  # it does not answer: it and everything in its sandbox go
+                self.live.discard(pid)
+            # else: its template is gone, and the worker went with it
+            problems.append(remove_folder(home, "the worker's folder"))
+            if not self.live and self.folder is not None:
+                problems += self._clean_between_submissions()
+            problems = [problem for problem in problems if problem]
+            self.tainted = self.tainted or bool(problems)
+            if self.tainted and not self.live:
+                self._retire()  # what stayed must not meet the next submission: a fresh template and folder
+            return code, _after_grading("; ".join(problems)) if problems else None
 
         return WorkerProcess(request_write, reply_read, home, self.folder, kill)
 
@@ -280,10 +315,11 @@ class TemplateLauncher(Launcher):
         return True
 
     def close(self) -> None:
-        self._stop_template()
-        if self.folder is not None:
-            remove_folder(self.folder)
-            self.folder = None
+        self._retire()
+        while self.retired:
+            problem = remove_folder(self.retired.pop())
+            if problem:
+                self.problems.append(problem)
 
     # -- the template ---------------------------------------------------------------------------------------
     def _start_template(self) -> None:
@@ -294,18 +330,24 @@ class TemplateLauncher(Launcher):
             (self.folder / "homes").mkdir()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sandbox = self.spec.sandbox
-        settings = self._settings(template={"control_fd": theirs.fileno(),
-                                            "own_pid_namespace": sandbox.isolation == "bubblewrap"})
-        command = sandbox.command(sys.executable, self.folder / "runtime" / "bootstrap.py", self.folder,
-                                  self.folder / "homes", self.spec.device, settings)
         self.group = WorkerCgroup.create(sandbox.pids_max) if sandbox.pids_max else None
-        self.log = self._open_log()
-        self.template = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, cwd=self.folder / "homes",
-            env=self._environment(self.folder, self.folder / "homes"), start_new_session=True, close_fds=True,
-            pass_fds=(theirs.fileno(),), preexec_fn=self.group.enter if self.group else None,
-        )
-        theirs.close()
+        bubblewrap = sandbox.isolation == "bubblewrap"
+        template = {"control_fd": theirs.fileno(), "own_pid_namespace": bubblewrap,
+                    "scratch": list(SCRATCH_FOLDERS) if bubblewrap else []}
+        if self.group is not None and not bubblewrap:
+            template["cgroup_procs"] = self.group.procs_file  # what it ends if the grading process dies
+        command = sandbox.command(sys.executable, self.folder / "runtime" / "bootstrap.py", self.folder,
+                                  self.folder / "homes", self.spec.device, self._settings(template=template))
+        output = output_file()  # the template's own messages (its workers get files of their own)
+        try:
+            self.template = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=output, stderr=output, cwd=self.folder / "homes",
+                env=self._environment(self.folder, self.folder / "homes"), start_new_session=True, close_fds=True,
+                pass_fds=(theirs.fileno(),), preexec_fn=self.group.enter if self.group else None,
+            )
+        finally:
+            os.close(output)
+            theirs.close()
         self.control = ours
         self.template_starts += 1
 
@@ -317,16 +359,35 @@ class TemplateLauncher(Launcher):
                 pass
             self.template.wait()
             self.template = None
+        self.live.clear()  # its workers die with it
         if self.control is not None:
             self.control.close()
             self.control = None
         if self.group is not None:
             self.group.remove()
             self.group = None
-        if self.log is not None:
-            self.log.close()
-            os.unlink(self.log_path)
-            self.log = None
+
+    def _retire(self) -> None:
+        """Stop the template and remove its folder (or set it aside for close(), if something stays in it): the
+        next spawn starts afresh."""
+        self._stop_template()
+        self.tainted = False
+        if self.folder is not None:
+            if remove_folder(self.folder) is not None:
+                self.retired.append(self.folder)
+            self.folder = None
+
+    def _clean_between_submissions(self) -> list[str | None]:
+        """No worker is alive: empty the folder of all homes (a worker may write there through native code), and
+        under process isolation kill what is left in the template's control group."""
+        assert self.folder is not None
+        homes = self.folder / "homes"
+        if homes.is_symlink() or not homes.is_dir():
+            return ["the folder of the workers' homes was replaced"]
+        problems = [remove_tree(str(homes), keep_top=True, what="the folder of the workers' homes")]
+        if self.group is not None and self.template is not None and self.spec.sandbox.isolation != "bubblewrap":
+            self.group.kill_all(spare={self.template.pid})
+        return problems
 
     def _ask(self, request: dict, timeout: float, fds: list[int] = ()) -> dict:
         """One request to the template and its answer (JSON over the control socket, file descriptors beside)."""

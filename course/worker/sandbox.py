@@ -3,10 +3,11 @@
 Two levels, chosen by course.yml's `sandbox.isolation` (see docs/trust-model.md):
 
 - "bubblewrap" (Linux, the `bwrap` program): the worker runs in fresh user, mount, PID, network, IPC and UTS
-  namespaces. Its filesystem holds only the system folders (read-only), the Python installation (read-only), an
-  empty /tmp and its own working folder (the only writable place). The course repository, the graders, the
-  reference, the submissions and the user's home are simply not there; there is no network; its processes die
-  with it.
+  namespaces. Its filesystem holds only the system folders (read-only), the Python installation (read-only), its
+  own working folder, and an empty /tmp and /dev/shm: small RAM-backed filesystems (tmpfs) whose size counts
+  against the submission's memory (see `plan_sandbox`). Nothing else is writable: the sandbox's root and /dev
+  are remounted read-only. The course repository, the graders, the reference, the submissions and the user's
+  home are simply not there; there is no network; its processes die with it.
 - "process" (anywhere): the worker is an ordinary process with a scrubbed environment, resource limits and an
   audit hook (guard.py) that refuses processes, ctypes, sockets, writes outside its folder and reads outside
   the same paths bubblewrap would show. Defence in depth, but native code could get around it.
@@ -45,6 +46,14 @@ DEV_FILES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom", "/dev/shm"
 GPU_DEVICES = ("/dev/nvidia*", "/dev/dri")
 # Processes and threads a worker may have at once (torch's thread pools included).
 MAX_PROCESSES = 64
+# Under bubblewrap, /tmp and /dev/shm are tmpfs (RAM): each may hold memory_mb / TMPFS_SHARE, and the worker's
+# address space is memory_mb less both, so that what a submission holds in memory, files in tmpfs included,
+# stays within sandbox.memory_mb. (4096 MB: 128 MB each, 3840 MB of address space. A worker's TMPDIR is its
+# working folder, on disk: /tmp and /dev/shm are for what insists on them.)
+TMPFS_SHARE = 32
+DEFAULT_TMPFS_MB = 4096 // TMPFS_SHARE  # for a plan made without limits
+# The places a template's workers may write in its sandbox, besides their folders: emptied between submissions.
+SCRATCH_FOLDERS = ("/tmp", "/dev/shm", "/dev/mqueue")
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,7 @@ class SandboxPlan:
     note: str  # one line for the report, e.g. why bubblewrap was not used
     limits: dict = field(default_factory=dict)  # for guard.apply_limits
     pids_max: int | None = None  # processes and threads of the worker, enforced by a control group (cgroup.py)
+    tmpfs_mb: int | None = None  # size of each of /tmp and /dev/shm under bubblewrap (None: DEFAULT_TMPFS_MB)
 
     def command(self, python: str, bootstrap: Path, folder: Path, writable: Path, device: str,
                 settings: str) -> list[str]:
@@ -63,7 +73,7 @@ class SandboxPlan:
         worker = [python, "-I", str(bootstrap), settings]
         if self.isolation != "bubblewrap":
             return worker
-        return bubblewrap_arguments(folder, writable, device) + ["--", *worker]
+        return bubblewrap_arguments(folder, writable, device, self.tmpfs_mb) + ["--", *worker]
 
 
 def plan_sandbox(policy: str, *, memory_mb: int, cpu_seconds: int, file_mb: int, device: str) -> SandboxPlan:
@@ -72,8 +82,11 @@ def plan_sandbox(policy: str, *, memory_mb: int, cpu_seconds: int, file_mb: int,
     if policy == "bubblewrap" and problem:
         raise ConfigError(f"course.yml: sandbox.isolation is 'bubblewrap' but bubblewrap cannot run here: {problem}")
     limits = {"cpu_seconds": cpu_seconds, "file_mb": file_mb}
+    tmpfs_mb = None if problem else max(memory_mb // TMPFS_SHARE, 1)
     if device == "cpu":
-        limits["memory_mb"] = memory_mb  # CUDA reserves huge address ranges: no address-space limit there
+        # CUDA reserves huge address ranges: no address-space limit there. Under bubblewrap the two tmpfs come out
+        # of the same budget (their pages are memory that no address-space limit sees).
+        limits["memory_mb"] = memory_mb - 2 * (tmpfs_mb or 0)
     if problem is None:
         # In its own user namespace the worker's process count covers only its own processes (except for a
         # root grader, whom RLIMIT_NPROC does not bind: the control group below does).
@@ -88,7 +101,7 @@ def plan_sandbox(policy: str, *, memory_mb: int, cpu_seconds: int, file_mb: int,
         note += f"; at most {MAX_PROCESSES} processes (a control group)"
     elif isolation == "process":
         note += "; no control group here for a process limit"
-    return SandboxPlan(isolation=isolation, note=note, limits=limits, pids_max=pids_max)
+    return SandboxPlan(isolation=isolation, note=note, limits=limits, pids_max=pids_max, tmpfs_mb=tmpfs_mb)
 
 
 def visible_paths(device: str) -> list[str]:
@@ -121,14 +134,24 @@ def gpu_nodes() -> list[str]:
     return [node for pattern in GPU_DEVICES for node in glob.glob(pattern)]
 
 
-def bubblewrap_arguments(folder: Path, writable: Path, device: str) -> list[str]:
-    """bwrap's options: the system and Python read-only, `folder` read-only, `writable` (inside it) writable."""
-    return _system_arguments(device) + ["--ro-bind", str(folder), str(folder), "--bind", str(writable), str(writable),
-                                        "--chdir", str(writable)]
+def bubblewrap_arguments(folder: Path, writable: Path, device: str, tmpfs_mb: int | None = None) -> list[str]:
+    """bwrap's options: the system and Python read-only, `folder` read-only, `writable` (inside it) writable, /tmp
+    and /dev/shm of `tmpfs_mb` each; the rest read-only."""
+    return (_system_arguments(device, tmpfs_mb)
+            + ["--ro-bind", str(folder), str(folder), "--bind", str(writable), str(writable), "--chdir", str(writable)]
+            + READ_ONLY_ROOT)
 
 
-def _system_arguments(device: str) -> list[str]:
-    """bwrap's namespaces and its read-only view of the system and the Python installation."""
+# Last of bwrap's options: the sandbox's own root and /dev (tmpfs that bwrap makes to hold the mount points) are
+# made read-only, so that /tmp, /dev/shm and the working folder are the only places a worker can write to.
+READ_ONLY_ROOT = ["--remount-ro", "/dev", "--remount-ro", "/"]
+
+
+def _system_arguments(device: str, tmpfs_mb: int | None = None) -> list[str]:
+    """bwrap's namespaces, its read-only view of the system and the Python installation, and the scratch
+    filesystems (/tmp, /dev/shm: tmpfs of `tmpfs_mb` each; /dev/mqueue: the IPC namespace's message queues, so that
+    a template can see and remove them)."""
+    size = str((tmpfs_mb or DEFAULT_TMPFS_MB) * 2**20)
     args = ["bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--disable-userns"]
     for system in SYSTEM_FOLDERS:
@@ -138,7 +161,8 @@ def _system_arguments(device: str) -> list[str]:
             args += ["--ro-bind", system, system]
     for path in ETC_FILES + SYS_FOLDERS:
         args += ["--ro-bind-try", path, path]
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs",
+             "/dev/shm", "--mqueue", "/dev/mqueue"]
     if not device.startswith("cpu"):
         for node in gpu_nodes():
             args += ["--dev-bind-try", node, node]
@@ -155,7 +179,7 @@ def bubblewrap_problem() -> str | None:
         return f"bubblewrap needs Linux, this is {sys.platform}"
     if shutil.which("bwrap") is None:
         return "the bwrap program is not installed (apt install bubblewrap)"
-    probe = _system_arguments("cpu") + ["--", "/bin/true"]
+    probe = _system_arguments("cpu") + READ_ONLY_ROOT + ["--", "/bin/true"]
     try:
         result = subprocess.run(probe, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
