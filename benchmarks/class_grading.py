@@ -2,7 +2,11 @@
 nbgrader's own autograde (which executes each notebook in a kernel, unsandboxed), on the same submissions, in
 one run.
 
-    python benchmarks/class_grading.py [--students 40] [--skip-loop] [--skip-nbgrader]
+    python benchmarks/class_grading.py [--students 40] [--skip-loop] [--skip-nbgrader] [--baseline CHECKOUT]
+
+`--baseline` times `course grade DIR --jobs 2` of another checkout of the course too (e.g. the last release:
+`git worktree add /tmp/before HEAD~3`), in the same run on the same class, before this checkout's: a change's
+cost is measured on one machine, one class, one minute.
 
 The class (tests/submissions/classroom.py) holds the solution, the untouched release, the catalogue's variants
 and mutants of chapter 3, unreadable notebooks and hostile submissions that are safe to run outside the sandbox
@@ -33,8 +37,10 @@ ASSIGNMENT = "ch03_attention"
 HOSTILE = ("infinite_loop", "os_exit_in_function", "forged_reply_on_the_channel", "fork_bomb")
 
 
-def course(*args: str, cwd: Path) -> None:
-    subprocess.run([sys.executable, "-m", "course", "--root", str(REPO), *args], cwd=cwd, check=True,
+def course(*args: str, cwd: Path, repo: Path = REPO) -> None:
+    """The `course` command of the checkout `repo` (its own package first on the path)."""
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    subprocess.run([sys.executable, "-m", "course", "--root", str(repo), *args], cwd=cwd, check=True, env=env,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -81,6 +87,8 @@ def main() -> None:
     parser.add_argument("--students", type=int, default=40)
     parser.add_argument("--skip-loop", action="store_true")
     parser.add_argument("--skip-nbgrader", action="store_true")
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                        help="also time `--jobs 2` with the course of this checkout (e.g. a git worktree of HEAD)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="class-benchmark-") as scratch:
@@ -90,6 +98,11 @@ def main() -> None:
         if not args.skip_loop:
             (folder / "loop").mkdir()
             rows.append(timed("shell loop of `course grade`", lambda: shell_loop(folder, folder / "loop")))
+        if args.baseline:
+            out = folder / "baseline"
+            rows.append(timed(f"`course grade DIR --jobs 2` of {args.baseline}",
+                              lambda: course("grade", str(folder), "--jobs", "2", "--out", str(out), cwd=folder,
+                                             repo=args.baseline.resolve())))
         for jobs in (1, 2):
             out = folder / f"jobs{jobs}"
             rows.append(timed(f"`course grade DIR --jobs {jobs}`",

@@ -3,6 +3,10 @@
     course check [NOTEBOOK] [--assignment ID] [--json FILE] [--summary FILE] [--github-output FILE]
                  [--classroom50 FILE] [--isolation I]
     course grade SUBMISSION [--assignment ID] [--json FILE] [--device D] [--isolation I]
+    course grade DIR --jobs N [--out OUT] [--force] [--student ID] [--test NAME] [--roster FILE] [--overrides FILE]
+                     [--excel]
+    course gradebook SOURCE [--out OUT] [--submissions DIR] [--assignment ID] [--roster FILE] [--overrides FILE]
+                     [--excel]
     course release [ID ...] [--check] [--out DIR] [--all]
     course validate
 
@@ -11,12 +15,14 @@ course's, or a student repository's (written by `course release --out`), where o
 apply.
 
 Exit status: 0 when grading or checking completed (whatever the score), 2 for a bad command line, 3 for a
-configuration problem, 1 for other problems (e.g. a stale release with --check).
+configuration problem, 1 for other problems (e.g. a stale release with --check), 130 when grading a class was
+interrupted with Ctrl-C (what was graded is written; a second run grades the rest).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -49,6 +55,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="grade again submissions whose notebook and grader have not changed since the last run")
     batch.add_argument("--allow-process-isolation", action="store_true",
                        help="grade a class without bubblewrap (only for code you trust: docs/trust-model.md)")
+    batch.add_argument("--student", metavar="ID", help="grade only this student's submission again, into the "
+                       "existing results (the others keep theirs)")
+    batch.add_argument("--test", metavar="NAME", help="grade the class again and keep only this test's new "
+                       "result, into the existing results (the grader was wrong on NAME)")
+    _gradebook_options(batch)
+
+    gradebook = commands.add_parser(
+        "gradebook", help="grades.csv, feedback, late work, overrides, roster and plots from results already there: "
+                          "course grade's results folder, or an nbgrader course folder (its gradebook.db)")
+    gradebook.add_argument("source", type=Path, help="course grade's results folder (OUT), or the nbgrader course "
+                                                     "folder that holds gradebook.db")
+    gradebook.add_argument("--out", type=Path, metavar="DIR", help="where to write (default: SOURCE for course "
+                           "grade's results, ./grades for nbgrader)")
+    gradebook.add_argument("--submissions", type=Path, metavar="DIR",
+                           help="the class folder that was graded (for submission times and the submissions not "
+                                "graded yet); course grade's results only")
+    gradebook.add_argument("--assignment", metavar="ID", help="only this assignment (default: every one there is)")
+    _gradebook_options(gradebook)
 
     check = commands.add_parser("check", help="run the public checks of a notebook and show what is left")
     check.add_argument("notebook", nargs="?", type=Path,
@@ -75,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("validate", help="check course.yml, the files it names and the graders' points")
     return parser
+
+
+def _gradebook_options(group) -> None:
+    group.add_argument("--roster", type=Path, metavar="FILE",
+                       help="CSV of the students (student, optional name and email): who has no submission is "
+                            "'missing' with 0, submissions not on it go to not-on-roster.csv")
+    group.add_argument("--overrides", type=Path, metavar="FILE",
+                       help="CSV of points set by hand (student, test or total or late_penalty, points, reason)")
+    group.add_argument("--excel", action="store_true",
+                       help="start grades.csv with a UTF-8 byte-order mark, so that Excel shows accents right")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,14 +149,33 @@ def cmd_grade(args) -> int:
 
 
 def _is_class_folder(path: Path) -> bool:
-    """A folder with nbgrader's submitted/ folder, or whose notebooks are all in subfolders."""
+    """A folder with nbgrader's submitted/ folder, or whose notebooks are all in subfolders (one or two levels
+    down: a student's folder, or nbgrader's <student>/<assignment>/). Links are not followed, and no deeper look
+    is taken: a student's folder may hold anything, thousands of nested folders included."""
     if not path.is_dir():
         return False
     if (path / "submitted").is_dir():
         return True
-    if any(path.glob("*.ipynb")):
+    if _has_notebook(path):
         return False
-    return any(child.is_dir() and next(child.rglob("*.ipynb"), None) for child in path.iterdir())
+    return any(_has_notebook(child) or any(_has_notebook(inner) for inner in _folders(child))
+               for child in _folders(path))
+
+
+def _folders(path: Path) -> list[Path]:
+    try:
+        with os.scandir(path) as entries:
+            return [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _has_notebook(path: Path) -> bool:
+    try:
+        with os.scandir(path) as entries:
+            return any(e.name.endswith(".ipynb") for e in entries)
+    except OSError:
+        return False
 
 
 def _grade_class(course, args) -> int:
@@ -132,23 +185,117 @@ def _grade_class(course, args) -> int:
     jobs = args.jobs if args.jobs is not None else 1
     if jobs < 1:
         raise UsageError("--jobs must be at least 1")
-    items = batch.discover(course, args.submission, args.assignment)
+    roster, overrides = _gradebook_files(args)  # first: a mistake in them is found before anything is graded
+    found = batch.discover(course, args.submission, args.assignment, exclude=(args.out,))
+    items = found.items
     isolation = worker_spec(course, course.assignment(items[0].assignment), args.device, args.isolation).sandbox
     if isolation.isolation != "bubblewrap" and not args.allow_process_isolation:
         raise UsageError(
             f"grading a class runs other people's code, which needs bubblewrap, and the worker would run with "
             f"{isolation.note}. Install bubblewrap (sudo apt-get install bubblewrap), or grade inside a container "
             "(docs/trust-model.md); if you trust every one of these submissions, pass --allow-process-isolation.")
-    progress = batch.stderr_progress(len(items))
+    if args.force and (args.student or args.test):
+        raise UsageError("--force grades everything again; --student and --test grade a part: choose one")
+    partial = None
+    if args.student or args.test:
+        from course.gradebook.regrade import choose
+
+        partial = choose(course, items, args.student, args.test)
+    progress = batch.stderr_progress(len(partial if partial is not None else items))
     try:
-        results = batch.grade_batch(course, items, jobs=jobs, out=args.out, force=args.force, device=args.device,
-                                    isolation=args.isolation, on_result=lambda result: progress.update())
+        if partial is not None:
+            from course.gradebook.regrade import regrade
+
+            results, interrupted = regrade(course, items, partial, test=args.test, out=args.out, jobs=jobs,
+                                           device=args.device, isolation=args.isolation,
+                                           on_result=lambda result: progress.update())
+        else:
+            results = batch.grade_batch(course, items, jobs=jobs, out=args.out, force=args.force, device=args.device,
+                                        isolation=args.isolation, on_result=lambda result: progress.update())
+            interrupted = any(result.report is None for result in results)
     finally:
         progress.close()
-        batch.close_launchers()
-    batch.write_csv(args.out / "grades.csv", results)
-    print(batch.summary(results))
-    print(f"results: {args.out / 'grades.csv'} and {args.out}/<student>/<assignment>.json")
+    from course.gradebook.csvfile import TableError
+    from course.gradebook.figures import render_summary
+    from course.gradebook.publish import publish, written
+    from course.gradebook.sources import from_batch
+
+    assignments = list(dict.fromkeys(item.assignment for item in items))
+    entries = from_batch(results)
+    problem = None
+    try:
+        try:
+            done = publish(course, entries, args.out, assignments=assignments, roster=roster, overrides=overrides,
+                           excel=args.excel, private=(args.submission,))
+        except TableError as exc:  # an override the graded class does not match: never leave grades.csv stale
+            problem = exc
+            done = publish(course, entries, args.out, assignments=assignments, roster=roster, excel=args.excel,
+                           private=(args.submission,))
+    except OSError as exc:
+        raise CourseError(f"{args.out}: the results could not be written ({exc.strerror or exc})") from None
+    print(batch.summary(results, found.skipped))
+    changed = any(row.score != row.auto_score or row.status == "missing" for row in done.book.all_rows)
+    print(render_summary(done.book, done.figures, scores=changed))
+    print(written(args.out, done))
+    print(f"results: {args.out}/<student>/<assignment>.json")
+    if problem is not None:
+        raise UsageError(f"{problem}\n(grades.csv and the feedback were written without the overrides: fix the file, "
+                         f"then run `course gradebook {args.out} --submissions {args.submission}` with the same "
+                         "options; nothing needs grading again)")
+    if interrupted:
+        not_graded = sum(result.report is None for result in results)
+        print(f"interrupted: {len(results) - not_graded} graded, {not_graded} not graded (marked so in grades.csv); "
+              "run the same command again to grade the rest", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _gradebook_files(args):
+    from course.gradebook.overrides import read_overrides
+    from course.gradebook.roster import read_roster
+
+    roster = read_roster(args.roster) if args.roster else None
+    overrides = read_overrides(args.overrides) if args.overrides else []
+    return roster, overrides
+
+
+def cmd_gradebook(args) -> int:
+    from course.config import load_course
+    from course.gradebook import sources
+    from course.gradebook.figures import render_summary
+    from course.gradebook.publish import publish, written
+
+    course = load_course(args.root)
+    roster, overrides = _gradebook_files(args)
+    assignments = [args.assignment] if args.assignment else None
+    if assignments:
+        try:
+            course.assignment(args.assignment)
+        except KeyError as exc:
+            raise UsageError(str(exc.args[0])) from None
+    source = args.source
+    if (source / "gradebook.db").is_file():
+        if args.submissions is not None:
+            raise UsageError("--submissions is for course grade's results; with nbgrader, the submission times are "
+                             "in its gradebook (and SOURCE/submitted/)")
+        entries, students, assignments, notes = sources.from_nbgrader(course, source, assignments)
+        roster = students if roster is None else roster
+        out = args.out or Path("grades")
+        private = (source,)
+        print(f"reading nbgrader's gradebook {source / 'gradebook.db'} ({', '.join(assignments)})")
+    else:
+        entries, notes = sources.from_results(course, source, assignments, args.submissions)
+        assignments = assignments or list(dict.fromkeys(entry.assignment for entry in entries))
+        out = args.out or source
+        private = (source, *([args.submissions] if args.submissions else []))
+        print(f"reading course grade's results in {source} ({', '.join(assignments)})")
+    try:
+        done = publish(course, entries, out, assignments=assignments, roster=roster, overrides=overrides,
+                       excel=args.excel, private=private, notes=notes)
+    except OSError as exc:
+        raise CourseError(f"{out}: the gradebook could not be written ({exc.strerror or exc})") from None
+    print(render_summary(done.book, done.figures))
+    print(written(out, done))
     return 0
 
 
@@ -259,4 +406,5 @@ def cmd_validate(args) -> int:
     return 0
 
 
-COMMANDS = {"check": cmd_check, "grade": cmd_grade, "release": cmd_release, "validate": cmd_validate}
+COMMANDS = {"check": cmd_check, "grade": cmd_grade, "gradebook": cmd_gradebook, "release": cmd_release,
+            "validate": cmd_validate}

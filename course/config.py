@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from course.errors import ConfigError, UsageError
 
@@ -28,6 +28,35 @@ IsolationPolicy = Literal["auto", "bubblewrap", "process"]
 
 # A dotted module name inside the reference package: names only, so it cannot spell a path that leaves reference/.
 _REFERENCE_MODULE = re.compile(r"reference(\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+class LatePolicy(BaseModel):
+    """What a submission after the deadline costs (course/gradebook/late.py applies it).
+
+    none: nothing (the late days are still shown); penalty: `penalty_per_day` percent of the assignment's points
+    for every day or part of a day after the deadline, at most `max_penalty` percent; zero: no points at all.
+    A submission less than `grace_minutes` after the deadline is on time.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: Literal["none", "penalty", "zero"] = Field(default="none", description="none, penalty or zero")
+    grace_minutes: float = Field(default=0, ge=0, description="minutes after the deadline that still count as on time")
+    penalty_per_day: float | None = Field(default=None, gt=0, le=100, description="percent of the assignment's "
+                                          "points per day (or part of a day) late; only with policy: penalty")
+    max_penalty: float | None = Field(default=None, gt=0, le=100, description="the most a late submission loses, "
+                                      "in percent of the assignment's points; only with policy: penalty")
+
+    @model_validator(mode="after")
+    def _penalty_keys(self):
+        if self.policy == "penalty" and self.penalty_per_day is None:
+            raise ValueError("policy: penalty needs penalty_per_day (percent of the points per day late)")
+        if self.policy != "penalty":
+            extra = [key for key in ("penalty_per_day", "max_penalty") if getattr(self, key) is not None]
+            if extra:
+                raise ValueError(f"{' and '.join(extra)} only go with policy: penalty (this policy is "
+                                 f"{self.policy})")
+        return self
 
 
 class Assignment(BaseModel):
@@ -47,6 +76,10 @@ class Assignment(BaseModel):
                                       "one submission, worker restarts included")
     tiktoken: bool = Field(default=False, description="the worker gets GPT-2's BPE files, so that "
                                                       "tiktoken.get_encoding('gpt2') works offline there")
+    deadline: AwareDatetime | None = Field(default=None, description="when submissions are due, with a time zone, "
+                                           "e.g. 2026-10-14T23:59:00+02:00 (course/gradebook/late.py)")
+    late: LatePolicy | None = Field(default=None, description="this assignment's late policy (default: the "
+                                                              "course's `late`)")
 
 
 class SandboxConfig(BaseModel):
@@ -96,6 +129,8 @@ class CourseConfig(BaseModel):
     title: str
     device: DevicePolicy = "auto"
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    late: LatePolicy = Field(default_factory=LatePolicy, description="the late policy of every assignment that "
+                                                                     "has no `late` of its own")
     assignments: list[Assignment] = Field(min_length=1)
 
 
@@ -120,6 +155,10 @@ class Course:
                 return assignment
         known = ", ".join(a.id for a in self.config.assignments)
         raise KeyError(f"unknown assignment {assignment_id!r} (course.yml has: {known})")
+
+    def late_policy(self, assignment: Assignment) -> LatePolicy:
+        """The assignment's own late policy, else the course's."""
+        return assignment.late or self.config.late
 
     def solution_notebook(self, assignment: Assignment) -> Path:
         return self.root / "solutions" / assignment.id / assignment.notebook
@@ -233,6 +272,11 @@ def _describe_validation_error(path: Path, raw: dict, exc: ValidationError) -> s
             lines.append(f"  {key}: unknown key")
         elif error["type"] == "missing":
             lines.append(f"  {key}: required key is missing")
+        elif error["type"] == "timezone_aware":
+            lines.append(f"  {key}: a date and time with a time zone is needed, e.g. 2026-10-14T23:59:00+02:00 "
+                         f"(got {error.get('input')!s})")
+        elif error["type"] == "value_error":
+            lines.append(f"  {key}: {error['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  {key}: {error['msg']} (got {error.get('input')!r})")
     return "\n".join(lines)

@@ -173,9 +173,10 @@ def _json_hint(text: str, exc: json.JSONDecodeError) -> str:
         return ("; it is an HTML page, not a notebook: download the notebook file itself (on GitHub, the "
                 "'Download raw file' button), not the web page that shows it")
     if not start.startswith(("{", "[")):
-        first_line = start.splitlines()[0][:60]
-        return (f"; a notebook file starts with '{{', but this one starts with {first_line!r}: is it a Python "
-                "script or another file renamed to .ipynb?")
+        # What the file holds is not quoted: a message must never show the contents of a file that is not a
+        # notebook (it may not be the student's to show).
+        return ("; a notebook file starts with '{', but this one does not: is it a Python script or another file "
+                "renamed to .ipynb?")
     if exc.pos >= len(text.rstrip()) or start.startswith("{") and not text.rstrip().endswith("}"):
         return ("; the file ends too early, as if it was cut off (a notebook file ends with '}'; an interrupted "
                 "save or upload?): save it again from Jupyter, or take it back from an earlier commit")

@@ -344,7 +344,7 @@ def unreadable(name: str, write: Callable[[Path], Path], *says: str, assignment:
 MALFORMED = [
     # The file cannot be parsed: every test gets "Your notebook could not be graded: <file>: ...".
     unreadable("not_json_python_script", file_writer(python_script),
-               "not a valid notebook file", "JSON error at line 1, column 1", "starts with 'import re'"),
+               "not a valid notebook file", "JSON error at line 1, column 1", "starts with '{', but this one does not"),
     unreadable("html_page", file_writer(html_page), "JSON error at line 1", "an HTML page, not a notebook"),
     unreadable("empty_file", file_writer(lambda: b""), "the file is empty"),
     unreadable("zero_bytes", file_writer(zero_bytes), "the file is empty", "only zero bytes"),
