@@ -135,6 +135,7 @@ def rates(values, *, what):
 
 
 @pytest.mark.points(3)
+@pytest.mark.runs("learning_rate_at")
 def test_learning_rate_at(submission):
     """learning_rate_at: linear warmup from initial_lr, then a cosine decay from peak_lr to min_lr, step by step."""
     got = submission.run(schedules, configs=SCHEDULE_CONFIGS)
@@ -174,6 +175,7 @@ def highest_with(gradients, mistake=None):
 
 
 @pytest.mark.points(1)
+@pytest.mark.runs("find_highest_gradient")
 def test_find_highest_gradient(submission):
     """find_highest_gradient: the largest gradient entry over all parameters that have one; None if none has."""
     cases = gradient_cases()
@@ -276,6 +278,7 @@ WHAT_RUN = f"train_model (3 epochs of 4 batches, warmup_steps={WARMUP})"
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_learning_rate_at")
+@pytest.mark.runs("train_model", "learning_rate_at")
 def test_train_model_schedule(submission, request):
     """train_model sets the scheduled learning rate before every step and returns it (track_lrs)."""
     result, records, _ = student_run(submission, request)
@@ -312,6 +315,7 @@ def test_train_model_schedule(submission, request):
 
 
 @pytest.mark.points(2)
+@pytest.mark.runs("train_model", "learning_rate_at")
 def test_train_model_clipping(submission, request):
     """train_model clips the gradients to norm 1 after backward, from the end of the warmup on, never before it."""
     _, records, _ = student_run(submission, request)
@@ -345,6 +349,7 @@ def test_train_model_clipping(submission, request):
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_learning_rate_at", "test_train_model_schedule")
+@pytest.mark.runs("train_model", "learning_rate_at")
 def test_train_model_returns(submission, request):
     """train_model returns one loss pair and token count per evaluation and one rate per step; losses loosely."""
     result, _, _ = student_run(submission, request)

@@ -280,6 +280,7 @@ def lora_training_step(student, freeze, replace, cfg, state, trained_state, x, l
 # -- E.4: the LoRA layer --------------------------------------------------------------------------------------
 
 @pytest.mark.points(1)
+@pytest.mark.runs("LoRALayer")
 def test_lora_layer_parameters(submission):
     """LoRALayer holds two trainable matrices: A (in_dim, rank), random, and B (rank, out_dim), all zeros."""
     got = submission.run(fresh_lora_layers, name="LoRALayer", configs=LAYERS)
@@ -320,6 +321,7 @@ def layer_cases():
 
 
 @pytest.mark.points(2)
+@pytest.mark.runs("LoRALayer")
 def test_lora_layer_forward(submission):
     """LoRALayer computes the scaled low-rank update (alpha / rank) * (x @ A @ B) (the print edition's alpha *
     (x @ A @ B) is accepted), for inputs with and without a batch dimension."""
@@ -353,6 +355,7 @@ def wrapped_cases(trained):
 
 
 @pytest.mark.points(1)
+@pytest.mark.runs("LinearWithLoRA", "LoRALayer")
 def test_linear_with_lora_at_initialisation(submission):
     """LinearWithLoRA keeps the given layer as self.linear and a LoRALayer as self.lora; freshly built, it computes
     exactly what the layer it wraps computes."""
@@ -372,6 +375,7 @@ def test_linear_with_lora_at_initialisation(submission):
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_lora_layer_forward")
+@pytest.mark.runs("LinearWithLoRA", "LoRALayer")
 def test_linear_with_lora_update(submission):
     """LinearWithLoRA after an update of B: its output differs from the wrapped layer's by exactly the scaled
     x @ A @ B."""
@@ -399,6 +403,7 @@ def test_linear_with_lora_update(submission):
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_linear_with_lora_update")
+@pytest.mark.runs("LinearWithLoRA", "LoRALayer")
 def test_lora_gradients(submission):
     """With the wrapped layer frozen, backward through LinearWithLoRA reaches only A and B, with the reference's
     gradients (at initialisation, with B zero, A's gradient is zero and B's is not)."""
@@ -450,6 +455,7 @@ LINEAR_LAYERS = sorted(name for name, module in classifier_state(0).named_module
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_linear_with_lora_at_initialisation", "test_linear_with_lora_update")
+@pytest.mark.runs("replace_linear_with_lora", "LinearWithLoRA", "LoRALayer")
 def test_replace_linear_with_lora(submission):
     """replace_linear_with_lora wraps every nn.Linear of a GPT classifier, at every depth (attention, feed forward,
     output head), keeping the original weights: the output is unchanged until B is trained."""
@@ -493,6 +499,7 @@ def test_replace_linear_with_lora(submission):
 # -- E.4: freezing and counting ------------------------------------------------------------------------------
 
 @pytest.mark.points(1)
+@pytest.mark.runs("freeze_parameters")
 def test_freeze_parameters(submission):
     """freeze_parameters makes every parameter of a model untrainable (requires_grad False) and changes nothing
     else."""
@@ -511,6 +518,7 @@ def test_freeze_parameters(submission):
 
 
 @pytest.mark.points(1)
+@pytest.mark.runs("count_trainable_parameters")
 def test_count_trainable_parameters(submission):
     """count_trainable_parameters counts the entries of the parameters that require grad."""
     counts = submission.run(trainable_counts, name="count_trainable_parameters", cfg=CFG)
@@ -547,6 +555,7 @@ def test_count_trainable_parameters(submission):
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_freeze_parameters", "test_replace_linear_with_lora", "test_lora_gradients")
+@pytest.mark.runs("freeze_parameters", "replace_linear_with_lora", "LinearWithLoRA", "LoRALayer")
 def test_lora_finetuning_gradients(submission):
     """The appendix's recipe (freeze_parameters, then replace_linear_with_lora) on a GPT classifier: a training step
     gives gradients to the A and B matrices only, the reference's, and leaves the rest frozen."""

@@ -113,6 +113,7 @@ def input_embeddings(student, token_weight, pos_weight, token_ids_list):
 # -- section 2.2: tokenizing text ------------------------------------------------------------------------------
 
 @pytest.mark.points(1)
+@pytest.mark.runs("simple_tokenize")
 def test_simple_tokenize(submission):
     """simple_tokenize splits on punctuation, double dashes and whitespace, and drops the whitespace."""
     texts = [TEXT, MORE_TEXT, "  Hello,   world.  ", 'Is "this" -- (really) a_test?']
@@ -125,6 +126,7 @@ def test_simple_tokenize(submission):
 # -- section 2.3: token ids --------------------------------------------------------------------------------------
 
 @pytest.mark.points(1)
+@pytest.mark.runs("build_vocab")
 def test_build_vocab(submission):
     """build_vocab numbers the sorted distinct tokens from 0, then appends the special tokens."""
     tokens = ref.simple_tokenize(TEXT)
@@ -139,6 +141,7 @@ def test_build_vocab(submission):
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_simple_tokenize")
+@pytest.mark.runs("SimpleTokenizerV1.encode", "simple_tokenize")
 def test_tokenizer_v1_encode(submission):
     """SimpleTokenizerV1.encode maps text to the ids of its tokens."""
     vocab = ref.build_vocab(ref.simple_tokenize(TEXT + " " + MORE_TEXT))
@@ -151,6 +154,7 @@ def test_tokenizer_v1_encode(submission):
 
 
 @pytest.mark.points(1)
+@pytest.mark.runs("SimpleTokenizerV1.decode")
 def test_tokenizer_v1_decode(submission):
     """SimpleTokenizerV1.decode joins the tokens and removes the space before punctuation."""
     vocab = ref.build_vocab(ref.simple_tokenize(TEXT + " " + MORE_TEXT))
@@ -165,6 +169,7 @@ def test_tokenizer_v1_decode(submission):
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_simple_tokenize")
+@pytest.mark.runs("SimpleTokenizerV2.encode", "SimpleTokenizerV2.decode", "simple_tokenize")
 def test_tokenizer_v2_unknown_words(submission):
     """SimpleTokenizerV2 maps words outside the vocabulary to <|unk|>, and decodes them as such."""
     vocab = v2_vocab()
@@ -182,6 +187,7 @@ def test_tokenizer_v2_unknown_words(submission):
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_simple_tokenize")
+@pytest.mark.runs("SimpleTokenizerV2.encode", "SimpleTokenizerV2.decode", "simple_tokenize")
 def test_tokenizer_v2_endoftext(submission):
     """SimpleTokenizerV2 keeps <|endoftext|> between joined texts, through encode and decode."""
     vocab = v2_vocab()
@@ -215,6 +221,7 @@ def expect_pairs(got, expected, *, what, unit, count_hint, hint):
 
 
 @pytest.mark.points(3)
+@pytest.mark.runs("GPTDatasetV1")
 def test_dataset_windows(submission):
     """GPTDatasetV1: every input window and its target (shifted by one), for several max_length/stride pairs."""
     settings = [(4, 1), (4, 4), (6, 5), (3, 7), (8, 2)]
@@ -228,6 +235,7 @@ def test_dataset_windows(submission):
 
 
 @pytest.mark.points(1)
+@pytest.mark.runs("GPTDatasetV1")
 def test_dataset_short_texts(submission):
     """GPTDatasetV1 on texts of exactly max_length and max_length + 1 tokens (and with <|endoftext|>)."""
     text = "The gulls knew his name. <|endoftext|> The ships slowed."
@@ -246,6 +254,7 @@ def test_dataset_short_texts(submission):
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_dataset_windows")
+@pytest.mark.runs("create_dataloader_v1", "GPTDatasetV1")
 def test_dataloader_batches(submission):
     """create_dataloader_v1: batches of GPT-2 token ids, with and without drop_last (shuffle off)."""
     # TEXT has 87 GPT-2 tokens: with max_length 4 and stride 2 the last window starts at token 82, the last
@@ -268,6 +277,7 @@ def test_dataloader_batches(submission):
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_dataset_windows")
+@pytest.mark.runs("create_dataloader_v1", "GPTDatasetV1")
 def test_dataloader_shuffle(submission):
     """create_dataloader_v1(shuffle=True) yields the same windows as shuffle=False, in another order."""
     kwargs = {"batch_size": 1, "max_length": 4, "stride": 4, "drop_last": False}
@@ -289,6 +299,7 @@ def test_dataloader_shuffle(submission):
 # -- section 2.8: token and position embeddings ----------------------------------------------------------------
 
 @pytest.mark.points(2)
+@pytest.mark.runs("create_input_embeddings")
 def test_input_embeddings(submission):
     """create_input_embeddings adds position embeddings (0..num_tokens-1) to the token embeddings."""
     generator = torch.Generator().manual_seed(42)

@@ -131,6 +131,7 @@ def check_dropout(submission, cls, init, *, what):
 # -- section 3.3: attention without trainable weights --------------------------------------------------------
 
 @pytest.mark.points(1)
+@pytest.mark.runs("simplified_self_attention")
 def test_simplified_self_attention(submission):
     """simplified_self_attention: context vectors from dot-product scores and a softmax."""
     inputs = [rand(1, 6, 3), rand(2, 4, 5)]
@@ -145,6 +146,7 @@ def test_simplified_self_attention(submission):
 # -- section 3.4: self-attention with trainable weights ------------------------------------------------------
 
 @pytest.mark.points(1)
+@pytest.mark.runs("SelfAttention_v1")
 def test_self_attention_v1(submission):
     """SelfAttention_v1: queries, keys and values from weight matrices, scaled dot-product attention."""
     check_outputs(submission, ref.SelfAttention_v1, {"d_in": 3, "d_out": 2}, [rand(3, 6, 3), rand(4, 3, 3)],
@@ -153,6 +155,7 @@ def test_self_attention_v1(submission):
 
 
 @pytest.mark.points(1)
+@pytest.mark.runs("SelfAttention_v2")
 def test_self_attention_v2(submission):
     """SelfAttention_v2: the same with nn.Linear layers, with and without qkv_bias."""
     for qkv_bias in (False, True):
@@ -166,6 +169,7 @@ CAUSAL = {"d_in": 3, "d_out": 2, "context_length": 6, "dropout": 0.5}
 
 
 @pytest.mark.points(2)
+@pytest.mark.runs("CausalAttention")
 def test_causal_attention_output(submission):
     """CausalAttention on a batch, in eval mode (dropout off), with and without qkv_bias."""
     for qkv_bias in (False, True):
@@ -176,6 +180,7 @@ def test_causal_attention_output(submission):
 
 
 @pytest.mark.points(1)
+@pytest.mark.runs("CausalAttention")
 def test_causal_attention_is_causal(submission):
     """CausalAttention: no position attends to a later one, and every position attends to the earlier ones."""
     check_causal(submission, ref.CausalAttention, dict(CAUSAL, dropout=0.0), what="CausalAttention")
@@ -183,6 +188,7 @@ def test_causal_attention_is_causal(submission):
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_causal_attention_output")
+@pytest.mark.runs("CausalAttention")
 def test_causal_attention_shorter_input(submission):
     """CausalAttention on inputs shorter than context_length."""
     check_outputs(submission, ref.CausalAttention, dict(CAUSAL, context_length=10),
@@ -191,6 +197,7 @@ def test_causal_attention_shorter_input(submission):
 
 
 @pytest.mark.points(1)
+@pytest.mark.runs("CausalAttention")
 def test_causal_attention_dropout_in_training(submission):
     """CausalAttention applies dropout to the attention weights in train mode only."""
     check_dropout(submission, ref.CausalAttention, CAUSAL, what="CausalAttention")
@@ -200,6 +207,7 @@ def test_causal_attention_dropout_in_training(submission):
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_causal_attention_output")
+@pytest.mark.runs("MultiHeadAttentionWrapper", "CausalAttention")
 def test_wrapper_output(submission):
     """MultiHeadAttentionWrapper stacks the heads' outputs along the last dimension."""
     init = {"d_in": 3, "d_out": 2, "context_length": 6, "dropout": 0.2, "num_heads": 3}
@@ -217,6 +225,7 @@ MHA_CONFIGS = [
 
 
 @pytest.mark.points(3)
+@pytest.mark.runs("MultiHeadAttention")
 def test_mha_output(submission):
     """MultiHeadAttention on batches, for several head counts, widths and the qkv_bias switch (eval mode)."""
     for index, init in enumerate(MHA_CONFIGS):
@@ -229,6 +238,7 @@ def test_mha_output(submission):
 
 
 @pytest.mark.points(1)
+@pytest.mark.runs("MultiHeadAttention")
 def test_mha_is_causal(submission):
     """MultiHeadAttention: no position attends to a later one, and every position attends to the earlier ones."""
     init = {"d_in": 6, "d_out": 4, "context_length": 6, "dropout": 0.0, "num_heads": 2}
@@ -237,6 +247,7 @@ def test_mha_is_causal(submission):
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_mha_output")
+@pytest.mark.runs("MultiHeadAttention")
 def test_mha_shorter_input(submission):
     """MultiHeadAttention on inputs shorter than context_length."""
     init = {"d_in": 6, "d_out": 6, "context_length": 12, "dropout": 0.2, "num_heads": 3}
@@ -246,6 +257,7 @@ def test_mha_shorter_input(submission):
 
 
 @pytest.mark.points(1)
+@pytest.mark.runs("MultiHeadAttention")
 def test_mha_dropout_in_training(submission):
     """MultiHeadAttention applies dropout to the attention weights in train mode only."""
     init = {"d_in": 6, "d_out": 4, "context_length": 6, "dropout": 0.5, "num_heads": 2}

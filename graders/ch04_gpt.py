@@ -73,6 +73,11 @@ CFG = {"vocab_size": 53, "context_length": 8, "emb_dim": 12, "n_heads": 3, "n_la
 CFG_BIAS = {"vocab_size": 40, "context_length": 6, "emb_dim": 8, "n_heads": 2, "n_layers": 1, "drop_rate": 0.0,
             "qkv_bias": True}
 
+# The student's code that a transformer block and a whole model run (@pytest.mark.runs): the attention comes
+# from the setup cell (chapter 3's reference), everything else is the student's.
+BLOCK = ("TransformerBlock", "LayerNorm", "FeedForward", "GELU")
+MODEL = ("GPTModel", *BLOCK)
+
 HINT_NORM = ("subtract the mean and divide by sqrt(var + eps) over the last dimension (dim=-1, keepdim=True), "
              "with the biased variance (unbiased=False), then return self.scale * norm_x + self.shift.")
 HINT_BLOCK = ("pre-LayerNorm with two shortcuts: shortcut = x; x = norm1(x); x = att(x); x = drop_shortcut(x); "
@@ -428,6 +433,7 @@ def generate_with_toy_model(student, weights, cases):
 # -- section 4.2: layer normalization ------------------------------------------------------------------------
 
 @pytest.mark.points(2)
+@pytest.mark.runs("LayerNorm")
 def test_layer_norm(submission):
     """LayerNorm: outputs and gradients on 2-D and 3-D inputs, a constant vector among them.
 
@@ -444,6 +450,7 @@ def test_layer_norm(submission):
 # -- section 4.3: GELU and the feed-forward network ------------------------------------------------------------
 
 @pytest.mark.points(1)
+@pytest.mark.runs("GELU")
 def test_gelu(submission):
     """GELU in the tanh approximation, values and gradients from -6 to 6."""
     inputs = [torch.linspace(-6, 6, 97).reshape(1, 97), randn(50, 2, 3, 7) * 2.5]
@@ -463,6 +470,7 @@ def test_gelu(submission):
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_gelu")
+@pytest.mark.runs("FeedForward", "GELU")
 def test_feed_forward(submission):
     """FeedForward: Linear to 4 * emb_dim, GELU, Linear back to emb_dim; outputs and gradients."""
     ff = reference_module(ref.FeedForward, 60, cfg=CFG)
@@ -474,6 +482,7 @@ def test_feed_forward(submission):
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_gelu")
+@pytest.mark.runs("ExampleDeepNeuralNetwork", "GELU")
 def test_example_deep_neural_network(submission):
     """ExampleDeepNeuralNetwork: outputs and gradients, with and without shortcut connections.
 
@@ -505,6 +514,7 @@ def test_example_deep_neural_network(submission):
 
 @pytest.mark.points(3)
 @pytest.mark.depends_on("test_layer_norm", "test_feed_forward")
+@pytest.mark.runs(*BLOCK)
 def test_transformer_block(submission):
     """TransformerBlock: outputs and gradients in eval mode, with and without qkv_bias.
 
@@ -520,6 +530,7 @@ def test_transformer_block(submission):
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_transformer_block")
+@pytest.mark.runs(*BLOCK)
 def test_transformer_block_dropout_in_training(submission):
     """TransformerBlock applies dropout to each sub-block's output, before the shortcut, in train mode only."""
     for drop_rate in (0.5, 0.0):
@@ -553,6 +564,7 @@ def test_transformer_block_dropout_in_training(submission):
 
 @pytest.mark.points(3)
 @pytest.mark.depends_on("test_transformer_block")
+@pytest.mark.runs(*MODEL)
 def test_gpt_model_logits(submission):
     """GPTModel: logits and gradients in eval mode, on inputs of context_length tokens, with and without qkv_bias.
 
@@ -573,6 +585,7 @@ def _position_ids_out_of_range(record) -> str | None:
 
 
 @pytest.mark.points(1)
+@pytest.mark.runs(*MODEL)
 def test_gpt_model_size(submission):
     """GPTModel has the book's parameters (counted on tiny configurations) and logits of the right shape.
 
@@ -601,6 +614,7 @@ def test_gpt_model_size(submission):
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_gpt_model_logits")
+@pytest.mark.runs(*MODEL)
 def test_gpt_model_shorter_input(submission):
     """GPTModel on inputs shorter than context_length (down to one token)."""
     model = gpt_model(CFG, 130)
@@ -618,6 +632,7 @@ def test_gpt_model_shorter_input(submission):
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_layer_norm", "test_transformer_block")
+@pytest.mark.runs(*MODEL)
 def test_gpt_model_is_causal(submission):
     """GPTModel: the logits at a position do not depend on later tokens, and do depend on earlier ones."""
     model = gpt_model(dict(CFG, drop_rate=0.0), 140)
@@ -633,6 +648,7 @@ def test_gpt_model_is_causal(submission):
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_gpt_model_logits", "test_transformer_block_dropout_in_training")
+@pytest.mark.runs(*MODEL)
 def test_gpt_model_dropout_in_training(submission):
     """GPTModel applies drop_emb to the sum of token and position embeddings, in train mode only."""
     for drop_rate in (0.5, 0.0):
@@ -724,6 +740,7 @@ def _context_exceeded(record) -> str | None:
 
 
 @pytest.mark.points(2)
+@pytest.mark.runs("generate_text_simple")
 def test_generate_text_simple(submission):
     """generate_text_simple appends the most likely next token max_new_tokens times, for batches of prompts.
 
@@ -733,6 +750,7 @@ def test_generate_text_simple(submission):
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_generate_text_simple")
+@pytest.mark.runs("generate_text_simple")
 def test_generate_text_simple_crops_context(submission):
     """generate_text_simple feeds the model at most context_size tokens: the last ones."""
     check_generation(submission, CROP_CASES, what="generation with a short context")

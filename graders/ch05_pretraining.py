@@ -54,6 +54,10 @@ INTERFACE = Interface(
     Function("load_checkpoint", "(path, model, optimizer=None, map_location=None)"),
 )
 
+# The student's code that evaluating and printing a sample run (@pytest.mark.runs), as the book writes them.
+EVALUATE = ("evaluate_model", "calc_loss_loader", "calc_loss_batch")
+SAMPLE = ("generate_and_print_sample", "text_to_token_ids", "token_ids_to_text")
+
 # A small GPT for losses, generation and checkpoints, and one with GPT-2's vocabulary for what goes through
 # tiktoken (samples printed during training).
 SMALL = {"vocab_size": 61, "context_length": 8, "emb_dim": 12, "n_heads": 3, "n_layers": 2, "drop_rate": 0.1,
@@ -344,6 +348,7 @@ TEXTS = ["Every effort moves you", "The lamp was lit. <|endoftext|> At dawn,\nth
 
 
 @pytest.mark.points(1)
+@pytest.mark.runs("text_to_token_ids")
 def test_text_to_token_ids(submission):
     """text_to_token_ids: GPT-2 token ids as a batch of one, shape (1, num_tokens), <|endoftext|> allowed."""
     got = submission.run(encode_texts, texts=TEXTS)
@@ -355,6 +360,7 @@ def test_text_to_token_ids(submission):
 
 
 @pytest.mark.points(1)
+@pytest.mark.runs("token_ids_to_text")
 def test_token_ids_to_text(submission):
     """token_ids_to_text: decodes a batch of one, shape (1, num_tokens), and a plain (num_tokens,) tensor."""
     tokenizer = get_gpt2_tokenizer()
@@ -411,6 +417,7 @@ def name_loss_mistake(model, inputs, targets, got):
 
 
 @pytest.mark.points(2)
+@pytest.mark.runs("calc_loss_batch")
 def test_calc_loss_batch(submission):
     """calc_loss_batch: the mean cross-entropy of the next token over every position, with its gradients."""
     model = small_model()
@@ -471,6 +478,7 @@ LOADER_MISTAKES = [
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_calc_loss_batch")
+@pytest.mark.runs("calc_loss_loader", "calc_loss_batch")
 def test_calc_loss_loader(submission):
     """calc_loss_loader: the average batch loss over all or the first num_batches batches; NaN when empty.
 
@@ -510,6 +518,7 @@ def test_calc_loss_loader(submission):
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_calc_loss_loader")
+@pytest.mark.runs(*EVALUATE)
 def test_evaluate_model(submission):
     """evaluate_model: training and validation loss over eval_iter batches in eval mode; training mode restored."""
     model = small_model(7)
@@ -552,6 +561,7 @@ SAMPLE_PROMPT = "Every evening\nthe lamp"
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_text_to_token_ids", "test_token_ids_to_text")
+@pytest.mark.runs(*SAMPLE)
 def test_generate_and_print_sample(submission):
     """generate_and_print_sample: the prompt and 50 greedy tokens on one line; the model left in training mode."""
     model = small_model(11, GPT2_TINY)
@@ -646,6 +656,7 @@ def same_run(candidate, train_losses, val_losses, tokens_seen) -> bool:
 
 @pytest.mark.points(3)
 @pytest.mark.depends_on("test_calc_loss_batch", "test_evaluate_model", "test_generate_and_print_sample")
+@pytest.mark.runs("train_model_simple", *EVALUATE, *SAMPLE)
 def test_train_model_simple(submission):
     """train_model_simple: a short seeded run gives the reference's losses, tokens seen and weights.
 
@@ -786,6 +797,7 @@ def describe(case_):
 
 
 @pytest.mark.points(1)
+@pytest.mark.runs("generate")
 def test_generate_greedy(submission):
     """generate with temperature 0 (the default) is greedy decoding, cropped to the context size, for a batch."""
     model = small_model(13)
@@ -807,6 +819,7 @@ TEMPERATURE_MISTAKES = [
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_generate_greedy")
+@pytest.mark.runs("generate")
 def test_generate_temperature(submission):
     """generate with temperature > 0 samples from softmax(logits / temperature), as the reference does."""
     model = small_model(17)
@@ -842,6 +855,7 @@ def tied_table():
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_generate_temperature")
+@pytest.mark.runs("generate")
 def test_generate_top_k(submission):
     """generate with top_k keeps the logits >= the k-th largest (ties included) and samples from them."""
     table = tied_table()
@@ -884,6 +898,7 @@ def chain_table():
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_generate_greedy")
+@pytest.mark.runs("generate")
 def test_generate_eos(submission):
     """generate with eos_id stops a sequence before its eos_id, also in a batch whose rows end at different steps.
 
@@ -905,6 +920,7 @@ def test_generate_eos(submission):
 # -- section 5.4: saving and loading ----------------------------------------------------------------------------
 
 @pytest.mark.points(2)
+@pytest.mark.runs("save_checkpoint", "load_checkpoint")
 def test_checkpoint_round_trip(submission):
     """save_checkpoint and load_checkpoint: the model's and the optimizer's state survive the round trip.
 

@@ -57,6 +57,9 @@ INTERFACE = Interface(
     Function("classify_review", "(text, model, tokenizer, device, max_length=None, pad_token_id=50256)"),
 )
 
+# The student's code that evaluating the model runs (@pytest.mark.runs), as the book writes it.
+EVALUATE = ("evaluate_model", "calc_loss_loader", "calc_loss_batch")
+
 DATA = Path(__file__).resolve().parents[1] / "data" / "sms_spam_sample.tsv"
 PAD = 50256
 
@@ -384,6 +387,7 @@ def small_frame():
 
 
 @pytest.mark.points(1)
+@pytest.mark.runs("create_balanced_dataset")
 def test_create_balanced_dataset(submission):
     """create_balanced_dataset: all the spam, as many ham rows drawn with random_state=123, ham first."""
     frames = [messages(), small_frame()]
@@ -420,6 +424,7 @@ SPLITS = [(0.7, 0.1), (0.7, 0.1), (0.5, 0.3)]
 
 
 @pytest.mark.points(1)
+@pytest.mark.runs("random_split")
 def test_random_split(submission):
     """random_split: a seeded shuffle (random_state=123) with a fresh index, cut at int(n * fraction)."""
     balanced = labelled(ref.create_balanced_dataset(messages()))
@@ -520,6 +525,7 @@ def expect_dataset(got, expected, rows, kwargs, *, what):
 
 
 @pytest.mark.points(2)
+@pytest.mark.runs("SpamDataset")
 def test_spam_dataset(submission, tmp_path):
     """SpamDataset with max_length=None: every message padded with 50256 to the longest one; labels as tensors."""
     rows = dataset_rows()
@@ -529,6 +535,7 @@ def test_spam_dataset(submission, tmp_path):
 
 
 @pytest.mark.points(1)
+@pytest.mark.runs("SpamDataset")
 def test_spam_dataset_max_length(submission, tmp_path):
     """SpamDataset with a max_length: longer messages truncated, shorter ones padded, with the given pad_token_id."""
     rows = dataset_rows()
@@ -556,6 +563,7 @@ def prepared(submission, num_classes, seed):
 
 
 @pytest.mark.points(1)
+@pytest.mark.runs("prepare_model_for_classification")
 def test_classification_head(submission):
     """prepare_model_for_classification gives the model a new head, nn.Linear(emb_dim, num_classes) with a bias,
     drawn right after the book's seed; the model's other weights are kept."""
@@ -591,6 +599,7 @@ def trainable_groups(requires_grad: dict) -> str:
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_classification_head")
+@pytest.mark.runs("prepare_model_for_classification")
 def test_freezing(submission):
     """Only the last transformer block, the final LayerNorm and the new head are trainable, and only they get
     gradients."""
@@ -675,6 +684,7 @@ ACCURACY_MISTAKES = [
 
 
 @pytest.mark.points(2)
+@pytest.mark.runs("calc_accuracy_loader")
 def test_calc_accuracy_loader(submission):
     """calc_accuracy_loader: the fraction of examples whose last-token argmax is the label, over all or the first
     num_batches batches, with dropout off."""
@@ -739,6 +749,7 @@ def name_loss_mistake(model, inputs, labels, got):
 
 
 @pytest.mark.points(2)
+@pytest.mark.runs("calc_loss_batch")
 def test_calc_loss_batch(submission):
     """calc_loss_batch: the cross-entropy of the last token's logits and the labels, with its gradients."""
     model = classifier(SMALL)
@@ -772,6 +783,7 @@ def test_calc_loss_batch(submission):
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_calc_loss_batch")
+@pytest.mark.runs("calc_loss_loader", "calc_loss_batch")
 def test_calc_loss_loader(submission):
     """calc_loss_loader: the average batch loss over all or the first num_batches batches (at most all); NaN for
     an empty loader."""
@@ -810,6 +822,7 @@ def test_calc_loss_loader(submission):
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_calc_loss_loader")
+@pytest.mark.runs(*EVALUATE)
 def test_evaluate_model(submission):
     """evaluate_model: training and validation loss over eval_iter batches in eval mode; training mode restored."""
     model = classifier(DROPOUT, seed=7)
@@ -927,6 +940,7 @@ def same_run(candidate, got) -> bool:
 
 @pytest.mark.points(3)
 @pytest.mark.depends_on("test_calc_loss_batch", "test_evaluate_model", "test_calc_accuracy_loader")
+@pytest.mark.runs("train_classifier_simple", "calc_accuracy_loader", *EVALUATE)
 def test_train_classifier_simple(submission):
     """train_classifier_simple: a short seeded run gives the reference's losses, accuracies, examples seen and head.
 
@@ -1017,6 +1031,7 @@ REVIEW_MISTAKES = [
 
 
 @pytest.mark.points(2)
+@pytest.mark.runs("classify_review")
 def test_classify_review(submission):
     """classify_review: the message truncated and padded to max_length like the training data, the last token's
     argmax, class 1 answered "spam" and class 0 "not spam", in eval mode."""

@@ -59,6 +59,10 @@ INTERFACE = Interface(
                                        "num_epochs, beta, eval_freq, eval_iter, start_context, tokenizer)"),
 )
 
+# The student's code that the loss of a batch and of a loader run (@pytest.mark.runs), as the book writes them.
+BATCH_LOSS = ("compute_dpo_loss_batch", "compute_dpo_loss", "compute_logprobs")
+LOADER_LOSS = ("compute_dpo_loss_loader", *BATCH_LOSS)
+
 DATA = json.loads((Path(__file__).resolve().parents[1] / "data" / "preference_data.json").read_text("utf-8"))
 PAD = 50256
 LN2 = math.log(2)
@@ -435,6 +439,7 @@ DATASET_MISTAKES = [
 
 
 @pytest.mark.points(2)
+@pytest.mark.runs("PreferenceDataset")
 def test_preference_dataset(submission):
     """PreferenceDataset: prompt, prompt + chosen answer and prompt + rejected answer as GPT-2 token ids."""
     entries = DATA[:6]
@@ -525,6 +530,7 @@ def name_batch_mistake(items, kwargs, got, keys, mistakes):
 
 
 @pytest.mark.points(2)
+@pytest.mark.runs("custom_collate_fn")
 def test_collate_token_ids(submission):
     """custom_collate_fn: chosen and rejected padded to one common length, and the prompts as a list."""
     cases = collate_cases()
@@ -548,6 +554,7 @@ def test_collate_token_ids(submission):
 
 @pytest.mark.points(3)
 @pytest.mark.depends_on("test_collate_token_ids")
+@pytest.mark.runs("custom_collate_fn")
 def test_collate_masks(submission):
     """custom_collate_fn: chosen_mask and rejected_mask are True on the answer's tokens only (no prompt, no padding)."""
     cases = collate_cases()
@@ -570,6 +577,7 @@ def test_collate_masks(submission):
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_collate_masks")
+@pytest.mark.runs("custom_collate_fn")
 def test_collate_without_prompt_masking(submission):
     """custom_collate_fn with mask_prompt_tokens=False: the masks leave out the padding only."""
     cases = [(items, dict(kwargs, mask_prompt_tokens=False)) for items, kwargs in collate_cases()[::2]]
@@ -586,6 +594,7 @@ def test_collate_without_prompt_masking(submission):
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_collate_token_ids")
+@pytest.mark.runs("custom_collate_fn")
 def test_collate_truncation_and_device(submission):
     """custom_collate_fn with allowed_max_length cuts the four tensors; `device` is where they are returned."""
     tokenized = gpt2_items(DATA[:3])
@@ -669,6 +678,7 @@ LOGPROB_MISTAKES = [
 
 
 @pytest.mark.points(3)
+@pytest.mark.runs("compute_logprobs")
 def test_compute_logprobs(submission):
     """compute_logprobs: the mean log-probability of each sequence's next tokens, over the selected tokens."""
     shapes = [(3, 7, 11), (2, 5, 4), (4, 9, 6)]
@@ -743,6 +753,7 @@ def describe_loss_case(logprobs, beta):
 
 
 @pytest.mark.points(2)
+@pytest.mark.runs("compute_dpo_loss")
 def test_dpo_loss(submission):
     """compute_dpo_loss: -logsigmoid(beta * (policy log-ratio - reference log-ratio)), averaged over the batch."""
     got = submission.run(dpo_losses, name="compute_dpo_loss", cases=LOSS_CASES)
@@ -765,6 +776,7 @@ def test_dpo_loss(submission):
 
 
 @pytest.mark.points(1)
+@pytest.mark.runs("compute_dpo_loss")
 def test_dpo_rewards(submission):
     """compute_dpo_loss: the chosen and rejected rewards, policy minus reference log-probabilities (no beta)."""
     got = submission.run(dpo_losses, name="compute_dpo_loss", cases=LOSS_CASES)
@@ -792,6 +804,7 @@ def test_dpo_rewards(submission):
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_dpo_loss")
+@pytest.mark.runs("compute_dpo_loss")
 def test_dpo_loss_properties(submission):
     """compute_dpo_loss: ln 2 when the policy equals the reference; falls as the chosen log-probability rises."""
     chosen, rejected = -rand(110, 5) * 5, -rand(111, 5) * 5
@@ -831,6 +844,7 @@ def reference_batch_result(cfg, policy_state, reference_state, batch, beta, same
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_compute_logprobs", "test_dpo_loss", "test_dpo_rewards")
+@pytest.mark.runs(*BATCH_LOSS)
 def test_dpo_loss_batch(submission):
     """compute_dpo_loss_batch: the DPO loss and rewards of a batch from the masked log-probabilities of the
     policy and the reference model (tiny GPTs), and ln 2 when the policy is a copy of the reference."""
@@ -851,6 +865,7 @@ def test_dpo_loss_batch(submission):
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_dpo_loss_batch")
+@pytest.mark.runs(*BATCH_LOSS)
 def test_dpo_batch_gradients(submission):
     """compute_dpo_loss_batch: backpropagating the loss trains the policy, and the frozen reference gets no gradient."""
     policy_state, reference_state = tiny_state(3), tiny_state(4)
@@ -898,6 +913,7 @@ LOADER_MISTAKES = [
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_dpo_loss_batch")
+@pytest.mark.runs(*LOADER_LOSS)
 def test_dpo_loss_loader(submission):
     """compute_dpo_loss_loader: mean loss, chosen and rejected reward over all or the first num_batches batches."""
     policy_state, reference_state = tiny_state(5), tiny_state(6)
@@ -934,6 +950,7 @@ EVAL_KEYS = ("train_loss", "train_chosen_reward", "train_rejected_reward", "val_
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_dpo_loss_loader")
+@pytest.mark.runs("evaluate_dpo_loss_loader", *LOADER_LOSS)
 def test_evaluate_dpo_loss_loader(submission):
     """evaluate_dpo_loss_loader: losses and rewards on eval_iter batches of each loader in eval mode, as a dict;
     the policy is left in training mode."""
@@ -1019,6 +1036,7 @@ def reference_training(loop, state):
 
 @pytest.mark.points(3)
 @pytest.mark.depends_on("test_dpo_batch_gradients", "test_evaluate_dpo_loss_loader")
+@pytest.mark.runs("train_model_dpo_simple", "evaluate_dpo_loss_loader", *LOADER_LOSS)
 def test_train_model_dpo_simple(submission):
     """train_model_dpo_simple: a short seeded DPO run gives the reference's losses, rewards and tokens seen, and
     leaves the reference model as it was (2 epochs of 3 batches of tiny GPTs, evaluating every 2 steps)."""

@@ -245,6 +245,7 @@ def finetuning_run(student, cfg, state, vocabulary, train_entries, val_entries, 
 # -- section 7.2: the prompt format and the split ---------------------------------------------------------------
 
 @pytest.mark.points(1)
+@pytest.mark.runs("format_input")
 def test_format_input(submission):
     """format_input: the Alpaca-style prompt, with the input section only when the entry has an input."""
     got = submission.run(call_each, name="format_input", inputs=[[entry] for entry in ENTRIES])
@@ -264,6 +265,7 @@ def test_format_input(submission):
 
 
 @pytest.mark.points(1)
+@pytest.mark.runs("split_data")
 def test_split_data(submission):
     """split_data: the first 85% for training, the next 10% for testing, the rest for validation, in order."""
     cases = [(list(range(100)), {}), (list(range(1100)), {}), (list(range(23)), {}),
@@ -302,6 +304,7 @@ RESPONSE_MISTAKES = [
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_format_input")
+@pytest.mark.runs("InstructionDataset", "format_input")
 def test_instruction_dataset(submission):
     """InstructionDataset: each entry as the token ids of prompt, response header and answer, tokenized once."""
     entries = ENTRIES[:4] + DATA[10:14]
@@ -406,6 +409,7 @@ def describe_case(batch, kwargs):
 
 
 @pytest.mark.points(1)
+@pytest.mark.runs("custom_collate_draft_1")
 def test_collate_draft_1(submission):
     """custom_collate_draft_1: one end-of-text token per item, padded to one length, the last column dropped."""
     cases = [(BOOK_BATCH, {})] + [(batch, {}) for batch in random_batches(1, 3)] + [(BOOK_BATCH, {"pad_token_id": 0})]
@@ -418,6 +422,7 @@ def test_collate_draft_1(submission):
 
 
 @pytest.mark.points(1)
+@pytest.mark.runs("custom_collate_draft_2")
 def test_collate_draft_2(submission):
     """custom_collate_draft_2: the inputs, and the targets shifted one position to the left."""
     cases = [(BOOK_BATCH, {})] + [(batch, {}) for batch in random_batches(2, 3)] + [(BOOK_BATCH, {"pad_token_id": 0})]
@@ -433,6 +438,7 @@ def test_collate_draft_2(submission):
 
 
 @pytest.mark.points(3)
+@pytest.mark.runs("custom_collate_fn")
 def test_collate_fn_targets(submission):
     """custom_collate_fn: padded inputs, shifted targets, every padding target after the first set to -100."""
     cases = ([(BOOK_BATCH, {})] + [(batch, {}) for batch in random_batches(3, 4)]
@@ -455,6 +461,7 @@ def test_collate_fn_targets(submission):
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_collate_fn_targets")
+@pytest.mark.runs("custom_collate_fn")
 def test_collate_fn_truncation(submission):
     """custom_collate_fn with allowed_max_length: both tensors cut to that many tokens, the masking unchanged."""
     batches = [[[11, 12, 13, 14, 15, 16], [21, 22]], BOOK_BATCH, random_batches(4, 1)[0]]
@@ -483,6 +490,7 @@ def test_collate_fn_truncation(submission):
 
 
 @pytest.mark.points(1)
+@pytest.mark.runs("custom_collate_fn")
 def test_collate_fn_device(submission):
     """custom_collate_fn returns two tensors of token ids (int64) on the given device, and leaves the items alone."""
     batch = [[11, 12, 13], [21], [31, 32]]
@@ -518,6 +526,7 @@ def generated_texts():
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_format_input")
+@pytest.mark.runs("extract_response")
 def test_extract_response(submission):
     """extract_response: the generated text without the prompt and the '### Response:' header, stripped."""
     cases = generated_texts()
@@ -567,6 +576,7 @@ def tiny_model(seed):
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_format_input", "test_extract_response")
+@pytest.mark.runs("generate_model_responses", "format_input", "extract_response")
 def test_generate_model_responses(submission):
     """generate_model_responses: greedy answers of a tiny GPT to each entry, stopped at eos_id, as new entries."""
     model = tiny_model(7)
@@ -619,6 +629,7 @@ ANSWER_PAIRS = [
 
 
 @pytest.mark.points(1)
+@pytest.mark.runs("normalize_answer")
 def test_normalize_answer(submission):
     """normalize_answer: lower case, no ASCII punctuation, no articles a/an/the, single spaces."""
     got = submission.run(call_each, name="normalize_answer", inputs=[[text] for text in NORMALIZE_TEXTS])
@@ -631,6 +642,7 @@ def test_normalize_answer(submission):
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_normalize_answer")
+@pytest.mark.runs("exact_match_score", "normalize_answer")
 def test_exact_match_score(submission):
     """exact_match_score: 1.0 when the normalized answers are equal, else 0.0."""
     got = submission.run(call_each, name="exact_match_score", inputs=[list(pair) for pair in ANSWER_PAIRS])
@@ -667,6 +679,7 @@ def f1_without_normalizing(prediction, truth):
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_normalize_answer")
+@pytest.mark.runs("f1_score", "normalize_answer")
 def test_f1_score(submission):
     """f1_score: the harmonic mean of token precision and recall between the normalized answers."""
     got = submission.run(call_each, name="f1_score", inputs=[list(pair) for pair in ANSWER_PAIRS])
@@ -692,6 +705,7 @@ def test_f1_score(submission):
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_exact_match_score", "test_f1_score")
+@pytest.mark.runs("evaluate_responses", "exact_match_score", "f1_score", "normalize_answer")
 def test_evaluate_responses(submission):
     """evaluate_responses: mean exact match and F1 in percent over the entries, with their count."""
     answers = [{"instruction": entry["instruction"], "input": entry["input"], "output": truth,
@@ -725,6 +739,7 @@ FINETUNING = {"seed": 123, "batch_size": 4, "lr": 5e-3, "num_epochs": 2, "eval_f
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_instruction_dataset", "test_collate_fn_targets", "test_collate_fn_truncation")
+@pytest.mark.runs("InstructionDataset", "format_input", "custom_collate_fn")
 def test_finetuning_run(submission):
     """A short finetuning run through chapter 5's loop with your dataset and collate function: the reference's
     losses and tokens seen (2 epochs of 4 batches of a tiny GPT, on the CPU)."""

@@ -13,6 +13,20 @@ Markers (registered here, checked when the grader is collected; a bad marker nam
     @pytest.mark.points(n)              what the test is worth: one positive number
     @pytest.mark.depends_on("test_a")   tests of the same grader, earlier in the file, whose code this test
                                         uses: when both fail, the message says to fix those first
+    @pytest.mark.runs("GPTModel", ...)  the student's code this test runs, directly or through other code of the
+                                        student's: names of the grader's INTERFACE (a whole function or class,
+                                        or one method, "BPETokenizerSimple.train") or of its HELPERS (solution
+                                        code that the graded names call, e.g. ch02_bpe's merge_pair); required
+                                        on every test of a grader that has an INTERFACE
+
+A hanging function costs one timeout, not one per test that reaches it. When a test's call into the worker runs
+out of time (a hang, not a failed load), the code it declares with `runs` that no passing test has yet shown to
+finish is taken as hung, and every later test that declares any of that code (the same name, or a class and
+one of its methods) is not run: it ends as a timeout whose message names what hung and where (in a grader
+without declarations, a test is not run when a test it depends on timed out). A probe that reaches code of the
+student's that the test does not declare (`student.GPTModel` in its source, or `name="calc_loss_loader"` among
+its arguments) is a grader bug, so a declaration cannot silently go missing; tests/test_hanging_stubs.py checks
+what declared code calls against the solution, and grades the solution with every stub made to hang.
 
 Who is blamed comes from where the error was found, never from its text: a test ends as a course error
 ("internal grader error") only for faults found on the trusted side (a probe called with arguments it does not
@@ -23,6 +37,8 @@ traceback, the grader's source or an expected value.
 
 from __future__ import annotations
 
+import ast
+import functools
 import inspect
 import math
 import time
@@ -32,6 +48,7 @@ import pytest
 from course.grading import compare
 from course.grading.contracts import BadResult, check_result
 from course.grading.feedback import student_error_message
+from course.grading.interface import Class
 from course.results import TestResult
 from course.worker.client import GraderBug, StudentCodeError, StudentTimeout
 from course.worker.records import ErrorKind, ErrorRecord
@@ -39,6 +56,7 @@ from course.worker.records import ErrorKind, ErrorRecord
 MARKERS = (
     "points(n): the points a grader test is worth (one positive number)",
     "depends_on(*tests): earlier tests of the same grader whose code this test uses",
+    "runs(*names): the student's functions, classes or Class.methods this test runs (directly or not)",
 )
 
 
@@ -51,11 +69,16 @@ class Submission:
 
     def __init__(self, client, timeout: float, device: str, load_problem: str | None,
                  budget: tuple[float, float] | None = None, hung: dict[str, str] | None = None,
-                 blocked: str | None = None):
+                 blocked: str | None = None, runs: tuple[str, ...] | None = None,
+                 finished: set[str] | None = None, declarable: frozenset[str] = frozenset()):
         """budget: (time.monotonic() deadline, seconds) for the whole submission, worker restarts included.
         hung: the student's functions and classes that ran out of time in earlier tests -> that test (shared by
         the submission's tests: a function that hangs costs one timeout, not one per test).
-        blocked: why this test must not call the student's code at all (a test it depends on hung)."""
+        blocked: why this test must not call the student's code at all (code it runs, or a test it depends on,
+        hung).
+        runs: what this test declares it runs (@pytest.mark.runs), None when its grader declares nothing;
+        finished: the names that passing tests declared (shown to finish); declarable: the names a grader may
+        declare (its INTERFACE and HELPERS)."""
         self._client = client
         self._timeout = timeout
         self._used = 0.0
@@ -64,22 +87,25 @@ class Submission:
         self._budget = budget
         self._hung = hung if hung is not None else {}
         self._blocked = blocked
+        self._runs = runs
+        self._finished = finished if finished is not None else set()
+        self._declarable = declarable
         self.test_name = ""
 
     def run(self, probe_function, **kwargs):
         """Run `probe_function` (a @probe) in the worker with these keyword arguments; returns its checked value."""
         source = _probe_source(probe_function, kwargs)
         self._check_may_run()  # an unreadable notebook, a failed load, a hung dependency, no time left
+        self._check_declared(source, kwargs)
         target = next((v for k, v in kwargs.items() if k in ("name", "class_name") and isinstance(v, str)), None)
-        if target in self._hung:
+        if self._runs is None and target in self._hung:  # (a test that declares what it runs is blocked up front)
             raise StudentTimeout(f"not run again: `{target}` did not finish in time in {self._hung[target]}")
         remaining = self._timeout - self._used
         started = time.monotonic()
         try:
             value = self._client.call(probe_function.__name__, source, kwargs, remaining)
         except StudentTimeout:
-            if target is not None and self._client.fatal is None:  # the call hung, not the loading
-                self._hung[target] = self.test_name or "an earlier test"
+            self._record_hang(target)
             raise
         finally:
             self._used += time.monotonic() - started - self._client.last_overhead
@@ -98,17 +124,49 @@ class Submission:
         port = _free_port()
         kwargs_list = [dict(kwargs, rank=rank, world_size=world_size, master_port=port) for rank in range(world_size)]
         source = _probe_source(probe_function, kwargs_list[0])
+        self._check_declared(source, kwargs)
         self._check_may_run()
         remaining = self._timeout - self._used
         started = time.monotonic()
         try:
             values = self._client.call_ranks(probe_function.__name__, source, kwargs_list, remaining)
+        except StudentTimeout:
+            self._record_hang(None)
+            raise
         finally:
             self._used += time.monotonic() - started - self._client.last_overhead
         try:
             return [check_result(probe_function.probe_returns, value, kwargs) for value in values]
         except BadResult as exc:
             raise StudentCodeError.of(ErrorKind.BAD_OUTPUT, str(exc)) from None
+
+    def _check_declared(self, source: str, kwargs: dict) -> None:
+        """A GraderBug if the probe reaches code of the student's that this test does not declare: an attribute of
+        the student's module in the probe's source (`student.GPTModel`), or a name passed as an argument
+        (`name="calc_loss_loader"`). What that code calls in turn is the declaration's business (the test of
+        tests/test_hanging_stubs.py checks it against the solution)."""
+        if self._runs is None:
+            return
+        reached = _student_attributes(source) | {value for value in kwargs.values() if isinstance(value, str)}
+        missing = sorted(name for name in reached
+                         if name in self._declarable and not any(overlaps(name, mine) for mine in self._runs))
+        if missing:
+            raise GraderBug(f"{self.test_name or 'a test'} runs {', '.join(f'`{name}`' for name in missing)} without "
+                            "declaring it in @pytest.mark.runs")
+
+    def _record_hang(self, target: str | None) -> None:
+        """A call into the worker ran out of time: remember what hung, so that no later test runs it again.
+
+        What hung is taken to be the code this test declares that no passing test has shown to finish (with tests
+        ordered bottom up, the test's own subject); in a grader without declarations, the probe's target. Nothing
+        is remembered when the loading hung (every later call then fails at once anyway)."""
+        if self._client is None or self._client.fatal is not None:
+            return
+        suspects = [name for name in self._runs or () if name not in self._finished]
+        if self._runs is None and target is not None:
+            suspects = [target]
+        for name in suspects:
+            self._hung.setdefault(name, self.test_name or "an earlier test")
 
     def _check_may_run(self) -> None:
         """Raise now if this test may not call the student's code at all (see run)."""
@@ -142,6 +200,9 @@ class GradingPlugin:
         self.demo_definitions = demo_definitions or {}
         self.points: dict[str, float] = {}
         self.depends_on: dict[str, list[str]] = {}
+        self.runs: dict[str, tuple[str, ...]] = {}  # each test of a grader with an INTERFACE -> what it runs
+        self.declarable: dict[str, frozenset[str]] = {}  # each test -> the names its grader may declare
+        self.finished: set[str] = set()  # the names that passing tests declared: shown to finish
         self.results: dict[str, TestResult] = {}
         self.errors: dict[str, ErrorRecord] = {}  # the record of each test that ended with the student's error
         self.own_messages: dict[str, str] = {}  # each test's message before any "fix that first" note
@@ -184,6 +245,29 @@ class GradingPlugin:
             if name not in earlier:
                 return f"@pytest.mark.depends_on names {name!r}, which must come earlier in the grader"
         self.depends_on[item.nodeid] = depends
+        return self._read_runs(item)
+
+    def _read_runs(self, item) -> str | None:
+        """@pytest.mark.runs: names of the grader's INTERFACE (a function, a class, or "Class.method") or HELPERS;
+        required where the grader has an INTERFACE."""
+        markers = list(item.iter_markers("runs"))
+        names = [name for marker in markers for name in marker.args]
+        if any(marker.kwargs for marker in markers):
+            return "@pytest.mark.runs takes names only"
+        interface = getattr(getattr(item, "module", None), "INTERFACE", None)
+        if interface is None:
+            return "@pytest.mark.runs needs the grader's INTERFACE, to check its names" if names else None
+        helpers = tuple(getattr(item.module, "HELPERS", ()))
+        declarable = _declarable(interface, helpers)
+        if not names:
+            return ("needs @pytest.mark.runs(...) naming the student's functions and classes it runs (directly or "
+                    "through other code of the student's)")
+        for name in names:
+            if not isinstance(name, str) or name not in declarable:
+                return (f"@pytest.mark.runs names {name!r}, which is neither a function, class or Class.method of the "
+                        "grader's INTERFACE nor one of its HELPERS")
+        self.runs[item.nodeid] = tuple(dict.fromkeys(names))
+        self.declarable[item.nodeid] = declarable
         return None
 
     # -- the fixture -----------------------------------------------------------------------------------------
@@ -191,13 +275,32 @@ class GradingPlugin:
     def submission(self, request):
         item = request.node
         module = item.nodeid.rsplit("::", 1)[0]
-        hung = [name for name in self.depends_on.get(item.nodeid, [])
-                if getattr(self.results.get(f"{module}::{name}"), "status", None) == "timeout"]
-        blocked = (f"not run: {hung[0]}, whose code this test uses, did not finish in time" if hung else None)
+        if item.nodeid in self.runs:  # what it runs is declared: blocked when that code hung, and only then
+            blocked = self._hung_code(self.runs[item.nodeid])
+        else:  # a grader without declarations: blocked when a test it depends on timed out
+            hung = [name for name in self.depends_on.get(item.nodeid, [])
+                    if getattr(self.results.get(f"{module}::{name}"), "status", None) == "timeout"]
+            blocked = f"not run: {hung[0]}, whose code this test uses, did not finish in time" if hung else None
         self.current = Submission(self.client, self.timeout, self.device, self.load_problem, self.budget,
-                                  hung=self.hung, blocked=blocked)
+                                  hung=self.hung, blocked=blocked, runs=self.runs.get(item.nodeid),
+                                  finished=self.finished, declarable=self.declarable.get(item.nodeid, frozenset()))
         self.current.test_name = item.name
+        if blocked:
+            self.current._check_may_run()  # not run at all (an unreadable notebook or a failed load says so first)
         return self.current
+
+    def _hung_code(self, runs: tuple[str, ...]) -> str | None:
+        """Why a test that runs `runs` must not run: code of it hung in an earlier test (None if none did)."""
+        for name in runs:
+            for hung, test in self.hung.items():
+                if overlaps(name, hung):
+                    also = [other for other, where in self.hung.items() if where == test and other != hung
+                            and any(overlaps(mine, other) for mine in runs)]
+                    if not also:
+                        return f"not run: `{hung}`, which this test runs, did not finish in time in {test}"
+                    names = ", ".join(f"`{n}`" for n in [hung, *also])
+                    return f"not run: {test} did not finish in time in code that this test runs too ({names})"
+        return None
 
     # -- outcomes --------------------------------------------------------------------------------------------
     def pytest_runtest_setup(self, item):
@@ -213,7 +316,9 @@ class GradingPlugin:
             if isinstance(exc, StudentCodeError):
                 self.errors[item.nodeid] = exc.record
             self.own_messages[item.nodeid] = message
-            if status != "passed":
+            if status == "passed":
+                self.finished.update(self.runs.get(item.nodeid, ()))
+            else:
                 message = self._first_fix(item, message) + message
             points = self.points.get(item.nodeid, 0.0)
             self.results[item.nodeid] = TestResult(
@@ -287,6 +392,24 @@ def _probe_source(probe_function, kwargs: dict) -> str:
     return source
 
 
+@functools.lru_cache(maxsize=256)
+def _student_attributes(source: str) -> frozenset[str]:
+    """The attributes of the student's module (the probe's first parameter) that a probe's source names."""
+    function = next(node for node in ast.parse(source).body if isinstance(node, ast.FunctionDef))
+    if not function.args.args:
+        return frozenset()
+    student = function.args.args[0].arg
+    names = set()
+    for node in ast.walk(function):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == student:
+            names.add(node.attr)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
+              and len(node.args) >= 2 and isinstance(node.args[0], ast.Name) and node.args[0].id == student
+              and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)):
+            names.add(node.args[1].value)
+    return frozenset(names)
+
+
 def _free_port() -> int:
     """A TCP port free on this machine's loopback now (under bubblewrap the workers have a network of their own)."""
     import socket
@@ -294,6 +417,22 @@ def _free_port() -> int:
     with socket.socket() as probe_socket:
         probe_socket.bind(("127.0.0.1", 0))
         return probe_socket.getsockname()[1]
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Two declared names cover common code: the same name, or a class and one of its methods."""
+    return a == b or a.startswith(f"{b}.") or b.startswith(f"{a}.")
+
+
+def _declarable(interface, helpers: tuple[str, ...]) -> frozenset[str]:
+    """What a grader's tests may name in @pytest.mark.runs: each function and class of its INTERFACE, each class's
+    "Class.__init__" and "Class.method" of its declared methods, and its HELPERS."""
+    names = set(helpers)
+    for entry in interface.items:
+        names.add(entry.name)
+        if isinstance(entry, Class):
+            names.update(f"{entry.name}.{method}" for method in ("__init__", *entry.methods))
+    return frozenset(names)
 
 
 def _is_points(value) -> bool:
