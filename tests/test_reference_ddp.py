@@ -2,6 +2,10 @@
 
 Each DDP run starts fresh Python processes (torch and DDP's imports take a few seconds), so the real
 two-process runs are few: one DDP training shared by several tests, and one torchrun launch.
+
+The teardown order that avoids PyTorch 2.13's deadlock (see "Teardown" in reference/ddp.py) is tested here
+for the reference and for the public check that runs a student's main; how often the book's order hangs
+under stress, and that these do not, is measured by benchmarks/ddp_teardown.py.
 """
 
 from __future__ import annotations
@@ -13,14 +17,17 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.utils.data.distributed import DistributedSampler
 
 import reference.ddp
+from checks.appa_pytorch import ddp_groups_released_last
 from reference.ddp import (
     DDPTimeoutError,
     ddp_setup,
@@ -45,9 +52,10 @@ def ddp_run():
 
 @pytest.fixture
 def free_master_port(monkeypatch):
-    """MASTER_ADDR/MASTER_PORT for an in-process group, restored afterwards."""
+    """MASTER_ADDR/MASTER_PORT for an in-process group, restored afterwards. Port 0: rank 0's store listens on
+    a port the operating system picks, so no other program can hold it (no other process has to find it)."""
     monkeypatch.setenv("MASTER_ADDR", "localhost")
-    monkeypatch.setenv("MASTER_PORT", str(find_free_port()))
+    monkeypatch.setenv("MASTER_PORT", "0")
 
 
 def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -215,3 +223,46 @@ def test_torchrun_entry_point_trains_on_two_processes():
         ("1", "Test", "1.0"),
         ("1", "Training", "1.0"),
     ], result.stdout[-2000:] + result.stderr[-2000:]
+
+
+# --- teardown: the DDP wrapper goes before its process group -----------------------------------------------
+
+
+def recording_ddp(wrappers: list):
+    """A DDP class that keeps a weak reference to each wrapper it makes."""
+
+    class RecordingDDP(reference.ddp.DDP):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            wrappers.append(weakref.ref(self))
+
+    return RecordingDDP
+
+
+def test_main_frees_the_ddp_wrapper_before_leaving_the_group(free_master_port, monkeypatch, capsys):
+    wrappers, wrapper_gone = [], []
+
+    def destroy_process_group():
+        wrapper_gone.append([wrapper() is None for wrapper in wrappers])
+        dist.destroy_process_group()
+
+    monkeypatch.setattr(reference.ddp, "DDP", recording_ddp(wrappers))
+    monkeypatch.setattr(reference.ddp, "destroy_process_group", destroy_process_group)
+    main(0, 1, 1)
+    assert wrapper_gone == [[True]]
+
+
+def test_the_ddp_check_holds_the_group_until_the_books_main_has_freed_its_wrapper(free_master_port):
+    # The book's order: the group destroyed, then the wrapper freed as main returns.
+    held_when_freed = []
+
+    def books_main():
+        ddp_setup(0, 1, backend="gloo")
+        model = reference.ddp.DDP(reference.ddp.NeuralNetwork(2, 2))
+        weakref.finalize(model, lambda: held_when_freed.append(len(groups)))
+        F.cross_entropy(model(torch.ones(2, 2)), torch.tensor([0, 1])).backward()
+        dist.destroy_process_group()
+
+    with ddp_groups_released_last() as groups:
+        books_main()
+    assert (held_when_freed, groups) == ([1], [])
