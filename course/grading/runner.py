@@ -97,8 +97,10 @@ def collect_points(course: Course, assignment: Assignment) -> dict[str, float]:
     return {nodeid.split("::")[-1]: points for nodeid, points in plugin.points.items()}
 
 
+# "timeout": pytest-timeout (the repository's own suite uses it) must not apply a user's PYTEST_TIMEOUT to grading,
+# which has its own per-test budgets.
 UNUSED_PLUGINS = ("unraisableexception", "threadexception", "logging", "faulthandler", "doctest", "junitxml",
-                  "pastebin", "stepwise", "nose", "legacypath")
+                  "pastebin", "stepwise", "nose", "legacypath", "timeout")
 
 
 def _run_pytest(course: Course, assignment: Assignment, plugin: GradingPlugin, *extra: str) -> None:
