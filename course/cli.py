@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="grade again submissions whose notebook and grader have not changed since the last run")
     batch.add_argument("--allow-process-isolation", action="store_true",
                        help="grade a class without bubblewrap (only for code you trust: docs/trust-model.md)")
+    batch.add_argument("--scheduler", metavar="ADDRESS",
+                       help="grade on the workers of this Dask scheduler: tcp://HOST:PORT or a scheduler file "
+                            "(default: course.yml's cluster.scheduler, unless --jobs is given; docs/cluster.md)")
     batch.add_argument("--student", metavar="ID", help="grade only this student's submission again, into the "
                        "existing results (the others keep theirs)")
     batch.add_argument("--test", metavar="NAME", help="grade the class again and keep only this test's new "
@@ -128,7 +131,7 @@ def cmd_grade(args) -> int:
     from course.submission import resolve_submission
 
     course = load_course(args.root)
-    if args.jobs is not None or _is_class_folder(args.submission):
+    if args.jobs is not None or args.scheduler or _is_class_folder(args.submission):
         return _grade_class(course, args)
     notes: list[str] = []  # what resolving the submission guessed, e.g. which of a folder's notebooks is graded
     assignment, notebook = resolve_submission(course, args.submission, args.assignment, notes)
@@ -185,6 +188,16 @@ def _grade_class(course, args) -> int:
     jobs = args.jobs if args.jobs is not None else 1
     if jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    address = args.scheduler
+    if address and args.jobs is not None:
+        raise UsageError("--jobs and --scheduler: choose one (on a cluster, its workers are the lanes)")
+    if address is None and args.jobs is None and course.config.cluster is not None:
+        address = course.config.cluster.scheduler
+    dispatcher = None
+    if address:
+        from course.cluster import dispatcher_for
+
+        dispatcher = dispatcher_for(address)
     roster, overrides = _gradebook_files(args)  # first: a mistake in them is found before anything is graded
     found = batch.discover(course, args.submission, args.assignment, exclude=(args.out,))
     items = found.items
@@ -208,10 +221,11 @@ def _grade_class(course, args) -> int:
 
             results, interrupted = regrade(course, items, partial, test=args.test, out=args.out, jobs=jobs,
                                            device=args.device, isolation=args.isolation,
-                                           on_result=lambda result: progress.update())
+                                           on_result=lambda result: progress.update(), dispatcher=dispatcher)
         else:
             results = batch.grade_batch(course, items, jobs=jobs, out=args.out, force=args.force, device=args.device,
-                                        isolation=args.isolation, on_result=lambda result: progress.update())
+                                        isolation=args.isolation, on_result=lambda result: progress.update(),
+                                        dispatcher=dispatcher)
             interrupted = any(result.report is None for result in results)
     finally:
         progress.close()

@@ -121,6 +121,15 @@ class StudentRepositoryConfig(BaseModel):
     assignment: StudentAssignment
 
 
+class ClusterConfig(BaseModel):
+    """Where `course grade DIR` grades a class when neither --jobs nor --scheduler is given (docs/cluster.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scheduler: str = Field(min_length=1, description="a Dask scheduler's address (tcp://HOST:PORT) or the path "
+                                                     "of its scheduler file")
+
+
 class CourseConfig(BaseModel):
     """The whole course."""
 
@@ -131,6 +140,8 @@ class CourseConfig(BaseModel):
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     late: LatePolicy = Field(default_factory=LatePolicy, description="the late policy of every assignment that "
                                                                      "has no `late` of its own")
+    cluster: ClusterConfig | None = Field(default=None, description="the Dask cluster that grades a class by "
+                                                                    "default (docs/cluster.md)")
     assignments: list[Assignment] = Field(min_length=1)
 
 

@@ -75,7 +75,7 @@ def merge_test(old: GradeReport, new: GradeReport, test: str, today: dt.date | N
 
 def regrade(course: Course, items: list[BatchItem], targets: list[BatchItem], *, test: str | None, out: Path,
             jobs: int, device: str | None, isolation: str | None,
-            on_result: Callable[[BatchResult], None] | None = None) -> tuple[list[BatchResult], bool]:
+            on_result: Callable[[BatchResult], None] | None = None, dispatcher=None) -> tuple[list[BatchResult], bool]:
     """Grade `targets` again (see the module) and return every item's result, and whether the run was
     interrupted."""
     out.mkdir(parents=True, exist_ok=True)
@@ -83,7 +83,7 @@ def regrade(course: Course, items: list[BatchItem], targets: list[BatchItem], *,
     try:
         fresh = {(r.item.student, r.item.assignment): r
                  for r in grade_batch(course, targets, jobs=jobs, out=scratch, force=True, device=device,
-                                      isolation=isolation, on_result=on_result)}
+                                      isolation=isolation, on_result=on_result, dispatcher=dispatcher)}
         interrupted = any(result.report is None for result in fresh.values())
         results = []
         for item in items:
