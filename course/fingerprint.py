@@ -4,8 +4,9 @@ A class run (course/batch.py) keeps each student's result file and skips the stu
 nothing that can change the grade has changed. Besides the notebook itself, that is the course: its graders (a
 grader may import helpers of another, so the whole folder counts), the reference and support modules, the data
 files the graders read, the `course` package (the worker, the comparisons, the messages), course.yml's settings
-(points, limits; not deadlines, late policies or the cluster's address), the torch version, the device and the isolation level. A fix to reference/gpt.py therefore regrades
-the class of chapter 4 instead of keeping grades the old reference gave.
+(points, limits; not deadlines, late policies or the cluster's address), the torch version, the device and the
+isolation level. A fix to reference/gpt.py therefore regrades the class of chapter 4 instead of keeping grades
+the old reference gave.
 
 `course_parts` is computed once per run; `differences` names the parts that differ, for a message that says
 why two fingerprints disagree (e.g. between machines of a cluster).

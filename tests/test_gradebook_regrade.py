@@ -51,7 +51,7 @@ def class_run(tmp_path, monkeypatch):
     plans: dict[str, tuple[GradeReport | None, str, bool]] = {}
     calls = []
 
-    def fake_grade_batch(course, targets, *, jobs, out, force, device, isolation, on_result):
+    def fake_grade_batch(course, targets, *, jobs, out, force, device, isolation, on_result, dispatcher=None):
         calls.append(([t.student for t in targets], force))
         results = []
         for item in targets:
