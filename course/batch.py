@@ -356,8 +356,8 @@ def _run_lanes(course, items, todo, jobs, device, isolation, run_folder, done) -
             restarts += 1
             if restarts > MAX_LANE_RESTARTS:
                 for index, fingerprint in lost:
-                    done(index, fingerprint, _course_problem(course, items[index], "its grading process ended "
-                                                             "unexpectedly, again and again"))
+                    done(index, fingerprint, course_problem_outcome(course, items[index], "its grading process "
+                                                                    "ended unexpectedly, again and again"))
                 return
             waiting = lost
 
@@ -479,7 +479,7 @@ def grade_submission(course: Course, item: BatchItem, data: bytes | str, device:
             return {"report": _refused_report(course, item, data).to_dict(descriptions=True)}
         return {"report": _grade_copy(course, item, data, Path(scratch), device, isolation).to_dict(descriptions=True)}
     except Exception as exc:  # noqa: BLE001 - the course's fault: reported on this submission, graded next time
-        return _course_problem(course, item, f"{type(exc).__name__}: {exc}")
+        return course_problem_outcome(course, item, f"{type(exc).__name__}: {exc}")
 
 
 def _grade_copy(course: Course, item: BatchItem, data: bytes, folder: Path, device, isolation) -> GradeReport:
@@ -507,7 +507,9 @@ def _refused_report(course: Course, item: BatchItem, problem: str) -> GradeRepor
     return _report_without_grading(course, item, f"Not graded: {problem}", f"Refused: {problem}")
 
 
-def _course_problem(course: Course, item: BatchItem, problem: str) -> dict:
+def course_problem_outcome(course: Course, item: BatchItem, problem: str) -> dict:
+    """What a dispatcher reports for a submission the course could not grade (every test 0, blamed on the course,
+    no result file written, so that the next run grades it again)."""
     message = (f"Not graded: the course could not grade this submission ({problem}). This is not your fault: "
                "it is graded again on the next run.")
     try:

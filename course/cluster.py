@@ -187,7 +187,8 @@ class DaskCluster:
             if isinstance(answer, dict) and isinstance(answer.get("outcome"), dict) and "report" in answer["outcome"]:
                 self.workers_seen.add(answer.get("worker"))
                 return answer["outcome"]
-            return batch._course_problem(course, item, f"the Dask worker's answer is not a report: {answer!r:.200}")
+            return batch.course_problem_outcome(course, item,
+                                                f"the Dask worker's answer is not a report: {answer!r:.200}")
         if future.cancelled():
             raise ClusterError(f"the Dask scheduler dropped the grading of {item.student} (was the scheduler "
                                "stopped or restarted?): the results received so far are written; run the same "
@@ -196,10 +197,10 @@ class DaskCluster:
         if isinstance(error, KilledWorker):
             tries = error.allowed_failures + 1
             address = getattr(error.last_worker, "address", "?")
-            return batch._course_problem(
+            return batch.course_problem_outcome(
                 course, item, f"it was given up after {tries} tries: each time, the Dask worker grading it died "
                               f"(the last one was {address}; its log says why)")
-        return batch._course_problem(course, item, f"the Dask task failed: {type(error).__name__}: {error}")
+        return batch.course_problem_outcome(course, item, f"the Dask task failed: {type(error).__name__}: {error}")
 
 
 def _cancel(client, running: dict) -> None:
