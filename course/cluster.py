@@ -52,10 +52,6 @@ COURSE_ROOT_VARIABLE = "COURSE_ROOT"
 # How long the client waits for the scheduler to answer, and for a first worker to join it.
 CONNECT_TIMEOUT = 30.0
 WORKER_TIMEOUT = 120.0
-# Submissions sent ahead of the results, per worker thread: enough that no worker waits for the next one, few
-# enough that a Ctrl-C or an error leaves little to cancel and the scheduler holds few notebooks at once.
-AHEAD_PER_THREAD = 2
-MIN_AHEAD = 8
 INSTALL_ADVICE = ('grading on a Dask cluster needs Dask\'s distributed scheduler on this machine and on the workers: '
                   'pip install "llm-from-scratch-course[cluster]" (or pip install "dask[distributed]")')
 
@@ -86,7 +82,7 @@ class DaskCluster:
         self.address = str(address)
         self.connect_timeout = connect_timeout
         self.worker_timeout = worker_timeout
-        self.ahead = ahead  # submissions in flight at once (default: from the workers' threads)
+        self.ahead = ahead  # submissions in flight at most (default: the live workers' threads, see _grade)
         self.workers_seen: set[str] = set()  # the workers that graded in the last run (for tests and logs)
 
     def run(self, course: Course, items: list[batch.BatchItem], todo: list[tuple[int, dict]], device: str | None,
@@ -147,13 +143,17 @@ class DaskCluster:
         from distributed import as_completed
 
         waiting = deque(todo)
-        ahead = self.ahead or max(MIN_AHEAD, AHEAD_PER_THREAD * sum(client.nthreads().values()))
         run = uuid.uuid4().hex[:12]
         finished: set[int] = set()
         self.workers_seen = set()
         flow = as_completed(loop=client.loop)
 
         def send_more() -> None:
+            # No more submissions in flight than the live workers have threads (each runs one at a time): the
+            # scheduler then places each on an idle worker, never behind another submission. Sent ahead, a second
+            # submission would wait on a worker that the first one kills, and the scheduler counts that death
+            # against both: an innocent classmate could be given up beside the submission that kills its workers.
+            ahead = self.ahead or max(1, sum(client.nthreads().values()))
             while waiting and len(running) < ahead:
                 index, fingerprint = waiting.popleft()
                 item = items[index]
