@@ -166,7 +166,7 @@ class GradeInSandbox(NbGraderPreprocessor):
     def _unreadable(self, nb, resources, assignment_id: str, problem):
         """Every check cell of a stand-in for an unreadable submission gets the message `course grade` gives."""
         from course.grading.feedback import student_error_message
-        from course.worker.records import ErrorKind, ErrorRecord
+        from course.worker.runtime.records import ErrorKind, ErrorRecord
 
         message = student_error_message(ErrorRecord(ErrorKind.NOTEBOOK, safe_text(problem, 2000)))
         for cell in _grade_cells(nb):

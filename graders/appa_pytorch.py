@@ -28,7 +28,7 @@ from course.grading.diagnosis import explain_errors
 from course.grading.inputs import randn, reference_module
 from course.grading.interface import Class, Function, Interface
 from course.grading.probes import count_parameters, run_module, run_module_with_gradients
-from course.worker.records import ErrorKind
+from course.worker.runtime.records import ErrorKind
 from reference import pytorch_basics as ref
 
 INTERFACE = Interface(

@@ -45,7 +45,7 @@ from course.grading.inputs import randint, randn, reference_module
 from course.grading.interface import Class, Function, Interface
 from course.grading.probes import run_module, run_module_with_gradients
 from course.grading.properties import HINT_MASK, eval_dropout_left_on, expect_causal
-from course.worker.records import ErrorKind
+from course.worker.runtime.records import ErrorKind
 from reference import gpt as ref
 
 CFG_EXAMPLE = {"vocab_size": 11, "context_length": 4, "emb_dim": 6, "n_heads": 2, "n_layers": 2, "drop_rate": 0.0,

@@ -33,7 +33,7 @@ from course.grading.diagnosis import explain_errors
 from course.grading.imports import plain_imports
 from course.grading.inputs import randint, reference_module
 from course.grading.interface import Function, Interface
-from course.worker.records import ErrorKind
+from course.worker.runtime.records import ErrorKind
 
 with plain_imports():
     from reference import pretraining as ref

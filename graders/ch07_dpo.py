@@ -32,7 +32,7 @@ from course.grading.diagnosis import explain_errors
 from course.grading.imports import plain_imports
 from course.grading.inputs import rand, randint, randn, reference_module
 from course.grading.interface import Class, Function, Interface
-from course.worker.records import ErrorKind
+from course.worker.runtime.records import ErrorKind
 
 with plain_imports():
     import tiktoken  # noqa: F401 - imported here once, without rewriting, for the probes run on this side

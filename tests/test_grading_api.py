@@ -15,7 +15,7 @@ from course.grading.plugin import GradingPlugin, Submission
 from course.grading.probes import ProbeDefinitionError
 from course.grading.runner import run_grader_module
 from course.worker.client import GraderBug
-from course.worker.records import ErrorKind, ErrorRecord
+from course.worker.runtime.records import ErrorKind, ErrorRecord
 
 
 def import_file(path):

@@ -28,7 +28,7 @@ import pytest
 
 from course.config import Course
 from course.grading.runner import grade_notebook, make_launcher, worker_spec
-from course.worker.guard import remove_tree
+from course.worker.runtime.guard import remove_tree
 from course.worker.sandbox import TMPFS_SHARE, bubblewrap_problem
 from tests.conftest import REPO
 from tests.submissions.build import with_edits

@@ -13,7 +13,7 @@ import torch
 
 from course.grading.runner import grade_notebook
 from course.worker.client import StudentCodeError, StudentTimeout, WorkerClient
-from course.worker.records import ErrorKind
+from course.worker.runtime.records import ErrorKind
 from tests.submissions.build import cell_by_id, load, source, with_edits
 
 CH03 = "ch03_attention"

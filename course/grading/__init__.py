@@ -15,7 +15,8 @@ Modules:
     probes      the @probe decorator (checked at import) and the generic probes every chapter uses
     inputs      seeded inputs and seeded reference modules
     imports     plain_imports: a grader's heavy imports without pytest's assertion rewriting
-    compare     comparisons with teaching failure messages (expect_*)
+    compare     comparisons with teaching failure messages (expect_*), as_number
+    mistakes    Mistake: a classic mistake as a value; expect_close(..., mistakes=...) names the one that fits
     properties  checks shared by chapters: outputs against the reference, causality, dropout in training only
     diagnosis   hints for errors, given only when they fit the error (explain_errors)
     contracts   the declared structure of a probe's result, checked before any comparison
@@ -26,6 +27,7 @@ Modules:
 
 from course.grading.compare import (
     GradingFailure,
+    as_number,
     expect_close,
     expect_count,
     expect_equal,
@@ -34,8 +36,10 @@ from course.grading.compare import (
     expect_true,
 )
 from course.grading.contracts import Anything, ListOf, Tensor
-from course.grading.diagnosis import explain_errors
+from course.grading.diagnosis import error_mentions, explain_errors
+from course.grading.mistakes import Mistake, name_mistake, which_mistake
 from course.grading.probes import DEVICE, probe
 
-__all__ = ["DEVICE", "Anything", "GradingFailure", "ListOf", "Tensor", "expect_close", "expect_count",
-           "expect_equal", "expect_finite", "expect_tensor", "expect_true", "explain_errors", "probe"]
+__all__ = ["DEVICE", "Anything", "GradingFailure", "ListOf", "Mistake", "Tensor", "as_number", "error_mentions",
+           "expect_close", "expect_count", "expect_equal", "expect_finite", "expect_tensor", "expect_true",
+           "explain_errors", "name_mistake", "probe", "which_mistake"]

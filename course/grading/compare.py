@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from course.grading.mistakes import Mistake, name_mistake
 from course.worker.client import StudentCodeError, StudentTimeout
 
 # (atol, rtol) for float32 results by device: CPU is tight; GPUs may use TF32 matmuls.
@@ -72,13 +73,28 @@ def expect_tensor(got, *, what: str, shape: tuple[int, ...] | torch.Size, hint: 
     return got
 
 
+def with_mistakes(got, hint, mistakes, mistaken, yours: str = "your output is"):
+    """The hint of a failed comparison: the mistake `got` matches (course/grading/mistakes.py), else `hint`;
+    computed only if the comparison fails."""
+    if not mistakes:
+        return hint
+
+    def named():
+        return name_mistake(got, mistakes, mistaken, yours=yours) or (hint() if callable(hint) else hint)
+
+    return named
+
+
 def expect_close(got, expected: torch.Tensor, *, what: str, hint: str | None = None,
-                 atol: float | None = None, rtol: float | None = None) -> None:
+                 atol: float | None = None, rtol: float | None = None, mistakes: tuple[Mistake, ...] | list = (),
+                 mistaken=None, yours: str = "your output is") -> None:
     """`got` must be a float tensor of `expected`'s shape with values within atol + rtol * |expected|.
 
     Where `expected` is not finite, `got` must hold the same value (NaN where NaN, an infinity of the same sign);
-    where `expected` is finite, so must `got` be.
+    where `expected` is finite, so must `got` be. On failure, the first of `mistakes` whose result
+    (`mistaken(**mistake.change)`) equals `got` is named in place of `hint`.
     """
+    hint = with_mistakes(got, hint, mistakes, mistaken, yours)
     default_atol, default_rtol = TOLERANCES.get(_device, TOLERANCES["cuda"])
     atol = default_atol if atol is None else atol
     rtol = default_rtol if rtol is None else rtol
@@ -183,3 +199,16 @@ def expect_true(condition: bool, *, what: str, problem: str, hint: str | None = 
     """A property check computed on the trusted side, e.g. 'earlier outputs did not change'."""
     if condition is not True:
         _fail(what, problem, hint)
+
+
+def as_number(value, *, what: str, type_hint: str | None = None,
+              shape_hint: str | None = "return a single number, e.g. loss.item().") -> torch.Tensor:
+    """A student's number (a loss, an accuracy) as a float64 tensor of shape (): Python numbers and one-element
+    tensors are accepted, a bool is not."""
+    if isinstance(value, torch.Tensor):
+        expect_true(value.numel() == 1, what=what, problem=f"expected one number, got a tensor of shape "
+                    f"{tuple(value.shape)}.", hint=shape_hint)
+        return value.detach().reshape(()).double()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(what, f"expected a number, got {type(value).__name__}.", type_hint)
+    return torch.tensor(float(value), dtype=torch.float64)

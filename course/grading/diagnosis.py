@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import Callable
 
 from course.worker.client import StudentCodeError
-from course.worker.records import ErrorKind, ErrorRecord
+from course.worker.runtime.records import ErrorKind, ErrorRecord
 
 Diagnosis = Callable[[ErrorRecord], "str | None"]
 
@@ -51,5 +51,15 @@ def shape_mismatch(hint: str) -> Diagnosis:
     def diagnose(record: ErrorRecord) -> str | None:
         sizes = "must match the size" in record.message or "shape" in record.message
         return hint if record.kind is ErrorKind.RAISED and sizes else None
+
+    return diagnose
+
+
+def error_mentions(*phrases: str, hint: str) -> Diagnosis:
+    """`hint` for an error raised in the student's code whose text ("Type: message") contains one of `phrases`."""
+
+    def diagnose(record: ErrorRecord) -> str | None:
+        raised = record.kind is ErrorKind.RAISED
+        return hint if raised and any(p in f"{record.type}: {record.message}" for p in phrases) else None
 
     return diagnose

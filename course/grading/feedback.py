@@ -8,7 +8,7 @@ notebook was loaded, the names that only a demo cell defines) is passed in by th
 
 from __future__ import annotations
 
-from course.worker.records import ErrorKind, ErrorRecord
+from course.worker.runtime.records import ErrorKind, ErrorRecord
 
 
 def where(record: ErrorRecord) -> str:

@@ -51,7 +51,7 @@ from course.grading.feedback import student_error_message
 from course.grading.interface import Class
 from course.results import TestResult
 from course.worker.client import GraderBug, StudentCodeError, StudentTimeout
-from course.worker.records import ErrorKind, ErrorRecord
+from course.worker.runtime.records import ErrorKind, ErrorRecord
 
 MARKERS = (
     "points(n): the points a grader test is worth (one positive number)",

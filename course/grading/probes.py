@@ -3,7 +3,10 @@
 A probe is decorated with @probe. Its SOURCE is sent to the worker and executed there in a namespace holding
 only `torch`, `nn`, `F` and `DEVICE` (the device the student's code runs on); its first argument is the
 student's module, the other arguments are the (plain) values the test passes. A probe must be self-contained:
-it cannot use the grader module's globals, and it never holds expected values.
+it cannot use the grader module's globals, and it never holds expected values. What several probes share (a
+compact tokenizer, an optimizer written out, ...) lives once in `probe_kit` (course/worker/runtime/probe_kit/),
+which a probe imports inside its body: the worker ships it, and this module registers the same files on the
+trusted side.
 
 The decorator checks this when the grader is imported: a probe whose source does not compile, or that uses a
 global name the worker does not have, raises ProbeDefinitionError then (the grader cannot be collected, a
@@ -17,16 +20,35 @@ probe only for what is specific to its chapter.
 from __future__ import annotations
 
 import builtins
+import importlib.util
 import inspect
 import symtable
+import sys
 import textwrap
+from pathlib import Path
 
 import torch  # probes run with the worker's own torch; imported here for readers and linters
 
 from course.grading.contracts import Anything, ListOf, Spec
 
-# The names a probe finds in the worker besides the built-ins (see course/worker/bootstrap.py, op_call).
+# The names a probe finds in the worker besides the built-ins (see course/worker/runtime/bootstrap.py, op_call).
 WORKER_NAMES = frozenset({"torch", "nn", "F", "DEVICE"})
+
+
+def _register_probe_kit() -> None:
+    """Make `import probe_kit` work on the trusted side too, with the very files the worker loads
+    (course/worker/runtime/probe_kit/), so that a grader runs a probe with the reference as the worker runs it."""
+    if "probe_kit" in sys.modules:
+        return
+    here = Path(__file__).resolve().parents[1] / "worker" / "runtime" / "probe_kit"
+    spec = importlib.util.spec_from_file_location("probe_kit", here / "__init__.py",
+                                                  submodule_search_locations=[str(here)])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["probe_kit"] = package
+    spec.loader.exec_module(package)
+
+
+_register_probe_kit()
 
 
 class _WorkerDevice:

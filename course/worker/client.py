@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from course.worker import protocol
 from course.worker.launchers import DirectLauncher, Launcher, WorkerProcess, WorkerSpec
-from course.worker.records import ErrorKind, ErrorRecord
+from course.worker.runtime import protocol
+from course.worker.runtime.records import ErrorKind, ErrorRecord
 from course.worker.sandbox import SandboxPlan, visible_paths
 
 # The largest reply accepted from the worker: outputs of tiny models are a few kB.

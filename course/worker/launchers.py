@@ -1,6 +1,6 @@
 """Starting worker processes: one fresh interpreter each, or forks of a template that has imported torch.
 
-A worker is the process that runs one submission's code (course/worker/bootstrap.py); the client
+A worker is the process that runs one submission's code (course/worker/runtime/bootstrap.py); the client
 (course/worker/client.py) talks to it over two pipes. How it is started is the launcher's business:
 
 - `DirectLauncher` starts a fresh interpreter for every worker (inside bubblewrap where the plan says so), with
@@ -43,11 +43,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from course.worker.cgroup import WorkerCgroup
-from course.worker.guard import remove_tree
+from course.worker.runtime.guard import remove_tree
 from course.worker.sandbox import SCRATCH_FOLDERS, SandboxPlan
 
-# The worker's own code, copied into its folder (the course repository is not visible inside the sandbox).
-RUNTIME_FILES = [Path(__file__).with_name(name) for name in ("bootstrap.py", "protocol.py", "guard.py", "records.py")]
+# The worker's own code, copied into its folder as one folder (the course repository is not visible inside the
+# sandbox): everything in course/worker/runtime/ but caches and its lint configuration.
+RUNTIME_FOLDER = Path(__file__).with_name("runtime")
 # Environment variables passed through to the worker; everything else is dropped.
 PASSED_ENV_PREFIXES = ("CUDA_", "NVIDIA_", "HIP_", "ROCR_", "PYTORCH_")
 # How long the template may take to answer a request (fork, kill), once torch is imported.
@@ -129,10 +130,7 @@ class Launcher:
         cache.mkdir()
         for name, source in self.spec.tiktoken_files.items():
             shutil.copyfile(source, cache / name)
-        runtime = folder / "runtime"
-        runtime.mkdir()
-        for source in RUNTIME_FILES:
-            shutil.copyfile(source, runtime / source.name)
+        shutil.copytree(RUNTIME_FOLDER, folder / "runtime", ignore=shutil.ignore_patterns("__pycache__", "*.toml"))
 
     def _environment(self, folder: Path, home: Path) -> dict[str, str]:
         env = {
@@ -172,7 +170,7 @@ def new_home(parent: Path) -> Path:
 
 def remove_folder(folder: Path, what: str | None = None) -> str | None:
     """Remove a folder that a worker wrote in, however deep and whatever its code made read-only in it, without
-    following links (course/worker/guard.py); never raises. Returns None, or one line that says what stayed."""
+    following links (course/worker/runtime/guard.py); never raises. Returns None, or one line that says what stayed."""
     return remove_tree(str(folder), what=what)
 
 

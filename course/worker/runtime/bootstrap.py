@@ -36,6 +36,20 @@ def _load_sibling(name):
     return module
 
 
+def _load_probe_kit():
+    """The package of helpers that probes import (`from probe_kit.text import ...`), beside this file: loaded
+    with all its modules now, before any student code, under the name probes use."""
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "probe_kit")
+    spec = importlib.util.spec_from_file_location("probe_kit", os.path.join(here, "__init__.py"),
+                                                  submodule_search_locations=[here])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["probe_kit"] = package
+    spec.loader.exec_module(package)
+    for name in sorted(os.listdir(here)):
+        if name.endswith(".py") and name != "__init__.py":
+            importlib.import_module(f"probe_kit.{name[:-3]}")
+
+
 class GuardedImports(importlib.abc.MetaPathFinder):
     """Makes the course's own packages importable only from the support folder.
 
@@ -238,6 +252,7 @@ def main():
 
     protocol = _load_sibling("protocol")
     records = _load_sibling("records")
+    _load_probe_kit()
 
     def worker(requests, replies):
         return Worker(protocol, guard, records, torch, requests, replies, memory_mb=limits.get("memory_mb"))

@@ -1,0 +1,101 @@
+"""Every grade of the catalogue, written down: for refactoring the graders without changing a single grade.
+
+    python -m tests.submissions.snapshot grades OUT.json      # grade the whole catalogue (about 6 min, 2 cores)
+    python -m tests.submissions.snapshot checks OUT.json      # `course check` on every catalogue notebook
+    python -m tests.submissions.snapshot compare OLD.json NEW.json
+
+A snapshot holds, for every (assignment, submission) of tests/submissions/catalog (solution, release, mutants,
+variants), each test's name, status, score and message (durations left out). `compare` prints every difference
+and exits 1 if there is one. Take one before a change to the graders, the checks or the grading API, one after,
+and compare: "every grade stays as it is" is then a command's output, not a belief.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from course import batch
+from course.config import load_course
+from tests.conftest import REPO
+from tests.submissions.build import with_edits
+from tests.submissions.catalog import MUTANTS, VARIANTS
+
+
+def catalogue_items(course, folder: Path) -> list[batch.BatchItem]:
+    """The solution, the release, every mutant and every variant of every assignment, as notebooks in `folder`."""
+    items = []
+    for assignment in course.assignments:
+        solution = course.solution_notebook(assignment)
+        notebooks = {"solution": solution, "release": course.release_notebook(assignment)}
+        for mutant in (m for m in MUTANTS if m.assignment == assignment.id):
+            notebooks[mutant.name] = with_edits(
+                solution, folder / assignment.id / mutant.name / assignment.notebook,
+                replace={mutant.cell: list(mutant.edits)} if mutant.edits else None, sources=mutant.sources)
+        for variant in (v for v in VARIANTS if v.assignment == assignment.id):
+            notebooks[variant.name] = with_edits(solution, folder / assignment.id / variant.name / assignment.notebook,
+                                                 sources=variant.sources)
+        items += [batch.BatchItem(name, assignment.id, notebook) for name, notebook in notebooks.items()]
+    return items
+
+
+def _tests(report) -> list[list]:
+    return [[t.name, t.status, t.score, t.max_score, t.message] for t in report.tests]
+
+
+def grades(folder: Path) -> dict:
+    course = load_course(REPO)
+    results = batch.grade_batch(course, catalogue_items(course, folder), jobs=2, device="cpu")
+    return {f"{r.item.assignment}/{r.item.student}": _tests(r.report) for r in results}
+
+
+def checks(folder: Path) -> dict:
+    from course.checking import CheckTarget, run_checks
+
+    course = load_course(REPO)
+    found = {}
+    for item in catalogue_items(course, folder):
+        assignment = course.assignment(item.assignment)
+        report = run_checks(CheckTarget.from_course(course, assignment), item.notebook)
+        found[f"{item.assignment}/{item.student}"] = _tests(report)
+        print(f"{item.assignment}/{item.student}: {report.score:g}/{report.max_score:g}", file=sys.stderr)
+    return found
+
+
+def compare(old: dict, new: dict) -> list[str]:
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        if key not in new or key not in old:
+            lines.append(f"{key}: only in the {'old' if key in old else 'new'} snapshot")
+            continue
+        before, after = {t[0]: t for t in old[key]}, {t[0]: t for t in new[key]}
+        for name in sorted(set(before) | set(after)):
+            if before.get(name) != after.get(name):
+                lines.append(f"{key} {name}:\n  old {before.get(name)}\n  new {after.get(name)}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=("grades", "checks", "compare"))
+    parser.add_argument("paths", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    if args.what == "compare":
+        old, new = (json.loads(p.read_text()) for p in args.paths[:2])
+        lines = compare(old, new)
+        print("\n".join(lines) or f"the same: {len(old)} submissions, "
+                                   f"{sum(len(v) for v in old.values())} test results")
+        return 1 if lines else 0
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        found = (grades if args.what == "grades" else checks)(Path(folder))
+    args.paths[0].write_text(json.dumps(found, indent=1, sort_keys=True))
+    print(f"{len(found)} submissions written to {args.paths[0]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
