@@ -260,7 +260,8 @@ def name_network_mistake(model, x, got):
 def test_neural_network_layers(submission):
     """NeuralNetwork(50, 3) has the book's layers: 2,213 parameters in layers.0, layers.2 and layers.4."""
     init = {"num_inputs": 50, "num_outputs": 3}
-    count, shapes = submission.run(count_parameters, class_name="NeuralNetwork", init=init)
+    got = submission.run(count_parameters, class_name="NeuralNetwork", init=init)
+    count, shapes = got.count, got.shapes
     expected = {name: list(tensor.shape) for name, tensor in ref.NeuralNetwork(**init).state_dict().items()}
     expect_equal(shapes, expected, what="the parameters of NeuralNetwork(50, 3) (names and shapes)",
                  hint="self.layers = nn.Sequential(nn.Linear(num_inputs, 30), nn.ReLU(), nn.Linear(30, 20), "
@@ -295,8 +296,9 @@ def test_neural_network_gradients(submission):
     model = reference_module(ref.NeuralNetwork, 7, **init)
     x, upstream = randn(30, 5, 4), randn(31, 5, 3)
     with explain_errors(layers_mismatch):
-        got_out, got_grads, got_x_grad = submission.run(run_module_with_gradients, class_name="NeuralNetwork",
-                                                        init=init, state=model.state_dict(), x=x, upstream=upstream)
+        got = submission.run(run_module_with_gradients, class_name="NeuralNetwork", init=init,
+                             state=model.state_dict(), x=x, upstream=upstream)
+    got_out, got_grads, got_x_grad = got.output, got.gradients, got.input_gradient
     x_ref = x.clone().requires_grad_(True)
     (model(x_ref) * upstream).sum().backward()
     hint = "let autograd do the work: no .detach(), .item() or torch.no_grad() inside forward."

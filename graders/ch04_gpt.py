@@ -164,8 +164,9 @@ def check_module(submission, model, class_name, init, inputs, *, what, hint, see
             upstream = randn(seed + index, *model(x).shape)
         expected, expected_grads, expected_x_grad = reference_gradients(model, x, upstream)
         with explain_errors(state_dict_mismatch, output_shape_mismatch(tuple(expected.shape)), *errors):
-            out, grads, x_grad = submission.run(run_module_with_gradients, class_name=class_name, init=init,
-                                                state=state, x=x, upstream=upstream)
+            got = submission.run(run_module_with_gradients, class_name=class_name, init=init, state=state, x=x,
+                                 upstream=upstream)
+        out, grads, x_grad = got.output, got.gradients, got.input_gradient
         label = f"{what}, input of shape {tuple(x.shape)}"
 
         def diagnose(x=x, got=out):
@@ -458,8 +459,8 @@ def test_gelu(submission):
     for index, x in enumerate(inputs):
         upstream = randn(51 + index, *x.shape)
         expected, _, expected_grad = reference_gradients(gelu, x, upstream)
-        out, _, x_grad = submission.run(run_module_with_gradients, class_name="GELU", init={}, state={}, x=x,
-                                        upstream=upstream)
+        got = submission.run(run_module_with_gradients, class_name="GELU", init={}, state={}, x=x, upstream=upstream)
+        out, x_grad = got.output, got.input_gradient
         label = f"GELU output, input of shape {tuple(x.shape)}"
         expect_close(out, expected, what=label, atol=1e-5, rtol=1e-5,
                      hint=lambda x=x, got=out: name_first_mistake(got, gelu_mistakes(x))

@@ -12,6 +12,8 @@ to the expect_* comparisons, whose failure messages teach.
 
 from __future__ import annotations
 
+import types
+
 import torch
 
 # Real dtypes a comparison can handle; anything else (complex, quantized, float8, ...) is refused.
@@ -114,6 +116,33 @@ class ListOf(Spec):
         if depth > MAX_DEPTH:
             raise BadResult(f"{where} is nested more than {MAX_DEPTH} levels deep")
         return type(value)(self.item.check(item, f"{where}[{i}]", kwargs, depth + 1) for i, item in enumerate(value))
+
+
+class ProbeResult(types.SimpleNamespace):
+    """A probe's result with named values, read as attributes: got.output, got.gradients (see Fields)."""
+
+
+class Fields(Spec):
+    """A result of named values: the probe returns a dict with exactly these keys, and the test reads an object
+    with these attributes (`got.output`), never positions. Keys given by name alone may hold anything plain;
+    keyword arguments give the key's own spec: Fields("gradients", output=Tensor(), losses=ListOf(length=3))."""
+
+    def __init__(self, *names: str, **specs: Spec):
+        self.specs = {**{name: Anything() for name in names}, **specs}
+
+    def check(self, value, where, kwargs, depth=0):
+        if type(value) is not dict:
+            raise BadResult(f"{where} should be a dict of {', '.join(self.specs)} but is {_kind(value)}")
+        missing = [name for name in self.specs if name not in value]
+        extra = [str(name) for name in value if name not in self.specs]
+        if missing or extra:
+            raise BadResult(f"{where} should hold exactly {', '.join(self.specs)}"
+                            + (f"; {', '.join(missing)} missing" if missing else "")
+                            + (f"; {', '.join(extra[:5])} not expected" if extra else ""))
+        if depth > MAX_DEPTH:
+            raise BadResult(f"{where} is nested more than {MAX_DEPTH} levels deep")
+        return ProbeResult(**{name: spec.check(value[name], f"{where}[{name!r}]", kwargs, depth + 1)
+                              for name, spec in self.specs.items()})
 
 
 def check_result(spec: Spec, value, kwargs: dict):

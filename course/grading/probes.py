@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch  # probes run with the worker's own torch; imported here for readers and linters
 
-from course.grading.contracts import Anything, ListOf, Spec
+from course.grading.contracts import Anything, Fields, ListOf, Spec
 
 # The names a probe finds in the worker besides the built-ins (see course/worker/runtime/bootstrap.py, op_call).
 WORKER_NAMES = frozenset({"torch", "nn", "F", "DEVICE"})
@@ -130,22 +130,22 @@ def run_module(student, class_name, init, state, inputs, train=False):
         return [module(x) for x in inputs]
 
 
-@probe(returns=ListOf(length=2))
+@probe(returns=Fields("eval", "train"))
 def run_train_and_eval(student, class_name, init, state, x):
-    """The same module on the same input in eval mode, then in train mode (seeded): [eval output, train output]."""
+    """The same module on the same input in eval mode, then in train mode (seeded): .eval and .train outputs."""
     module = getattr(student, class_name)(**init).to(DEVICE)
     module.load_state_dict(state)
     with torch.no_grad():
         out_eval = module.eval()(x)
         torch.manual_seed(1)
         out_train = module.train()(x)
-    return [out_eval, out_train]
+    return {"eval": out_eval, "train": out_train}
 
 
-@probe(returns=ListOf(length=2))
+@probe(returns=Fields("first", "second"))
 def run_eval_twice(student, class_name, init, state, x):
-    """The same module on the same input twice in eval mode, after two different seeds: eval mode must not
-    depend on the random state (dropout off)."""
+    """The same module on the same input twice in eval mode, after two different seeds (.first, .second): eval
+    mode must not depend on the random state (dropout off)."""
     module = getattr(student, class_name)(**init).to(DEVICE).eval()
     module.load_state_dict(state)
     with torch.no_grad():
@@ -153,13 +153,13 @@ def run_eval_twice(student, class_name, init, state, x):
         first = module(x)
         torch.manual_seed(2)
         second = module(x)
-    return [first, second]
+    return {"first": first, "second": second}
 
 
-@probe(returns=ListOf(length=3))
+@probe(returns=Fields("output", "gradients", "input_gradient"))
 def run_module_with_gradients(student, class_name, init, state, x, upstream):
-    """Forward and backward through the student's module in eval mode: [output, {parameter name: gradient},
-    gradient of the input] for the loss (output * upstream).sum()."""
+    """Forward and backward through the student's module in eval mode, for the loss (output * upstream).sum():
+    .output, .gradients ({parameter name: gradient}) and .input_gradient (None for integer inputs)."""
     module = getattr(student, class_name)(**init).to(DEVICE).eval()
     module.load_state_dict(state)
     if x.is_floating_point():
@@ -167,12 +167,14 @@ def run_module_with_gradients(student, class_name, init, state, x, upstream):
     output = module(x)
     (output * upstream).sum().backward()
     gradients = {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
-    return [output.detach(), gradients, x.grad if x.is_floating_point() else None]
+    return {"output": output.detach(), "gradients": gradients,
+            "input_gradient": x.grad if x.is_floating_point() else None}
 
 
-@probe(returns=ListOf(length=2))
+@probe(returns=Fields("count", "shapes"))
 def count_parameters(student, class_name, init):
-    """[number of parameters, {parameter or buffer name: shape}] of the student's module built with `init`."""
+    """The student's module built with `init`: .count (its number of parameters) and .shapes ({parameter or
+    buffer name: shape})."""
     module = getattr(student, class_name)(**init)
     shapes = {name: list(tensor.shape) for name, tensor in module.state_dict().items()}
-    return [sum(p.numel() for p in module.parameters()), shapes]
+    return {"count": sum(p.numel() for p in module.parameters()), "shapes": shapes}

@@ -54,7 +54,8 @@ def expect_module_outputs(submission, model: torch.nn.Module, class_name: str, i
 
 def eval_dropout_left_on(submission, class_name: str, init: dict, state: dict, x) -> str | None:
     """HINT_EVAL_DROPOUT if the student's module gives two different outputs for one input in eval mode."""
-    first, second = submission.run(run_eval_twice, class_name=class_name, init=init, state=state, x=x)
+    twice = submission.run(run_eval_twice, class_name=class_name, init=init, state=state, x=x)
+    first, second = twice.first, twice.second
     if isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor) and first.shape == second.shape:
         if not torch.equal(first, second):
             return HINT_EVAL_DROPOUT
@@ -120,12 +121,12 @@ def expect_dropout_in_training_only(submission, make_model: Callable[[float], to
         config = init(dropout)
         model = make_model(dropout)
         with explain_errors(state_dict_mismatch):
-            out_eval, out_train = submission.run(run_train_and_eval, class_name=class_name, init=config,
-                                                 state=model.state_dict(), x=x)
+            both = submission.run(run_train_and_eval, class_name=class_name, init=config, state=model.state_dict(),
+                                  x=x)
         with torch.no_grad():
             shape = tuple(model(x).shape)
-        out_eval = expect_tensor(out_eval, what=f"{what} in eval mode", shape=shape)
-        out_train = expect_tensor(out_train, what=f"{what} in train mode", shape=shape)
+        out_eval = expect_tensor(both.eval, what=f"{what} in eval mode", shape=shape)
+        out_train = expect_tensor(both.train, what=f"{what} in train mode", shape=shape)
         expect_finite(out_eval, what=f"{what} in eval mode")
         expect_finite(out_train, what=f"{what} in train mode")
         if dropout > 0:

@@ -3,6 +3,7 @@
     python -m tests.submissions.snapshot grades OUT.json      # grade the whole catalogue (about 6 min, 2 cores)
     python -m tests.submissions.snapshot checks OUT.json      # `course check` on every catalogue notebook
     python -m tests.submissions.snapshot compare OLD.json NEW.json
+    ... --only ch04_gpt --only appe_lora                       # some assignments only (compare: those keys)
 
 A snapshot holds, for every (assignment, submission) of tests/submissions/catalog (solution, release, mutants,
 variants), each test's name, status, score and message (durations left out). `compare` prints every difference
@@ -24,10 +25,13 @@ from tests.submissions.build import with_edits
 from tests.submissions.catalog import MUTANTS, VARIANTS
 
 
-def catalogue_items(course, folder: Path) -> list[batch.BatchItem]:
-    """The solution, the release, every mutant and every variant of every assignment, as notebooks in `folder`."""
+def catalogue_items(course, folder: Path, only=()) -> list[batch.BatchItem]:
+    """The solution, the release, every mutant and every variant of every assignment (or of those in `only`), as
+    notebooks in `folder`."""
     items = []
     for assignment in course.assignments:
+        if only and assignment.id not in only:
+            continue
         solution = course.solution_notebook(assignment)
         notebooks = {"solution": solution, "release": course.release_notebook(assignment)}
         for mutant in (m for m in MUTANTS if m.assignment == assignment.id):
@@ -45,18 +49,18 @@ def _tests(report) -> list[list]:
     return [[t.name, t.status, t.score, t.max_score, t.message] for t in report.tests]
 
 
-def grades(folder: Path) -> dict:
+def grades(folder: Path, only=()) -> dict:
     course = load_course(REPO)
-    results = batch.grade_batch(course, catalogue_items(course, folder), jobs=2, device="cpu")
+    results = batch.grade_batch(course, catalogue_items(course, folder, only), jobs=2, device="cpu")
     return {f"{r.item.assignment}/{r.item.student}": _tests(r.report) for r in results}
 
 
-def checks(folder: Path) -> dict:
+def checks(folder: Path, only=()) -> dict:
     from course.checking import CheckTarget, run_checks
 
     course = load_course(REPO)
     found = {}
-    for item in catalogue_items(course, folder):
+    for item in catalogue_items(course, folder, only):
         assignment = course.assignment(item.assignment)
         report = run_checks(CheckTarget.from_course(course, assignment), item.notebook)
         found[f"{item.assignment}/{item.student}"] = _tests(report)
@@ -81,9 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=("grades", "checks", "compare"))
     parser.add_argument("paths", nargs="+", type=Path)
+    parser.add_argument("--only", action="append", default=[], metavar="ASSIGNMENT")
     args = parser.parse_args(argv)
     if args.what == "compare":
-        old, new = (json.loads(p.read_text()) for p in args.paths[:2])
+        old, new = ({key: value for key, value in json.loads(p.read_text()).items()
+                     if not args.only or key.split("/")[0] in args.only} for p in args.paths[:2])
         lines = compare(old, new)
         print("\n".join(lines) or f"the same: {len(old)} submissions, "
                                    f"{sum(len(v) for v in old.values())} test results")
@@ -91,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
-        found = (grades if args.what == "grades" else checks)(Path(folder))
+        found = (grades if args.what == "grades" else checks)(Path(folder), args.only)
     args.paths[0].write_text(json.dumps(found, indent=1, sort_keys=True))
     print(f"{len(found)} submissions written to {args.paths[0]}")
     return 0
