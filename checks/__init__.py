@@ -18,6 +18,12 @@ A check's verdict is computed where the student's code runs, so that code could 
 because nothing is at stake here. The score that counts comes from the hidden grader (`course grade`), which
 never trusts the process that runs student code.
 
+Each `checks/<id>.py` declares the chapter's `INTERFACE` (Interface, Function, Class below): the functions and
+classes the students write, with the book's signatures, and for classes an example of arguments and the
+attributes the grader relies on after `__init__`. It is public (the stubs show all of it). The checks look up
+every definition with its signature from it, and the hidden grader imports the same object, so the two cannot
+drift; `tests/test_interfaces.py` checks that the reference, the solution and the release all match it.
+
 This package needs only the standard library and torch: it runs in the student's kernel and inside the
 grading sandbox, where the course's own packages cannot be imported.
 """
@@ -35,12 +41,12 @@ import sys
 import sysconfig
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["CheckFailed", "Checks", "Definitions", "expect_close", "expect_equal", "expect_finite", "expect_shape",
-           "expect_true"]
+__all__ = ["CheckFailed", "Checks", "Class", "Definitions", "Function", "Interface", "expect_close", "expect_equal",
+           "expect_finite", "expect_shape", "require"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # Library code (the standard library, site-packages): never "where" a student's error happened.
@@ -85,11 +91,11 @@ class Check:
 class Checks:
     """The checks of one assignment, in the grader's order."""
 
-    def __init__(self, assignment: str, signatures: dict[str, str | dict[str, str]]):
-        """signatures: name -> "(parameters)" for a function, or {"__init__": "(...)", "method": "(...)"} for a
-        class, in the book's words (the same as the hidden grader's interface)."""
+    def __init__(self, assignment: str, interface: Interface):
+        """interface: the chapter's INTERFACE, which the hidden grader imports too."""
         self.assignment = assignment
-        self.signatures = signatures
+        self.interface = interface
+        self.signatures = interface.signatures
         self._checks: dict[str, Check] = {}
 
     def register(self, name: str, *, subject: str, description: str, error_hint: str = ""):
@@ -180,9 +186,113 @@ class Definitions:
         return obj
 
 
+# -- the interface: what the students write, with the book's signatures ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Function:
+    name: str
+    signature: str  # the parameter list as the book writes it, e.g. "(txt, tokenizer, max_length, stride)"
+
+
+@dataclass(frozen=True)
+class Class:
+    name: str
+    init: str  # the parameters of __init__ without self, e.g. "(d_in, d_out, qkv_bias=False)"
+    example: dict = field(default_factory=dict)  # arguments that build one (for attribute checks)
+    attributes: tuple[str, ...] = ()  # what the grader reads after __init__ (layers, buffers, values)
+    methods: dict[str, str] = field(default_factory=dict)  # name -> parameters without self, e.g. {"forward": "(x)"}
+
+
+@dataclass(frozen=True)
+class Interface:
+    items: tuple[Function | Class, ...]
+
+    def __init__(self, *items: Function | Class):
+        object.__setattr__(self, "items", items)
+
+    @property
+    def names(self) -> list[str]:
+        return [item.name for item in self.items]
+
+    @property
+    def signatures(self) -> dict[str, str | dict[str, str]]:
+        """name -> "(parameters)" for a function; for a class {"__init__": "(...)", method: "(...)"}."""
+        return {item.name: item.signature if isinstance(item, Function) else {"__init__": item.init, **item.methods}
+                for item in self.items}
+
+    def problems(self, namespace: dict) -> list[str]:
+        """What in `namespace` (a module's or a notebook's globals) does not match; [] when all matches."""
+        problems = []
+        for item in self.items:
+            obj = namespace.get(item.name)
+            if obj is None:
+                problems.append(f"{item.name}: not defined")
+                continue
+            if isinstance(item, Function):
+                problems += _signature_problems(item.name, obj, item.signature, drop_self=False)
+                continue
+            if not inspect.isclass(obj):
+                problems.append(f"{item.name}: not a class")
+                continue
+            problems += _signature_problems(f"{item.name}.__init__", obj.__init__, item.init, drop_self=True)
+            for method, signature in item.methods.items():
+                function = getattr(obj, method, None)
+                if function is None:
+                    problems.append(f"{item.name}.{method}: not defined")
+                else:
+                    problems += _signature_problems(f"{item.name}.{method}", function, signature, drop_self=True)
+            if item.attributes:
+                instance = obj(**item.example)
+                problems += [f"{item.name}: no attribute {name!r} after __init__" for name in item.attributes
+                             if not hasattr(instance, name)]
+        return problems
+
+
+def _parameters(signature: str) -> list[tuple[str, str, str | None]]:
+    """"(a, b=2, *args)" -> [(name, kind, default source)] without evaluating anything."""
+    function = ast.parse(f"def f{signature}: pass").body[0]
+    args = function.args
+    positional = args.posonlyargs + args.args
+    defaults = [None] * (len(positional) - len(args.defaults)) + [ast.unparse(d) for d in args.defaults]
+    result = [(a.arg, "positional", d) for a, d in zip(positional, defaults)]
+    if args.vararg:
+        result.append((args.vararg.arg, "*", None))
+    result += [(a.arg, "keyword", ast.unparse(d) if d is not None else None)
+               for a, d in zip(args.kwonlyargs, args.kw_defaults)]
+    if args.kwarg:
+        result.append((args.kwarg.arg, "**", None))
+    return result
+
+
+def _actual(function, drop_self: bool) -> list[tuple[str, str, str | None]]:
+    kinds = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**",
+             inspect.Parameter.KEYWORD_ONLY: "keyword"}
+    parameters = list(inspect.signature(function).parameters.values())
+    if drop_self and parameters and parameters[0].name == "self":
+        parameters = parameters[1:]
+    return [(p.name, kinds.get(p.kind, "positional"),
+             None if p.default is inspect.Parameter.empty else ast.unparse(ast.parse(repr(p.default), mode="eval")))
+            for p in parameters]
+
+
+def _signature_problems(label: str, function, signature: str, drop_self: bool) -> list[str]:
+    try:
+        actual = _actual(function, drop_self)
+    except (TypeError, ValueError, SyntaxError):
+        return [f"{label}: has no readable signature"]
+    expected = [(name, kind, ast.unparse(ast.parse(default, mode="eval")) if default else None)
+                for name, kind, default in _parameters(signature)]
+    if actual != expected:
+        shown = "(" + ", ".join(n + (f"={d}" if d is not None else "") for n, _, d in actual) + ")"
+        return [f"{label}: signature {shown}, expected {signature}"]
+    return []
+
+
 # -- comparisons ------------------------------------------------------------------------------------------------
 
-def expect_true(condition: bool, message: str, hint: str = "") -> None:
+def require(condition: bool, message: str, hint: str = "") -> None:
+    """Fail with `message` (what came out) and `hint` unless `condition` holds."""
     if not condition:
         raise CheckFailed(message, hint)
 

@@ -18,20 +18,31 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, TensorDataset
 
-from checks import CheckFailed, Checks, expect_close, expect_equal, expect_shape, expect_true
+from checks import (
+    CheckFailed,
+    Checks,
+    Class,
+    Function,
+    Interface,
+    expect_close,
+    expect_equal,
+    expect_shape,
+    require,
+)
 
-# The book's signatures, as the notebook's stubs give them.
-SIGNATURES = {
-    "NeuralNetwork": {"__init__": "(num_inputs, num_outputs)", "forward": "(x)"},
-    "ToyDataset": {"__init__": "(X, y)", "__getitem__": "(index)", "__len__": "()"},
-    "train_model": "(model, train_loader, optimizer, device, num_epochs, verbose=False)",
-    "compute_accuracy": "(model, dataloader, device=None)",
-    "ddp_setup": "(rank, world_size, backend=None, timeout=datetime.timedelta(seconds=60))",
-    "prepare_dataset": "()",
-    "main": "(rank, world_size, num_epochs)",
-}
+# What the students write, with the book's signatures: the public checks look definitions up with these,
+# and the hidden grader imports this very INTERFACE.
+INTERFACE = Interface(
+    Class("NeuralNetwork", "(num_inputs, num_outputs)", methods={"forward": "(x)"}),
+    Class("ToyDataset", "(X, y)", methods={"__getitem__": "(index)", "__len__": "()"}),
+    Function("train_model", "(model, train_loader, optimizer, device, num_epochs, verbose=False)"),
+    Function("compute_accuracy", "(model, dataloader, device=None)"),
+    Function("ddp_setup", "(rank, world_size, backend=None, timeout=datetime.timedelta(seconds=60))"),
+    Function("prepare_dataset", "()"),
+    Function("main", "(rank, world_size, num_epochs)"),
+)
 
-CHECKS = Checks("appa_pytorch", SIGNATURES)
+CHECKS = Checks("appa_pytorch", INTERFACE)
 check = CHECKS.check  # the notebook's check cells call check("test_...")
 
 X_TRAIN = [[-1.2, 3.1], [-0.9, 2.9], [-0.5, 2.6], [2.3, -1.1], [2.7, -1.5]]
@@ -49,7 +60,7 @@ HINT_LAYERS = ("self.layers = nn.Sequential(nn.Linear(num_inputs, 30), nn.ReLU()
 def network(ns, seed, *args):
     torch.manual_seed(seed)
     model = ns["NeuralNetwork"](*args)
-    expect_true(isinstance(model, nn.Module), "NeuralNetwork(...) is not a torch.nn.Module.",
+    require(isinstance(model, nn.Module), "NeuralNetwork(...) is not a torch.nn.Module.",
                 "keep `class NeuralNetwork(nn.Module)` and the super().__init__() call.")
     return model
 
@@ -135,7 +146,7 @@ def check_neural_network_layers(ns):
     expect_equal(sum(p.numel() for p in model.parameters()), 2213, "the number of parameters of NeuralNetwork(50, 3)",
                  HINT_LAYERS)
     layers = getattr(model, "layers", None)
-    expect_true(isinstance(layers, nn.Sequential) and len(layers) == 5,
+    require(isinstance(layers, nn.Sequential) and len(layers) == 5,
                 "NeuralNetwork(50, 3).layers is not an nn.Sequential of 5 layers.", HINT_LAYERS)
     expect_shape(layers[0].weight, (30, 50), "NeuralNetwork(50, 3).layers[0].weight", HINT_LAYERS)
 
@@ -159,10 +170,10 @@ def check_neural_network_gradients(ns):
     x = torch.tensor(X_TRAIN, requires_grad=True)
     F.cross_entropy(model(x), torch.tensor(Y_TRAIN)).backward()
     for name, parameter in model.named_parameters():
-        expect_true(parameter.grad is not None and tuple(parameter.grad.shape) == tuple(parameter.shape),
+        require(parameter.grad is not None and tuple(parameter.grad.shape) == tuple(parameter.shape),
                     f"after backward(), the parameter {name} has no gradient of its shape.",
                     "no .detach(), .item() or torch.no_grad() inside forward.")
-    expect_true(x.grad is not None and bool(x.grad.abs().sum() > 0), "no gradient reached the input.",
+    require(x.grad is not None and bool(x.grad.abs().sum() > 0), "no gradient reached the input.",
                 "forward must compute its output from x with torch operations.")
 
 
@@ -174,7 +185,7 @@ def check_toy_dataset(ns):
     dataset = toy_dataset(ns)
     expect_equal(len(dataset), 5, "len(ToyDataset(X_train, y_train))", "__len__ returns self.labels.shape[0].")
     item = dataset[3]
-    expect_true(isinstance(item, (tuple, list)) and len(item) == 2, "ToyDataset(X_train, y_train)[3] is not a "
+    require(isinstance(item, (tuple, list)) and len(item) == 2, "ToyDataset(X_train, y_train)[3] is not a "
                 "pair (features, label).", "__getitem__ returns (self.features[index], self.labels[index]).")
     expect_close(item[0], X_TRAIN[3], "the features of example 3", "self.features[index].")
     expect_equal(int(item[1]), 1, "the label of example 3", "self.labels[index].")
@@ -189,7 +200,7 @@ def check_toy_dataset(ns):
                  description="train_model in the book's run returns the book's six losses")
 def check_train_model_losses(ns):
     _, losses = book_run(ns)
-    expect_true(isinstance(losses, list) and len(losses) == 6, f"train_model returned {type(losses).__name__} "
+    require(isinstance(losses, list) and len(losses) == 6, f"train_model returned {type(losses).__name__} "
                 f"{str(losses)[:80]}, not a list of the 6 losses (3 epochs of 2 batches).",
                 "append loss.item() after each step and return the list.")
     expect_equal([round(float(loss), 2) for loss in losses], BOOK_LOSSES, "the losses, rounded to two decimals",
@@ -225,9 +236,9 @@ class AlwaysZero(nn.Module):
 def check_compute_accuracy(ns):
     loader = DataLoader(TensorDataset(torch.tensor(X_TRAIN), torch.tensor(Y_TRAIN)), batch_size=2)  # 2, 2 and 1
     value = ns["compute_accuracy"](AlwaysZero(), loader)
-    expect_true(isinstance(value, (int, float)), f"compute_accuracy returned {type(value).__name__}, not a number.",
+    require(isinstance(value, (int, float)), f"compute_accuracy returned {type(value).__name__}, not a number.",
                 "return correct / total_examples as a Python float.")
-    expect_true(abs(value - 0.6) < 1e-6, f"compute_accuracy of a model that always predicts class 0 on the book's "
+    require(abs(value - 0.6) < 1e-6, f"compute_accuracy of a model that always predicts class 0 on the book's "
                 f"training set (three of five examples are class 0) is {value}, expected 0.6.",
                 "count correct predictions and examples over all batches, then divide once (the last batch has "
                 "one example).")
@@ -244,7 +255,7 @@ def check_compute_accuracy_in_eval_mode(ns):
         model.train()
         torch.manual_seed(seed)
         values.append(ns["compute_accuracy"](model, loader))
-    expect_true(len(set(values)) == 1, f"compute_accuracy of a model with dropout, left in train mode, changes from "
+    require(len(set(values)) == 1, f"compute_accuracy of a model with dropout, left in train mode, changes from "
                 f"run to run: {values}.", "call model.eval() first.")
 
 
@@ -259,7 +270,7 @@ def expected_backend():
 def check_ddp_setup(ns):
     with one_process_group():
         ns["ddp_setup"](0, 1)
-        expect_true(dist.is_initialized(), "after ddp_setup(0, 1) no process group is initialised.",
+        require(dist.is_initialized(), "after ddp_setup(0, 1) no process group is initialised.",
                     "call init_process_group(backend=..., rank=rank, world_size=world_size, timeout=timeout).")
         expect_equal(str(dist.get_backend()), expected_backend(), "the backend",
                      "nccl when torch.cuda.is_available(), else gloo.")
@@ -274,7 +285,7 @@ def check_prepare_dataset(ns):
         dist.init_process_group("gloo", rank=0, world_size=1)
         train_loader, test_loader = ns["prepare_dataset"]()
         sampler = getattr(train_loader, "sampler", None)
-        expect_true(type(sampler).__name__ == "DistributedSampler", f"the training loader's sampler is a "
+        require(type(sampler).__name__ == "DistributedSampler", f"the training loader's sampler is a "
                     f"{type(sampler).__name__}, not a DistributedSampler.",
                     "DataLoader(train_ds, ..., shuffle=False, sampler=DistributedSampler(train_ds)).")
         sizes = [len(labels) for _, labels in train_loader]
@@ -299,7 +310,7 @@ def check_ddp_training(ns):
                           "end main with destroy_process_group(), in a finally: block.")
     if model is None:
         return  # the book's main returns nothing; the grader then takes the model main wrapped in DDP
-    expect_true(isinstance(model, nn.Module), f"main returned {type(model).__name__}, not the trained model.",
+    require(isinstance(model, nn.Module), f"main returned {type(model).__name__}, not the trained model.",
                 "return model.module, the plain model inside the DDP wrapper.")
     with torch.no_grad():
         predictions = model.cpu()(torch.tensor(X_TRAIN)).argmax(dim=1).tolist()

@@ -15,18 +15,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from checks import Checks, expect_equal, expect_true
+from checks import Checks, Function, Interface, expect_equal, require
 
-# The book's signatures, as the notebook's stubs give them.
-SIGNATURES = {
-    "learning_rate_at": "(step, total_steps, warmup_steps, peak_lr, initial_lr=3e-05, min_lr=1e-6)",
-    "find_highest_gradient": "(model)",
-    "train_model": "(model, train_loader, val_loader, optimizer, device, n_epochs, eval_freq, eval_iter, "
-                   "start_context, tokenizer, warmup_steps, initial_lr=3e-05, min_lr=1e-6, orig_book_version=False, "
-                   "*, progress=False)",
-}
+# What the students write, with the book's signatures: the public checks look definitions up with these,
+# and the hidden grader imports this very INTERFACE.
+INTERFACE = Interface(
+    Function("learning_rate_at", "(step, total_steps, warmup_steps, peak_lr, initial_lr=3e-05, min_lr=1e-6)"),
+    Function("find_highest_gradient", "(model)"),
+    Function("train_model", "(model, train_loader, val_loader, optimizer, device, n_epochs, eval_freq, eval_iter, "
+                            "start_context, tokenizer, warmup_steps, initial_lr=3e-05, min_lr=1e-6, "
+                            "orig_book_version=False, *, progress=False)"),
+)
 
-CHECKS = Checks("appd_training_loop", SIGNATURES)
+CHECKS = Checks("appd_training_loop", INTERFACE)
 check = CHECKS.check  # the notebook's check cells call check("test_...")
 
 # The book's schedule (sections D.1 and D.2): 15 epochs of 9 batches, 20% warmup.
@@ -48,7 +49,7 @@ def gpt2_tokenizer():
 
 def expect_rate(got, expected, what, hint):
     value = float(got)
-    expect_true(math.isclose(value, expected, rel_tol=1e-5, abs_tol=1e-12), f"{what}: got {value:.6g}, expected "
+    require(math.isclose(value, expected, rel_tol=1e-5, abs_tol=1e-12), f"{what}: got {value:.6g}, expected "
                 f"{expected:.6g}.", hint)
 
 
@@ -74,13 +75,13 @@ def check_learning_rate_at(ns):
                  description="find_highest_gradient finds the largest gradient entry, and None without gradients")
 def check_find_highest_gradient(ns):
     model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
-    expect_true(ns["find_highest_gradient"](model) is None, "find_highest_gradient of a model without gradients "
+    require(ns["find_highest_gradient"](model) is None, "find_highest_gradient of a model without gradients "
                 "is not None.", "skip parameters whose .grad is None; return None if none has one.")
     gradients = [torch.tensor([[1.0, 2.0], [2.0, 4.0]]), None, torch.tensor([[-7.0, 0.5]]), torch.tensor([3.0])]
     for param, grad in zip(model.parameters(), gradients):
         param.grad = grad
     got = ns["find_highest_gradient"](model)
-    expect_true(got is not None, "find_highest_gradient returned None although parameters have gradients.", "")
+    require(got is not None, "find_highest_gradient returned None although parameters have gradients.", "")
     expect_equal(float(got), 4.0, "find_highest_gradient with gradient entries up to 4.0 (and one of -7.0)",
                  "the signed maximum: param.grad.flatten().max() of each parameter, the largest of them.")
 
@@ -138,10 +139,10 @@ def check_train_model_schedule(ns):
 def check_train_model_clipping(ns):
     _, records = watched_run(ns, warmup_steps=2)
     norms = [norm for _, norm in records]
-    expect_true(len(norms) == 6, f"{len(norms)} optimizer steps, expected 6.", "one step per batch.")
-    expect_true(all(norm > 1.01 for norm in norms[:2]), f"the gradient norms of the 2 warmup steps are "
+    require(len(norms) == 6, f"{len(norms)} optimizer steps, expected 6.", "one step per batch.")
+    require(all(norm > 1.01 for norm in norms[:2]), f"the gradient norms of the 2 warmup steps are "
                 f"{[round(n, 3) for n in norms[:2]]}: they were clipped.", "clip only once the warmup is over.")
-    expect_true(all(abs(norm - 1.0) < 1e-3 for norm in norms[3:]), f"the gradient norms after the warmup are "
+    require(all(abs(norm - 1.0) < 1e-3 for norm in norms[3:]), f"the gradient norms after the warmup are "
                 f"{[round(n, 3) for n in norms[3:]]}, not 1.0.", "after loss.backward(), before optimizer.step(): "
                                                                   "torch.nn.utils.clip_grad_norm_(..., max_norm=1.0).")
 
@@ -150,7 +151,7 @@ def check_train_model_clipping(ns):
                  description="train_model returns losses and tokens per evaluation and one rate per step")
 def check_train_model_returns(ns):
     result, _ = watched_run(ns)
-    expect_true(isinstance(result, (tuple, list)) and len(result) == 4, "train_model: expected four lists (train_"
+    require(isinstance(result, (tuple, list)) and len(result) == 4, "train_model: expected four lists (train_"
                 "losses, val_losses, track_tokens_seen, track_lrs).", "return them at the end.")
     train_losses, val_losses, tokens_seen, lrs = result
     expect_equal([int(t) for t in tokens_seen], [8, 24, 40], "track_tokens_seen (evaluating every 2 steps)",

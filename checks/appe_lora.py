@@ -9,18 +9,19 @@ print edition). The hidden grader uses other sizes, seeded matrices and a GPT mo
 import torch
 from torch import nn
 
-from checks import Checks, expect_equal, expect_finite, expect_shape, expect_true
+from checks import Checks, Class, Function, Interface, expect_equal, expect_finite, expect_shape, require
 
-# The book's signatures, as the notebook's stubs give them.
-SIGNATURES = {
-    "LoRALayer": {"__init__": "(in_dim, out_dim, rank, alpha)", "forward": "(x)"},
-    "LinearWithLoRA": {"__init__": "(linear, rank, alpha)", "forward": "(x)"},
-    "replace_linear_with_lora": "(model, rank, alpha)",
-    "freeze_parameters": "(model)",
-    "count_trainable_parameters": "(model)",
-}
+# What the students write, with the book's signatures: the public checks look definitions up with these,
+# and the hidden grader imports this very INTERFACE.
+INTERFACE = Interface(
+    Class("LoRALayer", "(in_dim, out_dim, rank, alpha)", methods={"forward": "(x)"}),
+    Class("LinearWithLoRA", "(linear, rank, alpha)", methods={"forward": "(x)"}),
+    Function("replace_linear_with_lora", "(model, rank, alpha)"),
+    Function("freeze_parameters", "(model)"),
+    Function("count_trainable_parameters", "(model)"),
+)
 
-CHECKS = Checks("appe_lora", SIGNATURES)
+CHECKS = Checks("appe_lora", INTERFACE)
 check = CHECKS.check  # the notebook's check cells call check("test_...")
 
 RANK, ALPHA = 2, 4  # alpha / rank = 2; the print edition's scaling is alpha = 4
@@ -34,7 +35,7 @@ def x_input():
 def lora_layer(ns):
     torch.manual_seed(123)
     layer = ns["LoRALayer"](6, 4, RANK, ALPHA)
-    expect_true(isinstance(layer, nn.Module), "LoRALayer(...) is not an nn.Module.",
+    require(isinstance(layer, nn.Module), "LoRALayer(...) is not an nn.Module.",
                 "keep `class LoRALayer(nn.Module)` and call super().__init__().")
     return layer
 
@@ -44,7 +45,7 @@ def expect_scaled_update(update, A, B, what):
     expect_shape(update, (3, 4), what, "x @ A @ B maps 6 features to 4.")
     expect_finite(update, what)
     matches = [torch.allclose(update, factor * plain, atol=1e-5) for factor in (ALPHA / RANK, ALPHA)]
-    expect_true(any(matches), f"{what} is not the scaled x @ A @ B (rank={RANK}, alpha={ALPHA}).", HINT_SCALING)
+    require(any(matches), f"{what} is not the scaled x @ A @ B (rank={RANK}, alpha={ALPHA}).", HINT_SCALING)
 
 
 def nested_model():
@@ -61,13 +62,13 @@ def nested_model():
 def check_lora_layer_parameters(ns):
     layer = lora_layer(ns)
     A, B = getattr(layer, "A", None), getattr(layer, "B", None)
-    expect_true(isinstance(A, nn.Parameter) and isinstance(B, nn.Parameter), "LoRALayer has no nn.Parameter "
+    require(isinstance(A, nn.Parameter) and isinstance(B, nn.Parameter), "LoRALayer has no nn.Parameter "
                 "attributes A and B.", "self.A = nn.Parameter(...), self.B = nn.Parameter(...).")
     expect_shape(A, (6, RANK), "A", "A is (in_dim, rank).")
     expect_shape(B, (RANK, 4), "B", "B is (rank, out_dim).")
-    expect_true(bool((B == 0).all()), "B is not zero at initialisation.", "self.B = nn.Parameter(torch.zeros(rank, "
+    require(bool((B == 0).all()), "B is not zero at initialisation.", "self.B = nn.Parameter(torch.zeros(rank, "
                                                                           "out_dim)).")
-    expect_true(bool((A != 0).any()), "A is zero at initialisation.",
+    require(bool((A != 0).any()), "A is zero at initialisation.",
                 "initialise A randomly: nn.init.kaiming_uniform_(self.A, a=math.sqrt(5)).")
 
 
@@ -88,9 +89,9 @@ def wrapped(ns):
     torch.manual_seed(123)
     linear = nn.Linear(6, 4)
     layer = ns["LinearWithLoRA"](linear, RANK, ALPHA)
-    expect_true(getattr(layer, "linear", None) is linear, "LinearWithLoRA(linear, ...).linear is not the layer it "
+    require(getattr(layer, "linear", None) is linear, "LinearWithLoRA(linear, ...).linear is not the layer it "
                 "was given.", "self.linear = linear: keep the pretrained layer itself.")
-    expect_true(isinstance(getattr(layer, "lora", None), nn.Module), "LinearWithLoRA has no module `lora`.",
+    require(isinstance(getattr(layer, "lora", None), nn.Module), "LinearWithLoRA has no module `lora`.",
                 "self.lora = LoRALayer(linear.in_features, linear.out_features, rank, alpha).")
     return layer, linear
 
@@ -102,7 +103,7 @@ def check_linear_with_lora_at_initialisation(ns):
     with torch.no_grad():
         got, expected = layer(x_input()), linear(x_input())
     expect_shape(got, (3, 4), "LinearWithLoRA's output", "one output per input, as wide as the linear layer's.")
-    expect_true(torch.allclose(got, expected, atol=1e-6), "a freshly built LinearWithLoRA does not compute what "
+    require(torch.allclose(got, expected, atol=1e-6), "a freshly built LinearWithLoRA does not compute what "
                 "its nn.Linear computes.", "return self.linear(x) + self.lora(x); the LoRA part is zero while B is.")
 
 
@@ -125,11 +126,11 @@ def check_lora_gradients(ns):
     with torch.no_grad():
         layer.lora.B.copy_(torch.ones(RANK, 4))
     layer(x_input()).sum().backward()
-    expect_true(linear.weight.grad is None, "the frozen nn.Linear received a gradient.",
+    require(linear.weight.grad is None, "the frozen nn.Linear received a gradient.",
                 "use the given layer as it is: self.linear = linear.")
     for name in ("A", "B"):
         grad = getattr(layer.lora, name).grad
-        expect_true(grad is not None and bool((grad != 0).any()), f"lora.{name} received no gradient.",
+        require(grad is not None and bool((grad != 0).any()), f"lora.{name} received no gradient.",
                     "the output must use self.lora(x), with A and B as they are (no .detach(), no torch.no_grad()).")
 
 
@@ -148,7 +149,7 @@ def check_replace_linear_with_lora(ns):
                  "wrap every nn.Linear, at every depth: recurse into the other children.")
     with torch.no_grad():
         after = model(x)
-    expect_true(torch.allclose(after, before, atol=1e-6), "the model's output changed when the layers were wrapped.",
+    require(torch.allclose(after, before, atol=1e-6), "the model's output changed when the layers were wrapped.",
                 "keep each original layer inside its wrapper; a new LoRA path adds zero.")
 
 

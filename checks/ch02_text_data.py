@@ -9,21 +9,24 @@ import tiktoken
 import torch
 from torch import nn
 
-from checks import CheckFailed, Checks, expect_equal, expect_shape, expect_true
+from checks import CheckFailed, Checks, Class, Function, Interface, expect_equal, expect_shape, require
 
-# The book's signatures, as the notebook's stubs give them.
-SIGNATURES = {
-    "simple_tokenize": "(text)",
-    "build_vocab": "(tokens, special_tokens=())",
-    "SimpleTokenizerV1": {"__init__": "(vocab)", "encode": "(text)", "decode": "(ids)"},
-    "SimpleTokenizerV2": {"__init__": "(vocab)", "encode": "(text)", "decode": "(ids)"},
-    "GPTDatasetV1": {"__init__": "(txt, tokenizer, max_length, stride)", "__len__": "()", "__getitem__": "(idx)"},
-    "create_dataloader_v1": "(txt, batch_size=4, max_length=256, stride=128, shuffle=True, drop_last=True, "
-                            "num_workers=0)",
-    "create_input_embeddings": "(token_ids, token_embedding_layer, pos_embedding_layer)",
-}
+# What the students write, with the book's signatures: the public checks look definitions up with these,
+# and the hidden grader imports this very INTERFACE.
+INTERFACE = Interface(
+    Function("simple_tokenize", "(text)"),
+    Function("build_vocab", "(tokens, special_tokens=())"),
+    Class("SimpleTokenizerV1", "(vocab)", example={"vocab": {"a": 0}}, attributes=("str_to_int", "int_to_str"),
+          methods={"encode": "(text)", "decode": "(ids)"}),
+    Class("SimpleTokenizerV2", "(vocab)", example={"vocab": {"a": 0}}, attributes=("str_to_int", "int_to_str"),
+          methods={"encode": "(text)", "decode": "(ids)"}),
+    Class("GPTDatasetV1", "(txt, tokenizer, max_length, stride)", methods={"__len__": "()", "__getitem__": "(idx)"}),
+    Function("create_dataloader_v1",
+             "(txt, batch_size=4, max_length=256, stride=128, shuffle=True, drop_last=True, num_workers=0)"),
+    Function("create_input_embeddings", "(token_ids, token_embedding_layer, pos_embedding_layer)"),
+)
 
-CHECKS = Checks("ch02_text_data", SIGNATURES)
+CHECKS = Checks("ch02_text_data", INTERFACE)
 check = CHECKS.check  # the notebook's check cells call check("test_...")
 
 # The sentence of the notebook's SimpleTokenizerV1 demo, and the vocabulary of its tokens (sorted, numbered).
@@ -64,11 +67,11 @@ def windows(dataset):
     pairs = []
     for index in range(len(dataset)):
         item = dataset[index]
-        expect_true(isinstance(item, (tuple, list)) and len(item) == 2,
+        require(isinstance(item, (tuple, list)) and len(item) == 2,
                     f"dataset[{index}] is {type(item).__name__}, not a pair (inputs, targets).",
                     "__getitem__ returns (self.input_ids[idx], self.target_ids[idx]).")
         for part, tensor in zip(("inputs", "targets"), item):
-            expect_true(isinstance(tensor, torch.Tensor) and tensor.dtype == torch.long,
+            require(isinstance(tensor, torch.Tensor) and tensor.dtype == torch.long,
                         f"dataset[{index}]: the {part} are {getattr(tensor, 'dtype', type(tensor).__name__)}, "
                         "not a tensor of token ids (torch.int64).", "torch.tensor(list of ints) gives int64.")
         pairs.append((item[0].tolist(), item[1].tolist()))
@@ -103,7 +106,7 @@ def check_build_vocab(ns):
 def tokenizer_v1(ns):
     tokenizer = ns["SimpleTokenizerV1"](dict(VOCAB))
     for attribute in ("str_to_int", "int_to_str"):
-        expect_true(hasattr(tokenizer, attribute), f"SimpleTokenizerV1 has no attribute `{attribute}`.",
+        require(hasattr(tokenizer, attribute), f"SimpleTokenizerV1 has no attribute `{attribute}`.",
                     "keep the __init__ the notebook gave you.")
     return tokenizer
 
@@ -190,7 +193,7 @@ def batches(ns, **kwargs):
     loader = ns["create_dataloader_v1"](SAMPLE_TEXT, **kwargs)
     result = []
     for batch in loader:
-        expect_true(isinstance(batch, (tuple, list)) and len(batch) == 2,
+        require(isinstance(batch, (tuple, list)) and len(batch) == 2,
                     "a batch of create_dataloader_v1 is not a pair (inputs, targets).",
                     "return DataLoader(dataset, ...) over your GPTDatasetV1.")
         result.append(tuple(batch))
@@ -202,11 +205,11 @@ def batches(ns, **kwargs):
 def check_dataloader_batches(ns):
     got = batches(ns, batch_size=2, max_length=8, stride=4, shuffle=False)
     what = "create_dataloader_v1(sample text, batch_size=2, max_length=8, stride=4, shuffle=False)"
-    expect_true(len(got) > 0, f"{what} gave no batch.", "pass batch_size and drop_last on to the DataLoader.")
+    require(len(got) > 0, f"{what} gave no batch.", "pass batch_size and drop_last on to the DataLoader.")
     for index, (inputs, targets) in enumerate(got):
         expect_shape(inputs, (2, 8), f"{what}: the inputs of batch {index}", "batch_size rows of max_length ids.")
         expect_shape(targets, (2, 8), f"{what}: the targets of batch {index}", "batch_size rows of max_length ids.")
-        expect_true(torch.equal(inputs[:, 1:], targets[:, :-1]),
+        require(torch.equal(inputs[:, 1:], targets[:, :-1]),
                     f"{what}: in batch {index} the targets are not the inputs shifted by one token.",
                     "targets = token_ids[i + 1:i + max_length + 1].")
     token_ids = gpt2_tokenizer().encode(SAMPLE_TEXT, allowed_special={"<|endoftext|>"})
@@ -225,7 +228,7 @@ def check_dataloader_shuffle(ns):
     shuffled = batches(ns, batch_size=1, max_length=4, stride=4, shuffle=True, drop_last=False)
     expect_equal(len(shuffled), len(ordered), "number of batches with shuffle=True (and shuffle=False)",
                  "shuffling changes the order of the windows, not their number.")
-    expect_true(as_lists(shuffled) == as_lists(ordered), "with shuffle=True the windows are not the same as with "
+    require(as_lists(shuffled) == as_lists(ordered), "with shuffle=True the windows are not the same as with "
                 "shuffle=False.", "pass shuffle=shuffle to the DataLoader; do not change the dataset.")
 
 
@@ -241,12 +244,12 @@ def check_input_embeddings(ns):
     got = create_input_embeddings(token_ids, zeros, nn.Embedding.from_pretrained(positions))
     what = "create_input_embeddings with zero token embeddings"
     expect_shape(got, (2, 3, 2), what, "(batch, num_tokens, emb_dim).")
-    expect_true(torch.equal(got, positions[:3].expand(2, 3, 2)),
+    require(torch.equal(got, positions[:3].expand(2, 3, 2)),
                 f"{what}: the result is not the position embeddings of positions 0, 1, 2 in every row.",
                 "add pos_embedding_layer(torch.arange(num_tokens)), the positions 0..num_tokens-1.")
     rows = torch.arange(6 * 2, dtype=torch.float32).view(6, 2)
     got = create_input_embeddings(token_ids, nn.Embedding.from_pretrained(rows),
                                   nn.Embedding.from_pretrained(torch.zeros(4, 2)))
-    expect_true(torch.equal(got, rows[token_ids]),
+    require(torch.equal(got, rows[token_ids]),
                 "create_input_embeddings with zero position embeddings: the result is not the token embeddings.",
                 "token_embedding_layer(token_ids) looks up one row per token id.")

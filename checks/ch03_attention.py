@@ -9,21 +9,29 @@ notebook's demos do. The hidden grader uses other inputs, sizes and head counts,
 import torch
 from torch import nn
 
-from checks import Checks, expect_close, expect_finite, expect_shape, expect_true
+from checks import Checks, Class, Function, Interface, expect_close, expect_finite, expect_shape, require
 
-# The book's signatures, as the notebook's stubs give them.
-SIGNATURES = {
-    "simplified_self_attention": "(inputs)",
-    "SelfAttention_v1": {"__init__": "(d_in, d_out)", "forward": "(x)"},
-    "SelfAttention_v2": {"__init__": "(d_in, d_out, qkv_bias=False)", "forward": "(x)"},
-    "CausalAttention": {"__init__": "(d_in, d_out, context_length, dropout, qkv_bias=False)", "forward": "(x)"},
-    "MultiHeadAttentionWrapper": {"__init__": "(d_in, d_out, context_length, dropout, num_heads, qkv_bias=False)",
-                                  "forward": "(x)"},
-    "MultiHeadAttention": {"__init__": "(d_in, d_out, context_length, dropout, num_heads, qkv_bias=False)",
-                           "forward": "(x)"},
-}
+# What the students write, with the book's signatures: the public checks look definitions up with these,
+# and the hidden grader imports this very INTERFACE.
+INTERFACE = Interface(
+    Function("simplified_self_attention", "(inputs)"),
+    Class("SelfAttention_v1", "(d_in, d_out)", example={"d_in": 3, "d_out": 2},
+          attributes=("W_query", "W_key", "W_value"), methods={"forward": "(x)"}),
+    Class("SelfAttention_v2", "(d_in, d_out, qkv_bias=False)", example={"d_in": 3, "d_out": 2},
+          attributes=("W_query", "W_key", "W_value"), methods={"forward": "(x)"}),
+    Class("CausalAttention", "(d_in, d_out, context_length, dropout, qkv_bias=False)",
+          example={"d_in": 3, "d_out": 2, "context_length": 6, "dropout": 0.0},
+          attributes=("d_out", "W_query", "W_key", "W_value", "dropout", "mask"), methods={"forward": "(x)"}),
+    Class("MultiHeadAttentionWrapper", "(d_in, d_out, context_length, dropout, num_heads, qkv_bias=False)",
+          example={"d_in": 3, "d_out": 2, "context_length": 6, "dropout": 0.0, "num_heads": 2},
+          attributes=("heads",), methods={"forward": "(x)"}),
+    Class("MultiHeadAttention", "(d_in, d_out, context_length, dropout, num_heads, qkv_bias=False)",
+          example={"d_in": 4, "d_out": 4, "context_length": 6, "dropout": 0.0, "num_heads": 2},
+          attributes=("d_out", "num_heads", "head_dim", "W_query", "W_key", "W_value", "out_proj", "dropout",
+                      "mask"), methods={"forward": "(x)"}),
+)
 
-CHECKS = Checks("ch03_attention", SIGNATURES)
+CHECKS = Checks("ch03_attention", INTERFACE)
 check = CHECKS.check  # the notebook's check cells call check("test_...")
 
 # "Your journey starts with one step": one 3-dimensional embedding per token, shape (6, 3).
@@ -71,7 +79,7 @@ def book_module(ns, name, seed, *args, **kwargs):
     """The student's module built as the book does: torch.manual_seed(seed) first, then in eval mode."""
     torch.manual_seed(seed)
     module = ns[name](*args, **kwargs)
-    expect_true(isinstance(module, nn.Module), f"{name}(...) is not a torch.nn.Module.",
+    require(isinstance(module, nn.Module), f"{name}(...) is not a torch.nn.Module.",
                 "keep `class ...(nn.Module)` and the super().__init__() call of the notebook.")
     return module.eval()
 
@@ -98,7 +106,7 @@ def expect_causal(module, name):
     before, after = output(module, x), output(module, changed)
     expect_shape(after, tuple(before.shape), f"{name} output", "")
     difference = float((after[:, :-1] - before[:, :-1]).abs().max())
-    expect_true(difference < 1e-5, f"{name}: changing the last token changed the context vectors of earlier "
+    require(difference < 1e-5, f"{name}: changing the last token changed the context vectors of earlier "
                 f"tokens (by up to {difference:.4f}): they attend to a later token.",
                 "fill the scores above the diagonal with -inf (the mask) before the softmax.")
 
@@ -110,7 +118,7 @@ def expect_shorter_input(module, name, d_out):
     expect_shape(short, (2, 4, d_out), what, "one context vector per input token.")
     expect_finite(short, what)
     difference = float((short - full[:, :4]).abs().max()) if full.shape[1:] == (6, d_out) else 0.0
-    expect_true(difference < 1e-5, f"{what}: the context vectors differ from the first 4 of the 6-token input's "
+    require(difference < 1e-5, f"{what}: the context vectors differ from the first 4 of the 6-token input's "
                 f"(by up to {difference:.4f}), although a causal module never looks ahead.", HINT_MASK_CUT)
 
 
@@ -118,12 +126,12 @@ def expect_dropout_in_training(ns, name, *args, **kwargs):
     module = book_module(ns, name, 123, *args, dropout=0.5, **kwargs)
     x = batch()
     first, second = output(module, x), output(module, x)
-    expect_true(torch.equal(first, second), f"{name} in eval mode gives different outputs for the same input.",
+    require(torch.equal(first, second), f"{name} in eval mode gives different outputs for the same input.",
                 "use self.dropout (an nn.Dropout), which does nothing in eval mode.")
     module.train()
     torch.manual_seed(123)
     trained = output(module, x)
-    expect_true(not torch.allclose(trained, first), f"{name}(dropout=0.5) in train mode gives the same output as "
+    require(not torch.allclose(trained, first), f"{name}(dropout=0.5) in train mode gives the same output as "
                 "in eval mode: no dropout is applied.", "apply self.dropout to the attention weights.")
 
 
@@ -148,7 +156,7 @@ def check_self_attention_v1(ns):
     module = book_module(ns, "SelfAttention_v1", 123, 3, 2)
     for name in ("W_query", "W_key", "W_value"):
         weight = getattr(module, name, None)
-        expect_true(isinstance(weight, nn.Parameter) and tuple(weight.shape) == (3, 2),
+        require(isinstance(weight, nn.Parameter) and tuple(weight.shape) == (3, 2),
                     f"SelfAttention_v1(3, 2).{name} is not an nn.Parameter of shape (3, 2).",
                     "keep the __init__ the notebook gave you.")
     expect_book_output(output(module, inputs()), BOOK_V1_SEED_123, "SelfAttention_v1(3, 2)", (6, 2),
@@ -160,7 +168,7 @@ def check_self_attention_v1(ns):
 def check_self_attention_v2(ns):
     module = book_module(ns, "SelfAttention_v2", 789, 3, 2)
     for name in ("W_query", "W_key", "W_value"):
-        expect_true(isinstance(getattr(module, name, None), nn.Linear),
+        require(isinstance(getattr(module, name, None), nn.Linear),
                     f"SelfAttention_v2(3, 2).{name} is not an nn.Linear layer.",
                     "keep the __init__ the notebook gave you.")
     expect_book_output(output(module, inputs()), BOOK_V2_SEED_789, "SelfAttention_v2(3, 2)", (6, 2),
@@ -202,7 +210,7 @@ def check_causal_attention_dropout_in_training(ns):
 def check_wrapper_output(ns):
     module = book_module(ns, "MultiHeadAttentionWrapper", 123, 3, 2, 6, 0.0, num_heads=2)
     heads = getattr(module, "heads", None)
-    expect_true(isinstance(heads, nn.ModuleList) and len(heads) == 2,
+    require(isinstance(heads, nn.ModuleList) and len(heads) == 2,
                 "MultiHeadAttentionWrapper(..., num_heads=2).heads is not an nn.ModuleList of 2 heads.",
                 "keep the __init__ the notebook gave you.")
     expect_book_output(output(module, batch()), BOOK_WRAPPER_SEED_123,
@@ -219,7 +227,7 @@ def mha(ns, dropout=0.0):
                  description="MultiHeadAttention(3, 2, 6, 0.0, num_heads=2) with seed 123 gives the book's output")
 def check_mha_output(ns):
     module = mha(ns)
-    expect_true(getattr(module, "head_dim", None) == 1 and isinstance(getattr(module, "out_proj", None), nn.Linear),
+    require(getattr(module, "head_dim", None) == 1 and isinstance(getattr(module, "out_proj", None), nn.Linear),
                 "MultiHeadAttention(3, 2, 6, 0.0, num_heads=2) has no head_dim of 1 or no out_proj layer.",
                 "keep the __init__ the notebook gave you.")
     expect_book_output(output(module, batch()), BOOK_MHA_SEED_123,

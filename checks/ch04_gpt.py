@@ -10,20 +10,40 @@ reference's weights into every module and compares outputs and gradients on othe
 import torch
 from torch import nn
 
-from checks import Checks, expect_close, expect_equal, expect_finite, expect_shape, expect_true
+from checks import (
+    Checks,
+    Class,
+    Function,
+    Interface,
+    expect_close,
+    expect_equal,
+    expect_finite,
+    expect_shape,
+    require,
+)
 
-# The book's signatures, as the notebook's stubs give them.
-SIGNATURES = {
-    "LayerNorm": {"__init__": "(emb_dim)", "forward": "(x)"},
-    "GELU": {"__init__": "()", "forward": "(x)"},
-    "FeedForward": {"__init__": "(cfg)", "forward": "(x)"},
-    "ExampleDeepNeuralNetwork": {"__init__": "(layer_sizes, use_shortcut)", "forward": "(x)"},
-    "TransformerBlock": {"__init__": "(cfg)", "forward": "(x)"},
-    "GPTModel": {"__init__": "(cfg)", "forward": "(in_idx)"},
-    "generate_text_simple": "(model, idx, max_new_tokens, context_size)",
-}
+CFG_EXAMPLE = {"vocab_size": 11, "context_length": 4, "emb_dim": 6, "n_heads": 2, "n_layers": 2, "drop_rate": 0.0,
+               "qkv_bias": False}
 
-CHECKS = Checks("ch04_gpt", SIGNATURES)
+# What the students write, with the book's signatures: the public checks look definitions up with these,
+# and the hidden grader imports this very INTERFACE.
+INTERFACE = Interface(
+    Class("LayerNorm", "(emb_dim)", example={"emb_dim": 6}, attributes=("eps", "scale", "shift"),
+          methods={"forward": "(x)"}),
+    Class("GELU", "()", example={}, methods={"forward": "(x)"}),
+    Class("FeedForward", "(cfg)", example={"cfg": CFG_EXAMPLE}, attributes=("layers",), methods={"forward": "(x)"}),
+    Class("ExampleDeepNeuralNetwork", "(layer_sizes, use_shortcut)",
+          example={"layer_sizes": [3, 3, 3, 3, 3, 1], "use_shortcut": True}, attributes=("use_shortcut", "layers"),
+          methods={"forward": "(x)"}),
+    Class("TransformerBlock", "(cfg)", example={"cfg": CFG_EXAMPLE}, attributes=("att", "ff", "norm1", "norm2"),
+          methods={"forward": "(x)"}),
+    Class("GPTModel", "(cfg)", example={"cfg": CFG_EXAMPLE},
+          attributes=("tok_emb", "pos_emb", "drop_emb", "trf_blocks", "final_norm", "out_head"),
+          methods={"forward": "(in_idx)"}),
+    Function("generate_text_simple", "(model, idx, max_new_tokens, context_size)"),
+)
+
+CHECKS = Checks("ch04_gpt", INTERFACE)
 check = CHECKS.check  # the notebook's check cells call check("test_...")
 
 # A small GPT for the checks: GPT-2's architecture, a tiny vocabulary.
@@ -51,7 +71,7 @@ def built(ns, name, seed, *args):
     """The student's module built right after torch.manual_seed(seed), in eval mode."""
     torch.manual_seed(seed)
     module = ns[name](*args)
-    expect_true(isinstance(module, nn.Module), f"{name}(...) is not a torch.nn.Module.",
+    require(isinstance(module, nn.Module), f"{name}(...) is not a torch.nn.Module.",
                 "keep `class ...(nn.Module)` and the super().__init__() call of the notebook.")
     return module.eval()
 
@@ -71,13 +91,13 @@ def token_ids(seed, batch, tokens):
 
 def expect_dropout_in_training(module, x, what, hint):
     first, second = run(module, x), run(module, x)
-    expect_true(torch.equal(first, second), f"{what} in eval mode gives different outputs for the same input.",
+    require(torch.equal(first, second), f"{what} in eval mode gives different outputs for the same input.",
                 "use the module's nn.Dropout layers, which do nothing in eval mode.")
     module.train()
     torch.manual_seed(123)
     trained = run(module, x)
     module.eval()
-    expect_true(not torch.allclose(trained, first), f"{what} in train mode gives the same output as in eval mode: no "
+    require(not torch.allclose(trained, first), f"{what} in train mode gives the same output as in eval mode: no "
                 "dropout is applied.", hint)
 
 
@@ -87,7 +107,7 @@ def expect_dropout_in_training(module, x, what, hint):
                  description="LayerNorm(6) on the book's example gives mean 0 and the book's variances 0.9995, 0.9997")
 def check_layer_norm(ns):
     ln = ns["LayerNorm"](6)
-    expect_true(getattr(ln, "eps", None) == 1e-5 and isinstance(getattr(ln, "scale", None), nn.Parameter)
+    require(getattr(ln, "eps", None) == 1e-5 and isinstance(getattr(ln, "scale", None), nn.Parameter)
                 and isinstance(getattr(ln, "shift", None), nn.Parameter),
                 "LayerNorm(6) has no eps of 1e-5, or no scale and shift parameters.", HINT_KEEP_INIT)
     torch.manual_seed(123)
@@ -121,7 +141,7 @@ def check_gelu(ns):
 def check_feed_forward(ns):
     ffn = built(ns, "FeedForward", 123, SMALL)
     layers = getattr(ffn, "layers", None)
-    expect_true(isinstance(layers, nn.Sequential) and len(layers) == 3, "FeedForward(cfg).layers is not an "
+    require(isinstance(layers, nn.Sequential) and len(layers) == 3, "FeedForward(cfg).layers is not an "
                 "nn.Sequential of 3 layers.", HINT_KEEP_INIT)
     x = torch.rand(2, 3, 8, generator=torch.Generator().manual_seed(1))
     got = run(ffn, x)
@@ -143,9 +163,9 @@ def check_example_deep_neural_network(ns):
                      "where x.shape == layer_output.shape.")
         nn.MSELoss()(output, torch.tensor([[0.0]])).backward()
         gradient = model.layers[0][0].weight.grad
-        expect_true(gradient is not None, f"{what}: no gradient reached layers.0.", "run every layer in forward.")
+        require(gradient is not None, f"{what}: no gradient reached layers.0.", "run every layer in forward.")
         mean = gradient.abs().mean().item()
-        expect_true(abs(mean - book) <= 1e-3 * book, f"{what}: the mean absolute gradient of layers.0.0.weight is "
+        require(abs(mean - book) <= 1e-3 * book, f"{what}: the mean absolute gradient of layers.0.0.weight is "
                     f"{mean:.6g}, the book prints {book:.6g}.",
                     "with use_shortcut, x = x + layer_output where the shapes match, else x = layer_output.")
 
@@ -157,7 +177,7 @@ def check_example_deep_neural_network(ns):
 def check_transformer_block(ns):
     block = built(ns, "TransformerBlock", 123, SMALL)
     for name in ("att", "ff", "norm1", "norm2"):
-        expect_true(hasattr(block, name), f"TransformerBlock(cfg) has no attribute {name}.", HINT_KEEP_INIT)
+        require(hasattr(block, name), f"TransformerBlock(cfg) has no attribute {name}.", HINT_KEEP_INIT)
     x = torch.rand(2, 4, 8, generator=torch.Generator().manual_seed(2))
     got = run(block, x)
     what = "TransformerBlock(cfg) on (2, 4, emb_dim), eval mode"
@@ -233,7 +253,7 @@ def check_gpt_model_is_causal(ns):
     before, after = run(model, idx), run(model, changed)
     expect_shape(after, (2, 8, 40), "GPTModel(cfg) logits", "")
     difference = float((after[:, :-1] - before[:, :-1]).abs().max())
-    expect_true(difference < 1e-5, f"GPTModel: changing the last token changed the logits of earlier positions (by up "
+    require(difference < 1e-5, f"GPTModel: changing the last token changed the logits of earlier positions (by up "
                 f"to {difference:.4f}).", "LayerNorm normalises each token over its own features (dim=-1); "
                 "nothing but the (masked) attention may combine tokens.")
 
@@ -258,7 +278,7 @@ class NextIdModel(nn.Module):
 
     def forward(self, idx):
         self.fed.append(idx.shape[1])
-        expect_true(idx.shape[1] <= self.context_size, f"the model was fed {idx.shape[1]} tokens, more than its "
+        require(idx.shape[1] <= self.context_size, f"the model was fed {idx.shape[1]} tokens, more than its "
                     f"context size {self.context_size}.", "crop to the last tokens: idx[:, -context_size:].")
         return nn.functional.one_hot((idx + 1) % self.vocab_size, self.vocab_size).float()
 

@@ -16,24 +16,25 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from checks import Checks, expect_equal, expect_shape, expect_true
+from checks import Checks, Function, Interface, expect_equal, expect_shape, require
 
-# The book's signatures, as the notebook's stubs give them.
-SIGNATURES = {
-    "text_to_token_ids": "(text, tokenizer)",
-    "token_ids_to_text": "(token_ids, tokenizer)",
-    "calc_loss_batch": "(input_batch, target_batch, model, device)",
-    "calc_loss_loader": "(data_loader, model, device, num_batches=None)",
-    "evaluate_model": "(model, train_loader, val_loader, device, eval_iter)",
-    "generate_and_print_sample": "(model, tokenizer, device, start_context)",
-    "train_model_simple": "(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter, "
-                          "start_context, tokenizer, *, progress=False)",
-    "generate": "(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None)",
-    "save_checkpoint": "(model, optimizer, path)",
-    "load_checkpoint": "(path, model, optimizer=None, map_location=None)",
-}
+# What the students write, with the book's signatures: the public checks look definitions up with these,
+# and the hidden grader imports this very INTERFACE.
+INTERFACE = Interface(
+    Function("text_to_token_ids", "(text, tokenizer)"),
+    Function("token_ids_to_text", "(token_ids, tokenizer)"),
+    Function("calc_loss_batch", "(input_batch, target_batch, model, device)"),
+    Function("calc_loss_loader", "(data_loader, model, device, num_batches=None)"),
+    Function("evaluate_model", "(model, train_loader, val_loader, device, eval_iter)"),
+    Function("generate_and_print_sample", "(model, tokenizer, device, start_context)"),
+    Function("train_model_simple", "(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, "
+                                   "eval_iter, start_context, tokenizer, *, progress=False)"),
+    Function("generate", "(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None)"),
+    Function("save_checkpoint", "(model, optimizer, path)"),
+    Function("load_checkpoint", "(path, model, optimizer=None, map_location=None)"),
+)
 
-CHECKS = Checks("ch05_pretraining", SIGNATURES)
+CHECKS = Checks("ch05_pretraining", INTERFACE)
 check = CHECKS.check  # the notebook's check cells call check("test_...")
 
 EVERY_EFFORT = "Every effort moves you"
@@ -101,13 +102,13 @@ def loader(rows, batch_size=2, seed=0):
 def number(value, what):
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return float(value)
-    expect_true(isinstance(value, (int, float)) and not isinstance(value, bool),
+    require(isinstance(value, (int, float)) and not isinstance(value, bool),
                 f"{what}: expected a number, got {type(value).__name__}.", "return the average loss as a float.")
     return float(value)
 
 
 def expect_about(value, expected, what, hint, tolerance=1e-3):
-    expect_true(abs(value - expected) <= tolerance, f"{what}: got {value:.4f}, expected {expected:.4f}.", hint)
+    require(abs(value - expected) <= tolerance, f"{what}: got {value:.4f}, expected {expected:.4f}.", hint)
 
 
 # -- section 5.1.1: text <-> token ids --------------------------------------------------------------------------
@@ -142,13 +143,13 @@ def check_calc_loss_batch(ns):
     inputs, targets = windows(2)
     loss = ns["calc_loss_batch"](inputs, targets, uniform_model(), "cpu")
     what = "calc_loss_batch with every token equally likely"
-    expect_true(isinstance(loss, torch.Tensor), f"{what}: expected a tensor, got {type(loss).__name__}.",
+    require(isinstance(loss, torch.Tensor), f"{what}: expected a tensor, got {type(loss).__name__}.",
                 "return the loss tensor (not loss.item()): training calls loss.backward() on it.")
     expect_shape(loss.reshape(-1) if loss.numel() == 1 else loss, (1,), what,
                  "cross_entropy of logits.flatten(0, 1) and target_batch.flatten() is one number.")
     expect_about(float(loss), UNIFORM_LOSS, what, "the mean cross-entropy over every position: cross_entropy("
                  "logits.flatten(0, 1), target_batch.flatten()).")
-    expect_true(loss.requires_grad, f"{what}: the loss has no gradient.",
+    require(loss.requires_grad, f"{what}: the loss has no gradient.",
                 "do not detach it or compute it under torch.no_grad().")
 
 
@@ -165,7 +166,7 @@ def check_calc_loss_loader(ns):
                          "add the batch losses (.item()) and divide by the number of batches used, at most "
                          "len(data_loader).")
         empty = number(ns["calc_loss_loader"](loader(0), model, "cpu"), "calc_loss_loader of an empty loader")
-    expect_true(math.isnan(empty), f"calc_loss_loader of an empty loader: got {empty}, expected nan.",
+    require(math.isnan(empty), f"calc_loss_loader of an empty loader: got {empty}, expected nan.",
                 "return float('nan') when len(data_loader) == 0, as the book does.")
 
 
@@ -176,12 +177,12 @@ def check_calc_loss_loader(ns):
 def check_evaluate_model(ns):
     model = uniform_model(dropout=0.5).train()
     result = ns["evaluate_model"](model, loader(4), loader(2, seed=1), "cpu", 1)
-    expect_true(isinstance(result, (tuple, list)) and len(result) == 2, "evaluate_model: expected a pair "
+    require(isinstance(result, (tuple, list)) and len(result) == 2, "evaluate_model: expected a pair "
                 "(train_loss, val_loss).", "return train_loss, val_loss.")
     for name, value in zip(("train_loss", "val_loss"), result):
         expect_about(number(value, name), UNIFORM_LOSS, f"evaluate_model: {name} of a model that knows nothing",
                      "in eval mode (no dropout), calc_loss_loader(..., num_batches=eval_iter).")
-    expect_true(model.training, "evaluate_model left the model in eval mode.", "call model.train() at the end.")
+    require(model.training, "evaluate_model left the model in eval mode.", "call model.train() at the end.")
 
 
 @CHECKS.register("test_generate_and_print_sample", subject="generate_and_print_sample",
@@ -199,7 +200,7 @@ def check_generate_and_print_sample(ns):
     text = printed.getvalue()
     expect_equal(text, "Every effort" + "!" * 50 + "\n", "what generate_and_print_sample printed (the model always "
                  "predicts '!')", "50 new tokens with generate_text_simple, decoded, newlines replaced by spaces.")
-    expect_true(model.training, "generate_and_print_sample left the model in eval mode.",
+    require(model.training, "generate_and_print_sample left the model in eval mode.",
                 "call model.train() at the end.")
 
 
@@ -214,7 +215,7 @@ def check_train_model_simple(ns):
     with contextlib.redirect_stdout(io.StringIO()):
         result = ns["train_model_simple"](model, loader(6), loader(2, seed=1), optimizer, "cpu", num_epochs=2,
                                           eval_freq=2, eval_iter=1, start_context="Every", tokenizer=gpt2_tokenizer())
-    expect_true(isinstance(result, (tuple, list)) and len(result) == 3, "train_model_simple: expected three lists "
+    require(isinstance(result, (tuple, list)) and len(result) == 3, "train_model_simple: expected three lists "
                 "(train_losses, val_losses, track_tokens_seen).", "return them at the end.")
     train_losses, val_losses, tokens_seen = result
     what = "train_model_simple: 2 epochs of 3 batches of 2 x 4 tokens, evaluating every 2 steps"
@@ -222,7 +223,7 @@ def check_train_model_simple(ns):
                  "evaluate after steps 0, 2, 4 (global_step starts at -1); add input_batch.numel() at each step.")
     expect_equal(len(train_losses), 3, f"{what}: the number of training losses", "one per evaluation.")
     expect_equal(len(val_losses), 3, f"{what}: the number of validation losses", "one per evaluation.")
-    expect_true(float(train_losses[-1]) < float(train_losses[0]), f"{what}: the training loss did not fall "
+    require(float(train_losses[-1]) < float(train_losses[0]), f"{what}: the training loss did not fall "
                 f"({float(train_losses[0]):.3f} -> {float(train_losses[-1]):.3f}).",
                 "zero_grad, calc_loss_batch, backward and optimizer.step() at every batch.")
 
@@ -255,7 +256,7 @@ def check_generate_temperature(ns):
                  "draw with torch.multinomial(torch.softmax(logits / temperature, dim=-1), num_samples=1); the "
                  "book also gets 'forward' here.")
     drawn = set(sample(ns, 5, max_new_tokens=60, temperature=5.0)[0, 1:].tolist())
-    expect_true(len(drawn) >= 5, f"60 tokens drawn with temperature 5 use only {len(drawn)} different words.",
+    require(len(drawn) >= 5, f"60 tokens drawn with temperature 5 use only {len(drawn)} different words.",
                 "divide the logits by the temperature: a high temperature flattens the distribution.")
 
 
@@ -264,9 +265,9 @@ def check_generate_temperature(ns):
 def check_generate_top_k(ns):
     drawn = sample(ns, 7, max_new_tokens=60, temperature=5.0, top_k=3)[0, 1:].tolist()
     words = {TOY_WORDS[token] for token in drawn}
-    expect_true(words <= {"forward", "toward", "closer"}, f"with top_k=3, generate drew {sorted(words)}.",
+    require(words <= {"forward", "toward", "closer"}, f"with top_k=3, generate drew {sorted(words)}.",
                 "set every logit below the k-th largest to -inf before sampling.")
-    expect_true(words == {"forward", "toward", "closer"}, f"with top_k=3 and temperature 5, 60 draws used only "
+    require(words == {"forward", "toward", "closer"}, f"with top_k=3 and temperature 5, 60 draws used only "
                 f"{sorted(words)}.", "keep the logits >= the k-th largest (torch.topk(logits, top_k)).")
 
 
@@ -298,7 +299,7 @@ def check_checkpoint_round_trip(ns):
     try:
         ns["save_checkpoint"](model, optimizer, path)
         saved = torch.load(path, weights_only=True)
-        expect_true(isinstance(saved, dict) and {"model_state_dict", "optimizer_state_dict"} <= set(saved),
+        require(isinstance(saved, dict) and {"model_state_dict", "optimizer_state_dict"} <= set(saved),
                     "the file save_checkpoint wrote does not hold 'model_state_dict' and 'optimizer_state_dict'.",
                     "torch.save({'model_state_dict': ..., 'optimizer_state_dict': ...}, path).")
         restored = nn.Linear(3, 2)
@@ -306,9 +307,9 @@ def check_checkpoint_round_trip(ns):
         ns["load_checkpoint"](path, restored, restored_optimizer)
     finally:
         os.remove(path)
-    expect_true(torch.equal(restored.weight, model.weight) and torch.equal(restored.bias, model.bias),
+    require(torch.equal(restored.weight, model.weight) and torch.equal(restored.bias, model.bias),
                 "load_checkpoint did not restore the model's weights.",
                 "model.load_state_dict(checkpoint['model_state_dict']).")
-    expect_true(restored_optimizer.param_groups[0]["lr"] == 0.001 and len(restored_optimizer.state) == 2,
+    require(restored_optimizer.param_groups[0]["lr"] == 0.001 and len(restored_optimizer.state) == 2,
                 "load_checkpoint did not restore the optimizer's state.",
                 "optimizer.load_state_dict(checkpoint['optimizer_state_dict']) when an optimizer is given.")

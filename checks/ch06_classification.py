@@ -15,26 +15,27 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from checks import Checks, expect_equal, expect_finite, expect_shape, expect_true
+from checks import Checks, Class, Function, Interface, expect_equal, expect_finite, expect_shape, require
 from reference.gpt import GPTModel
 
-# The book's signatures, as the notebook's stubs give them.
-SIGNATURES = {
-    "create_balanced_dataset": "(df)",
-    "random_split": "(df, train_frac, validation_frac)",
-    "SpamDataset": {"__init__": "(csv_file, tokenizer, max_length=None, pad_token_id=50256)",
-                    "__getitem__": "(index)", "__len__": "()"},
-    "prepare_model_for_classification": "(model, num_classes=2)",
-    "calc_accuracy_loader": "(data_loader, model, device, num_batches=None)",
-    "calc_loss_batch": "(input_batch, target_batch, model, device)",
-    "calc_loss_loader": "(data_loader, model, device, num_batches=None)",
-    "evaluate_model": "(model, train_loader, val_loader, device, eval_iter)",
-    "train_classifier_simple": "(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, "
-                               "eval_iter)",
-    "classify_review": "(text, model, tokenizer, device, max_length=None, pad_token_id=50256)",
-}
+# What the students write, with the book's signatures: the public checks look definitions up with these,
+# and the hidden grader imports this very INTERFACE.
+INTERFACE = Interface(
+    Function("create_balanced_dataset", "(df)"),
+    Function("random_split", "(df, train_frac, validation_frac)"),
+    Class("SpamDataset", "(csv_file, tokenizer, max_length=None, pad_token_id=50256)",
+          methods={"__getitem__": "(index)", "__len__": "()"}),
+    Function("prepare_model_for_classification", "(model, num_classes=2)"),
+    Function("calc_accuracy_loader", "(data_loader, model, device, num_batches=None)"),
+    Function("calc_loss_batch", "(input_batch, target_batch, model, device)"),
+    Function("calc_loss_loader", "(data_loader, model, device, num_batches=None)"),
+    Function("evaluate_model", "(model, train_loader, val_loader, device, eval_iter)"),
+    Function("train_classifier_simple", "(model, train_loader, val_loader, optimizer, device, num_epochs, "
+                                        "eval_freq, eval_iter)"),
+    Function("classify_review", "(text, model, tokenizer, device, max_length=None, pad_token_id=50256)"),
+)
 
-CHECKS = Checks("ch06_classification", SIGNATURES)
+CHECKS = Checks("ch06_classification", INTERFACE)
 check = CHECKS.check  # the notebook's check cells call check("test_...")
 
 MESSAGES = ["See you at noon", "WIN a FREE phone now", "Bring milk please", "Call now to claim your prize",
@@ -97,14 +98,14 @@ def tiny_gpt():
 def check_create_balanced_dataset(ns):
     df = frame()
     balanced = ns["create_balanced_dataset"](df)
-    expect_true(isinstance(balanced, pd.DataFrame), f"create_balanced_dataset returned a "
+    require(isinstance(balanced, pd.DataFrame), f"create_balanced_dataset returned a "
                 f"{type(balanced).__name__}, not a data frame.", "return pd.concat([ham_subset, spam_rows]).")
     labels = list(balanced["Label"])
     expect_equal(labels, ["ham"] * 3 + ["spam"] * 3, "the labels of the balanced data frame, in order",
                  "as many ham rows as spam rows: the ham sample first, then every spam row.")
     expect_equal(sorted(balanced.index[3:]), [1, 3, 6], "the row labels (index) of its spam rows",
                  "keep every spam row of the input, with its index.")
-    expect_true(set(balanced.index[:3]) <= {0, 2, 4, 5, 7}, "its ham rows are not rows of the input.",
+    require(set(balanced.index[:3]) <= {0, 2, 4, 5, 7}, "its ham rows are not rows of the input.",
                 "draw them with df[df['Label'] == 'ham'].sample(num_spam, random_state=123).")
 
 
@@ -112,7 +113,7 @@ def check_create_balanced_dataset(ns):
                  description="random_split of 8 rows with 0.5 / 0.25 gives 4, 2 and 2 rows with a fresh index")
 def check_random_split(ns):
     parts = ns["random_split"](frame(), 0.5, 0.25)
-    expect_true(isinstance(parts, tuple) and len(parts) == 3, "random_split did not return three parts.",
+    require(isinstance(parts, tuple) and len(parts) == 3, "random_split did not return three parts.",
                 "return train_df, validation_df, test_df.")
     expect_equal([len(part) for part in parts], [4, 2, 2], "the sizes of the parts",
                  "int(len(df) * train_frac) training rows, int(len(df) * validation_frac) validation rows, the rest "
@@ -122,7 +123,7 @@ def check_random_split(ns):
     together = sorted(text for part in parts for text in part["Text"])
     expect_equal(together, sorted(MESSAGES), "the messages of the three parts together",
                  "every row goes to exactly one part.")
-    expect_true(list(parts[0]["Text"]) != MESSAGES[:4], "the training part is the first 4 rows in their original "
+    require(list(parts[0]["Text"]) != MESSAGES[:4], "the training part is the first 4 rows in their original "
                 "order: the rows were not shuffled.", "shuffle with df.sample(frac=1, random_state=123) first.")
 
 
@@ -145,7 +146,7 @@ def check_spam_dataset(ns):
     expect_shape(ids, (5,), "dataset[0][0], the token ids of 'Hi'", "pad every message to max_length.")
     expect_equal(ids.tolist(), [72, 5, 50256, 50256, 50256], "the token ids of 'Hi' (the tokenizer gives [72, 5])",
                  "pad at the end with pad_token_id (50256 by default).")
-    expect_true(ids.dtype == torch.long and label.dtype == torch.long, f"dataset[0] has dtypes {ids.dtype} and "
+    require(ids.dtype == torch.long and label.dtype == torch.long, f"dataset[0] has dtypes {ids.dtype} and "
                 f"{label.dtype}, not torch.long.", "torch.tensor(..., dtype=torch.long) for both.")
     expect_equal([int(item[1]) for item in items], [0, 1, 0], "the labels", "the label is the row's 'Label' value.")
 
@@ -177,10 +178,10 @@ def prepared(ns):
 def check_classification_head(ns):
     model = prepared(ns)
     head = model.out_head
-    expect_true(isinstance(head, nn.Linear) and (head.in_features, head.out_features) == (8, 2),
+    require(isinstance(head, nn.Linear) and (head.in_features, head.out_features) == (8, 2),
                 f"model.out_head is {head!r}, not nn.Linear(8, 2).",
                 "model.out_head = nn.Linear(in_features=emb_dim, out_features=num_classes).")
-    expect_true(head.bias is not None, "the new head has no bias.", "keep nn.Linear's default bias=True.")
+    require(head.bias is not None, "the new head has no bias.", "keep nn.Linear's default bias=True.")
     with torch.no_grad():
         logits = model.eval()(torch.tensor([[1, 2, 3, 4]]))
     expect_shape(logits, (1, 4, 2), "the model's output for 4 tokens", "one score per class for every token.")
@@ -206,16 +207,16 @@ def check_calc_accuracy_loader(ns):
     loader = DataLoader(TensorDataset(inputs, labels), batch_size=2)
     model = LastTokenParity().train()
     accuracy = ns["calc_accuracy_loader"](loader, model, "cpu")
-    expect_true(isinstance(accuracy, (int, float)) and abs(float(accuracy) - 1.0) < 1e-9, f"the accuracy of a "
+    require(isinstance(accuracy, (int, float)) and abs(float(accuracy) - 1.0) < 1e-9, f"the accuracy of a "
                 f"classifier that is right at the last token is {accuracy!r}, not 1.0.",
                 "predicted = torch.argmax(model(input_batch)[:, -1, :], dim=-1); divide the number correct by the "
                 "number of examples.")
-    expect_true(not model.training, "the model is still in training mode.", "call model.eval() first.")
+    require(not model.training, "the model is still in training mode.", "call model.eval() first.")
     wrong = labels.clone()
     wrong[:2] = 1 - wrong[:2]  # the first batch is now wrong
     accuracy = ns["calc_accuracy_loader"](DataLoader(TensorDataset(inputs, wrong), batch_size=2), model, "cpu",
                                           num_batches=1)
-    expect_true(abs(float(accuracy)) < 1e-9, f"with num_batches=1 on a first batch it gets wrong, the accuracy is "
+    require(abs(float(accuracy)) < 1e-9, f"with num_batches=1 on a first batch it gets wrong, the accuracy is "
                 f"{accuracy!r}, not 0.0.", "use only the first num_batches batches.")
 
 
@@ -226,12 +227,12 @@ def check_calc_loss_batch(ns):
     model = LastTokenParity()
     loss = ns["calc_loss_batch"](inputs, labels, model, "cpu")
     expected = nn.functional.cross_entropy(model(inputs)[:, -1, :], labels)
-    expect_true(isinstance(loss, torch.Tensor) and loss.numel() == 1, f"calc_loss_batch returned {loss!r}, not a "
+    require(isinstance(loss, torch.Tensor) and loss.numel() == 1, f"calc_loss_batch returned {loss!r}, not a "
                 "one-number tensor.", "return torch.nn.functional.cross_entropy(logits, target_batch).")
-    expect_true(abs(float(loss) - float(expected)) < 1e-5, f"the loss is {float(loss):.4f}; the cross-entropy of "
+    require(abs(float(loss) - float(expected)) < 1e-5, f"the loss is {float(loss):.4f}; the cross-entropy of "
                 f"the last token's scores is {float(expected):.4f}.",
                 "logits = model(input_batch)[:, -1, :], then cross_entropy(logits, target_batch).")
-    expect_true(loss.requires_grad, "the loss has no gradient.", "return the loss tensor itself, not .item().")
+    require(loss.requires_grad, "the loss has no gradient.", "return the loss tensor itself, not .item().")
 
 
 @CHECKS.register("test_calc_loss_loader", subject="calc_loss_loader",
@@ -243,11 +244,11 @@ def check_calc_loss_loader(ns):
     with torch.no_grad():
         first = nn.functional.cross_entropy(model(inputs[:2])[:, -1, :], labels[:2]).item()
         value = ns["calc_loss_loader"](loader, model, "cpu", num_batches=1)
-    expect_true(isinstance(value, (int, float)) and abs(float(value) - first) < 1e-5, f"calc_loss_loader(..., "
+    require(isinstance(value, (int, float)) and abs(float(value) - first) < 1e-5, f"calc_loss_loader(..., "
                 f"num_batches=1) is {value!r}, not the first batch's loss {first:.4f}.",
                 "average calc_loss_batch(...).item() over the first num_batches batches.")
     empty = ns["calc_loss_loader"](DataLoader(TensorDataset(inputs[:0], labels[:0]), batch_size=2), model, "cpu")
-    expect_true(isinstance(empty, float) and empty != empty, f"on an empty loader it returns {empty!r}, not nan.",
+    require(isinstance(empty, float) and empty != empty, f"on an empty loader it returns {empty!r}, not nan.",
                 "return float('nan') when len(data_loader) == 0.")
 
 
@@ -258,11 +259,11 @@ def check_evaluate_model(ns):
     model = LastTokenParity().eval()
     loader = DataLoader(TensorDataset(inputs, labels), batch_size=2)
     result = ns["evaluate_model"](model, loader, loader, "cpu", 2)
-    expect_true(isinstance(result, tuple) and len(result) == 2, f"evaluate_model returned {result!r}, not a pair.",
+    require(isinstance(result, tuple) and len(result) == 2, f"evaluate_model returned {result!r}, not a pair.",
                 "return train_loss, val_loss.")
-    expect_true(all(isinstance(value, (int, float)) for value in result), "the two losses are not numbers.",
+    require(all(isinstance(value, (int, float)) for value in result), "the two losses are not numbers.",
                 "use calc_loss_loader(..., num_batches=eval_iter).")
-    expect_true(model.training, "the model is left in eval mode.", "call model.train() before returning.")
+    require(model.training, "the model is left in eval mode.", "call model.train() before returning.")
 
 
 # -- section 6.7: finetuning --------------------------------------------------------------------------------------
@@ -295,7 +296,7 @@ def check_train_classifier_simple(ns):
     with contextlib.redirect_stdout(io.StringIO()):  # the loop prints its progress; the check cell prints one line
         result = ns["train_classifier_simple"](model, loader, loader, optimizer, "cpu", num_epochs=2, eval_freq=2,
                                                eval_iter=1)
-    expect_true(isinstance(result, tuple) and len(result) == 5, "train_classifier_simple did not return five "
+    require(isinstance(result, tuple) and len(result) == 5, "train_classifier_simple did not return five "
                 "values.", "return train_losses, val_losses, train_accs, val_accs, examples_seen.")
     train_losses, val_losses, train_accs, val_accs, examples_seen = result
     expect_equal(optimizer.steps, 6, "the number of optimizer steps", "one optimizer.step() per batch and epoch.")
@@ -313,7 +314,7 @@ def check_train_classifier_simple(ns):
 def check_classify_review(ns):
     model = LastTokenParity()
     answer = ns["classify_review"]("Hi!", model, CharTokenizer(), "cpu", max_length=6, pad_token_id=1)
-    expect_true(bool(model.seen), "the model was never called.", "return the class of model(input)[:, -1, :].")
+    require(bool(model.seen), "the model was never called.", "return the class of model(input)[:, -1, :].")
     expect_equal(model.seen[-1].tolist(), [[72, 5, 33, 1, 1, 1]], "the input given to the model for 'Hi!' "
                  "(the tokenizer gives [72, 5, 33]) with max_length=6, pad_token_id=1",
                  "pad at the end with pad_token_id up to max_length, and add a batch dimension.")

@@ -16,24 +16,27 @@ import math
 import torch
 import torch.nn.functional as F
 
-from checks import Checks, expect_close, expect_equal, expect_shape, expect_true
+from checks import Checks, Class, Function, Interface, expect_close, expect_equal, expect_shape, require
 
-# The book's signatures, as the notebook's stubs give them.
-SIGNATURES = {
-    "PreferenceDataset": {"__init__": "(data, tokenizer)", "__getitem__": "(index)", "__len__": "()"},
-    "custom_collate_fn": "(batch, pad_token_id=50256, allowed_max_length=None, mask_prompt_tokens=True, "
-                         "device='cpu')",
-    "compute_logprobs": "(logits, labels, selection_mask=None)",
-    "compute_dpo_loss": "(model_chosen_logprobs, model_rejected_logprobs, reference_chosen_logprobs, "
-                        "reference_rejected_logprobs, beta=0.1)",
-    "compute_dpo_loss_batch": "(batch, policy_model, reference_model, beta)",
-    "compute_dpo_loss_loader": "(data_loader, policy_model, reference_model, beta, num_batches=None)",
-    "evaluate_dpo_loss_loader": "(policy_model, reference_model, train_loader, val_loader, beta, eval_iter)",
-    "train_model_dpo_simple": "(policy_model, reference_model, train_loader, val_loader, optimizer, num_epochs, beta, "
-                              "eval_freq, eval_iter, start_context, tokenizer)",
-}
+# What the students write, with the book's signatures: the public checks look definitions up with these,
+# and the hidden grader imports this very INTERFACE.
+INTERFACE = Interface(
+    Class("PreferenceDataset", "(data, tokenizer)", example={"data": [], "tokenizer": None},
+          attributes=("data", "encoded_texts"), methods={"__getitem__": "(index)", "__len__": "()"}),
+    Function("custom_collate_fn", "(batch, pad_token_id=50256, allowed_max_length=None, mask_prompt_tokens=True, "
+                                  "device='cpu')"),
+    Function("compute_logprobs", "(logits, labels, selection_mask=None)"),
+    Function("compute_dpo_loss", "(model_chosen_logprobs, model_rejected_logprobs, reference_chosen_logprobs, "
+                                 "reference_rejected_logprobs, beta=0.1)"),
+    Function("compute_dpo_loss_batch", "(batch, policy_model, reference_model, beta)"),
+    Function("compute_dpo_loss_loader", "(data_loader, policy_model, reference_model, beta, num_batches=None)"),
+    Function("evaluate_dpo_loss_loader", "(policy_model, reference_model, train_loader, val_loader, beta, "
+                                         "eval_iter)"),
+    Function("train_model_dpo_simple", "(policy_model, reference_model, train_loader, val_loader, optimizer, "
+                                       "num_epochs, beta, eval_freq, eval_iter, start_context, tokenizer)"),
+)
 
-CHECKS = Checks("ch07_dpo", SIGNATURES)
+CHECKS = Checks("ch07_dpo", INTERFACE)
 check = CHECKS.check  # the notebook's check cells call check("test_...")
 
 LN2 = math.log(2)
@@ -96,7 +99,7 @@ class SGD:
 
 def collate(ns, **kwargs):
     batch = ns["custom_collate_fn"]([{key: list(value) for key, value in item.items()} for item in ITEMS], **kwargs)
-    expect_true(isinstance(batch, dict) and all(k in batch for k in ("prompt", "chosen", "rejected", "chosen_mask",
+    require(isinstance(batch, dict) and all(k in batch for k in ("prompt", "chosen", "rejected", "chosen_mask",
                                                                        "rejected_mask")),
                 "custom_collate_fn does not return a dict with the keys prompt, chosen, rejected, chosen_mask and "
                 "rejected_mask.", "return batch_data.")
@@ -142,7 +145,7 @@ def policy_as_global_model(namespace, policy):
 
 
 def expect_number(value, expected, what, hint):
-    expect_true(isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1),
+    require(isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1),
                 f"{what}: expected one number, got {type(value).__name__}.", "average over the batch with .mean().")
     expect_close(torch.as_tensor(float(value)), expected, what, hint)
 
@@ -156,7 +159,7 @@ def check_preference_dataset(ns):
     dataset = ns["PreferenceDataset"]([dict(BOOK_ENTRY_50)], tokenizer)
     expect_equal(len(dataset), 1, "len(PreferenceDataset(one entry, tokenizer))", "__len__ returns len(self.data).")
     item = dataset[0]
-    expect_true(isinstance(item, dict), "dataset[0] is not a dict.", "each item is a dict: prompt, chosen, rejected.")
+    require(isinstance(item, dict), "dataset[0] is not a dict.", "each item is a dict: prompt, chosen, rejected.")
     expected = {"prompt": tokenizer.encode(PROMPT_50),
                 "chosen": tokenizer.encode(PROMPT_50 + HEADER + BOOK_ENTRY_50["chosen"]),
                 "rejected": tokenizer.encode(PROMPT_50 + HEADER + BOOK_ENTRY_50["rejected"])}
@@ -176,7 +179,7 @@ def check_collate_token_ids(ns):
     expect_equal(as_lists(batch["chosen"], "batch['chosen']", (2, 9), hint), CHOSEN, "batch['chosen']", hint)
     expect_equal(as_lists(batch["rejected"], "batch['rejected']", (2, 9), hint), REJECTED, "batch['rejected']", hint)
     prompts = batch["prompt"]
-    expect_true(isinstance(prompts, list) and [p.tolist() for p in prompts] == [i["prompt"] for i in ITEMS],
+    require(isinstance(prompts, list) and [p.tolist() for p in prompts] == [i["prompt"] for i in ITEMS],
                 "batch['prompt'] is not the list of the prompts as tensors.", "append torch.tensor(item['prompt']).")
 
 
@@ -206,7 +209,7 @@ def check_collate_truncation_and_device(ns):
     for key in ("chosen", "rejected", "chosen_mask", "rejected_mask"):
         expect_shape(batch[key], (2, 6), f"batch[{key!r}] with allowed_max_length=6",
                      "cut every stacked tensor to tensor[:, :allowed_max_length].")
-        expect_true(batch[key].device.type == "cpu", f"batch[{key!r}] is not on the CPU.", "move it with .to(device).")
+        require(batch[key].device.type == "cpu", f"batch[{key!r}] is not on the CPU.", "move it with .to(device).")
     expect_equal(batch["chosen"].tolist(), [row[:6] for row in CHOSEN], "batch['chosen'] with allowed_max_length=6",
                  "cut after padding: tensor[:, :allowed_max_length].")
 
@@ -234,7 +237,7 @@ def check_compute_logprobs(ns):
 def check_dpo_loss(ns):
     chosen, rejected = torch.tensor([-2.0, -3.5]), torch.tensor([-2.5, -3.0])
     result = ns["compute_dpo_loss"](chosen, rejected, chosen, rejected)
-    expect_true(isinstance(result, (tuple, list)) and len(result) == 3, "compute_dpo_loss does not return three "
+    require(isinstance(result, (tuple, list)) and len(result) == 3, "compute_dpo_loss does not return three "
                 "values.", "return loss, chosen_rewards, rejected_rewards (each a mean over the batch).")
     expect_number(result[0], LN2, "compute_dpo_loss(policy = reference): the loss",
                   "-F.logsigmoid(beta * logits).mean(), logits = (policy chosen - rejected) - (reference chosen - "
@@ -256,7 +259,7 @@ def check_dpo_rewards(ns):
 def check_dpo_loss_properties(ns):
     chosen, rejected = torch.tensor([-2.0, -3.5]), torch.tensor([-2.5, -3.0])
     losses = [float(ns["compute_dpo_loss"](chosen + step, rejected, chosen, rejected)[0]) for step in (0.5, 1.0, 2.0)]
-    expect_true(LN2 > losses[0] > losses[1] > losses[2] > 0, f"the losses for the chosen log-probabilities raised "
+    require(LN2 > losses[0] > losses[1] > losses[2] > 0, f"the losses for the chosen log-probabilities raised "
                 f"by 0.5, 1 and 2 are {[round(v, 4) for v in losses]}: they should fall below ln 2 = 0.6931.",
                 "mind the sign: loss = -logsigmoid(beta * ((policy chosen - policy rejected) - (reference chosen - "
                 "reference rejected))).")
@@ -284,11 +287,11 @@ def check_dpo_batch_gradients(ns):
     batch = tiny_batch(ns)
     policy, reference = tiny_models()
     loss = ns["compute_dpo_loss_batch"](batch, policy, reference, 0.1)[0]
-    expect_true(isinstance(loss, torch.Tensor) and loss.requires_grad, "the loss has no gradient.",
+    require(isinstance(loss, torch.Tensor) and loss.requires_grad, "the loss has no gradient.",
                 "compute the policy's log-probabilities with their graph (no torch.no_grad() around the policy).")
     loss.backward()
-    expect_true(all(p.grad is None for p in reference.parameters()), "the reference model got gradients.", HINT_FROZEN)
-    expect_true(policy.out_head.weight.grad is not None, "the policy's out_head got no gradient.",
+    require(all(p.grad is None for p in reference.parameters()), "the reference model got gradients.", HINT_FROZEN)
+    require(policy.out_head.weight.grad is not None, "the policy's out_head got no gradient.",
                 "the policy's log-probabilities feed the loss with their graph.")
 
 
@@ -302,7 +305,7 @@ def check_dpo_loss_loader(ns):
         for num_batches in (None, 2):
             result = ns["compute_dpo_loss_loader"](loader, policy, reference, 0.1, num_batches=num_batches)
             what = f"compute_dpo_loss_loader(three batches, num_batches={num_batches}, policy = copy of reference)"
-            expect_true(isinstance(result, (tuple, list)) and len(result) == 3, f"{what} does not return three "
+            require(isinstance(result, (tuple, list)) and len(result) == 3, f"{what} does not return three "
                         "numbers.", "return the mean loss, chosen reward and rejected reward.")
             for value, expected, name in zip(result, (LN2, 0.0, 0.0), ("loss", "chosen reward", "rejected reward")):
                 expect_number(value, expected, f"{what}: {name}", "add the .item() of each batch's values and divide "
@@ -316,11 +319,11 @@ def check_evaluate_dpo_loss_loader(ns):
     policy, reference = tiny_models()
     policy.train()
     result = ns["evaluate_dpo_loss_loader"](policy, reference, [batch], [batch], 0.1, 1)
-    expect_true(isinstance(result, dict) and sorted(result) == sorted(EVAL_KEYS), "evaluate_dpo_loss_loader does "
+    require(isinstance(result, dict) and sorted(result) == sorted(EVAL_KEYS), "evaluate_dpo_loss_loader does "
                 "not return a dict with the keys " + ", ".join(EVAL_KEYS) + ".", "")
     expect_number(result["val_loss"], LN2, "evaluate_dpo_loss_loader(policy = copy of reference): val_loss",
                   "compute_dpo_loss_loader(val_loader, ..., num_batches=eval_iter).")
-    expect_true(policy.training, "the policy model is left in eval mode.", "call policy_model.train() at the end.")
+    require(policy.training, "the policy model is left in eval mode.", "call policy_model.train() at the end.")
 
 
 # -- section 7 ----------------------------------------------------------------------------------------------------
@@ -335,12 +338,12 @@ def check_train_model_dpo_simple(ns):
     with contextlib.redirect_stdout(io.StringIO()), policy_as_global_model(train.__globals__, policy):
         tracking = train(policy, reference, [batch, batch], [batch], SGD(policy.parameters(), 0.05), num_epochs=1,
                          beta=0.1, eval_freq=1, eval_iter=1, start_context="Hi", tokenizer=CharTokenizer())
-    expect_true(isinstance(tracking, dict) and sorted(tracking) == sorted(TRACKING_KEYS), "train_model_dpo_simple "
+    require(isinstance(tracking, dict) and sorted(tracking) == sorted(TRACKING_KEYS), "train_model_dpo_simple "
                 "does not return a dict with the keys " + ", ".join(TRACKING_KEYS) + ".", "")
     expect_equal([int(t) for t in tracking["tokens_seen"]], [18, 36], "tokens_seen after 2 steps of 2 x 9 tokens, "
                  "evaluating after each", "tokens_seen += batch['chosen'].numel() after each step.")
-    expect_true(all(torch.equal(a, b) for a, b in zip(before, reference.parameters())), "the reference model "
+    require(all(torch.equal(a, b) for a, b in zip(before, reference.parameters())), "the reference model "
                 "changed during training.", HINT_FROZEN)
-    expect_true(tracking["train_losses"][-1] < LN2, f"the training loss after 2 steps is "
+    require(tracking["train_losses"][-1] < LN2, f"the training loss after 2 steps is "
                 f"{tracking['train_losses'][-1]:.4f}, not below ln 2: the policy did not learn.",
                 "zero_grad, compute_dpo_loss_batch, loss.backward() and optimizer.step() at every batch.")

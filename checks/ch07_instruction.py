@@ -13,26 +13,29 @@ from functools import partial
 
 import torch
 
-from checks import Checks, expect_close, expect_equal, expect_shape, expect_true
+from checks import Checks, Class, Function, Interface, expect_close, expect_equal, expect_shape, require
 
-# The book's signatures, as the notebook's stubs give them.
-SIGNATURES = {
-    "format_input": "(entry)",
-    "split_data": "(data, train_frac=0.85, test_frac=0.1)",
-    "InstructionDataset": {"__init__": "(data, tokenizer)", "__getitem__": "(index)", "__len__": "()"},
-    "custom_collate_draft_1": "(batch, pad_token_id=50256, device='cpu')",
-    "custom_collate_draft_2": "(batch, pad_token_id=50256, device='cpu')",
-    "custom_collate_fn": "(batch, pad_token_id=50256, ignore_index=-100, allowed_max_length=None, device='cpu')",
-    "extract_response": "(response_text, input_text)",
-    "generate_model_responses": "(model, data, tokenizer, device, max_new_tokens=256, context_size=None, "
-                                "eos_id=50256, json_key='model_response')",
-    "normalize_answer": "(text)",
-    "exact_match_score": "(prediction, ground_truth)",
-    "f1_score": "(prediction, ground_truth)",
-    "evaluate_responses": "(data, json_key='model_response')",
-}
+# What the students write, with the book's signatures: the public checks look definitions up with these,
+# and the hidden grader imports this very INTERFACE.
+INTERFACE = Interface(
+    Function("format_input", "(entry)"),
+    Function("split_data", "(data, train_frac=0.85, test_frac=0.1)"),
+    Class("InstructionDataset", "(data, tokenizer)", example={"data": [], "tokenizer": None},
+          attributes=("data", "encoded_texts"), methods={"__getitem__": "(index)", "__len__": "()"}),
+    Function("custom_collate_draft_1", "(batch, pad_token_id=50256, device='cpu')"),
+    Function("custom_collate_draft_2", "(batch, pad_token_id=50256, device='cpu')"),
+    Function("custom_collate_fn", "(batch, pad_token_id=50256, ignore_index=-100, allowed_max_length=None, "
+                                  "device='cpu')"),
+    Function("extract_response", "(response_text, input_text)"),
+    Function("generate_model_responses", "(model, data, tokenizer, device, max_new_tokens=256, context_size=None, "
+                                         "eos_id=50256, json_key='model_response')"),
+    Function("normalize_answer", "(text)"),
+    Function("exact_match_score", "(prediction, ground_truth)"),
+    Function("f1_score", "(prediction, ground_truth)"),
+    Function("evaluate_responses", "(data, json_key='model_response')"),
+)
 
-CHECKS = Checks("ch07_instruction", SIGNATURES)
+CHECKS = Checks("ch07_instruction", INTERFACE)
 check = CHECKS.check  # the notebook's check cells call check("test_...")
 
 # The book's entries 50 and 999, and their prompts as the book prints them.
@@ -82,7 +85,7 @@ def as_lists(value):
 
 
 def expect_pair(result, what):
-    expect_true(isinstance(result, (tuple, list)) and len(result) == 2, f"{what} does not return a pair "
+    require(isinstance(result, (tuple, list)) and len(result) == 2, f"{what} does not return a pair "
                 "(inputs, targets).", "return inputs_tensor, targets_tensor.")
     return result
 
@@ -104,7 +107,7 @@ def check_format_input(ns):
 def check_split_data(ns):
     data = list(range(1100))
     parts = ns["split_data"](data)
-    expect_true(isinstance(parts, (tuple, list)) and len(parts) == 3, "split_data does not return three parts.",
+    require(isinstance(parts, (tuple, list)) and len(parts) == 3, "split_data does not return three parts.",
                 "return train_data, val_data, test_data.")
     train, val, test = parts
     expect_equal([len(train), len(val), len(test)], [935, 55, 110], "the lengths of train, val and test",
@@ -177,7 +180,7 @@ def check_collate_fn_device(ns):
     items = [list(item) for item in BATCH]
     inputs, targets = expect_pair(ns["custom_collate_fn"](items, device="cpu"), "custom_collate_fn(batch)")
     for name, tensor in (("inputs", inputs), ("targets", targets)):
-        expect_true(isinstance(tensor, torch.Tensor) and tensor.dtype == torch.int64 and tensor.device.type == "cpu",
+        require(isinstance(tensor, torch.Tensor) and tensor.dtype == torch.int64 and tensor.device.type == "cpu",
                     f"custom_collate_fn(batch, device='cpu'): the {name} are not an int64 tensor on the CPU.",
                     "torch.tensor(list of ints), then torch.stack(...).to(device).")
     expect_equal([list(item) for item in items], [list(item) for item in BATCH], "the items after the call",
@@ -200,16 +203,16 @@ def check_generate_model_responses(ns):
     got = ns["generate_model_responses"](tiny_gpt(), entries, CharTokenizer(), "cpu", max_new_tokens=3,
                                          eos_id=0, json_key="answer")
     what = "generate_model_responses(tiny GPT, two entries, max_new_tokens=3, json_key='answer')"
-    expect_true(isinstance(got, list) and len(got) == 2, f"{what} does not return a list of two entries.",
+    require(isinstance(got, list) and len(got) == 2, f"{what} does not return a list of two entries.",
                 "return one entry per entry of data.")
     for index, answer in enumerate(got):
-        expect_true(isinstance(answer, dict) and isinstance(answer.get("answer"), str),
+        require(isinstance(answer, dict) and isinstance(answer.get("answer"), str),
                     f"{what}: entry {index} is not a dict with a text under 'answer'.",
                     "a copy of the entry with the extracted answer under json_key: {**entry, json_key: text}.")
         # (Whether the entries given are changed is not checked: the book writes the answers into them.)
         expect_equal({k: v for k, v in answer.items() if k != "answer"}, (BOOK_ENTRY_50, BOOK_ENTRY_999)[index],
                      f"{what}: entry {index} without its answer", "keep the entry's own keys and values.")
-        expect_true(len(answer["answer"]) <= 3, f"{what}: entry {index}'s answer {answer['answer']!r} is longer "
+        require(len(answer["answer"]) <= 3, f"{what}: entry {index}'s answer {answer['answer']!r} is longer "
                     "than 3 new tokens (one character each).", "generate max_new_tokens tokens after the prompt and "
                     "extract_response(generated_text, prompt).")
 
@@ -249,7 +252,7 @@ def check_evaluate_responses(ns):
     data = [{"output": "The capital of Canada is Ottawa.", "model_response": "the capital of canada is ottawa"},
             {"output": "Red.", "model_response": "Blue."}]
     got = ns["evaluate_responses"](data)
-    expect_true(isinstance(got, dict) and sorted(got) == ["count", "exact_match", "f1"],
+    require(isinstance(got, dict) and sorted(got) == ["count", "exact_match", "f1"],
                 "evaluate_responses does not return a dict with the keys exact_match, f1 and count.", "")
     expect_equal([float(got["exact_match"]), float(got["f1"]), got["count"]], [50.0, 50.0, 2],
                  "evaluate_responses(one right and one wrong answer)",
@@ -273,5 +276,5 @@ def check_finetuning_run(ns):
     expect_shape(targets, (2, 100), "the targets of a batch (allowed_max_length=100)", "")
     with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         loss = calc_loss_batch(inputs, targets, tiny_gpt(), "cpu")
-    expect_true(bool(torch.isfinite(loss)) and 3.0 < float(loss) < 7.0, f"the loss of an untrained GPT on that "
+    require(bool(torch.isfinite(loss)) and 3.0 < float(loss) < 7.0, f"the loss of an untrained GPT on that "
                 f"batch is {float(loss):.3f}, far from ln(128) = 4.85.", "the targets are the inputs shifted by one.")

@@ -75,7 +75,7 @@ def write_student_repository(course: Course, assignment: Assignment, out: Path,
         raise UsageError(f"{course.release_notebook(assignment)} does not exist: run `course release "
                          f"{assignment.id}` first")
     out.mkdir(parents=True, exist_ok=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints", ".ruff_cache", "ruff.toml")
     for item in sorted(release.iterdir()):  # the notebook, and any data files the release holds
         if item.name in ("__pycache__", ".ipynb_checkpoints"):
             continue

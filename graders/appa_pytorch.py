@@ -23,23 +23,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
+from checks.appa_pytorch import INTERFACE as INTERFACE  # what the tests' @pytest.mark.runs name (public)
 from course.grading import DEVICE, ListOf, expect_close, expect_count, expect_equal, expect_true, probe
 from course.grading.diagnosis import explain_errors
 from course.grading.inputs import randn, reference_module
-from course.grading.interface import Class, Function, Interface
 from course.grading.probes import count_parameters, run_module, run_module_with_gradients
 from course.worker.runtime.records import ErrorKind
 from reference import pytorch_basics as ref
-
-INTERFACE = Interface(
-    Class("NeuralNetwork", "(num_inputs, num_outputs)", methods={"forward": "(x)"}),
-    Class("ToyDataset", "(X, y)", methods={"__getitem__": "(index)", "__len__": "()"}),
-    Function("train_model", "(model, train_loader, optimizer, device, num_epochs, verbose=False)"),
-    Function("compute_accuracy", "(model, dataloader, device=None)"),
-    Function("ddp_setup", "(rank, world_size, backend=None, timeout=datetime.timedelta(seconds=60))"),
-    Function("prepare_dataset", "()"),
-    Function("main", "(rank, world_size, num_epochs)"),
-)
 
 NUM_EPOCHS = 3  # of the DDP run, as in the book
 

@@ -26,8 +26,8 @@ import pytest
 import torch
 from torch import nn
 
+from checks.appd_training_loop import INTERFACE as INTERFACE  # what the tests' @pytest.mark.runs name (public)
 from course.grading import DEVICE, ListOf, expect_close, expect_equal, expect_true, probe
-from course.grading.interface import Function, Interface
 from course.worker.client import StudentCodeError, StudentTimeout
 from graders.ch05_pretraining import GPT2_TINY, as_number, plain_imports, small_model, training_run, windows
 
@@ -35,13 +35,6 @@ with plain_imports():
     from reference import training_loop as ref
     from reference.tiktoken_offline import get_gpt2_tokenizer
 
-INTERFACE = Interface(
-    Function("learning_rate_at", "(step, total_steps, warmup_steps, peak_lr, initial_lr=3e-05, min_lr=1e-6)"),
-    Function("find_highest_gradient", "(model)"),
-    Function("train_model", "(model, train_loader, val_loader, optimizer, device, n_epochs, eval_freq, eval_iter, "
-                            "start_context, tokenizer, warmup_steps, initial_lr=3e-05, min_lr=1e-6, "
-                            "orig_book_version=False, *, progress=False)"),
-)
 
 SCHEDULE_RTOL = 1e-6  # float32 precision, relative to the peak rate (the scale of the whole schedule)
 

@@ -18,23 +18,12 @@ import pytest
 import torch
 from torch import nn
 
+from checks.appe_lora import INTERFACE as INTERFACE  # what the tests' @pytest.mark.runs name (public)
 from course.grading import DEVICE, ListOf, expect_close, expect_equal, expect_true, probe
 from course.grading.diagnosis import explain_errors, state_dict_mismatch
 from course.grading.inputs import randint, randn, reference_module
-from course.grading.interface import Class, Function, Interface
 from reference import lora as ref
 from reference.gpt import GPTModel
-
-# The students write the __init__ of both classes (B starting at zero is the point of the appendix), so the stubs
-# cannot be built and the interface names no attributes: the grader checks the parameters' names itself (the
-# state_dict keys A and B; linear.weight, linear.bias, lora.A, lora.B).
-INTERFACE = Interface(
-    Class("LoRALayer", "(in_dim, out_dim, rank, alpha)", methods={"forward": "(x)"}),
-    Class("LinearWithLoRA", "(linear, rank, alpha)", methods={"forward": "(x)"}),
-    Function("replace_linear_with_lora", "(model, rank, alpha)"),
-    Function("freeze_parameters", "(model)"),
-    Function("count_trainable_parameters", "(model)"),
-)
 
 # (in_dim, out_dim, rank, alpha): alpha / rank, alpha and 1 differ in each, so the scalings can be told apart.
 LAYERS = [(6, 5, 3, 12), (4, 7, 2, 1.5)]

@@ -26,20 +26,11 @@ from collections import Counter
 
 import pytest
 
+from checks.ch02_bpe import INTERFACE as INTERFACE  # what the tests' @pytest.mark.runs name (public)
 from course.grading import ListOf, expect_count, expect_equal, expect_true, probe
 from course.grading.compare import GradingFailure
-from course.grading.interface import Class, Interface
 from reference import bpe as ref
 from reference.tiktoken_offline import get_gpt2_tokenizer
-
-INTERFACE = Interface(
-    Class("BPETokenizerSimple", "()", example={}, attributes=("vocab", "inverse_vocab", "bpe_merges"),
-          methods={"train": "(text, vocab_size, allowed_special={'<|endoftext|>'})",
-                   "encode": "(text, allowed_special=None)", "decode": "(token_ids)",
-                   "save_vocab_and_merges": "(vocab_path, bpe_merges_path)",
-                   "load_vocab_and_merges": "(vocab_path, bpe_merges_path)",
-                   "load_vocab_and_merges_from_openai": "(vocab_path, bpe_merges_path)"}),
-)
 
 # The student's solution code that the graded class calls (the notebook's helper functions and one helper method):
 # tests name them in @pytest.mark.runs, so that a helper that hangs costs one timeout.

@@ -14,23 +14,10 @@ import pytest
 import torch
 from torch import nn
 
+from checks.ch02_text_data import INTERFACE as INTERFACE  # what the tests' @pytest.mark.runs name (public)
 from course.grading import DEVICE, Anything, ListOf, expect_close, expect_count, expect_equal, expect_true, probe
-from course.grading.interface import Class, Function, Interface
 from reference import text_data as ref
 from reference.tiktoken_offline import get_gpt2_tokenizer
-
-INTERFACE = Interface(
-    Function("simple_tokenize", "(text)"),
-    Function("build_vocab", "(tokens, special_tokens=())"),
-    Class("SimpleTokenizerV1", "(vocab)", example={"vocab": {"a": 0}}, attributes=("str_to_int", "int_to_str"),
-          methods={"encode": "(text)", "decode": "(ids)"}),
-    Class("SimpleTokenizerV2", "(vocab)", example={"vocab": {"a": 0}}, attributes=("str_to_int", "int_to_str"),
-          methods={"encode": "(text)", "decode": "(ids)"}),
-    Class("GPTDatasetV1", "(txt, tokenizer, max_length, stride)", methods={"__len__": "()", "__getitem__": "(idx)"}),
-    Function("create_dataloader_v1",
-             "(txt, batch_size=4, max_length=256, stride=128, shuffle=True, drop_last=True, num_workers=0)"),
-    Function("create_input_embeddings", "(token_ids, token_embedding_layer, pos_embedding_layer)"),
-)
 
 # Original sample text: punctuation, quotes, apostrophes, a double dash, and repeated words.
 TEXT = (
@@ -39,6 +26,7 @@ TEXT = (
     "ninety-two steps, a kettle, a lamp, and the long grey horizon. Was it lonely? Perhaps. "
     "But the gulls knew his name, and the ships (when they came) always slowed to wave."
 )
+
 MORE_TEXT = "He watched the ships. The ships watched him -- or so he said, laughing, to the gulls!"
 UNKNOWN_TEXT = "The keeper bought a telescope, and the mermaids sang (quietly) to him."
 HINT_SPLIT = "split with re.split(r'([,.:;?_!\"()\\']|--|\\s)', text), then keep item.strip() for non-empty items."

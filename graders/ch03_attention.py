@@ -10,31 +10,13 @@ output depends on the earlier tokens, so that code without attention cannot earn
 import pytest
 import torch
 
+from checks.ch03_attention import INTERFACE as INTERFACE  # what the tests' @pytest.mark.runs name (public)
 from course.grading import expect_close
 from course.grading.diagnosis import shape_mismatch
 from course.grading.inputs import rand, reference_module
-from course.grading.interface import Class, Function, Interface
 from course.grading.probes import call_function
 from course.grading.properties import expect_causal, expect_dropout_in_training_only, expect_module_outputs
 from reference import attention as ref
-
-INTERFACE = Interface(
-    Function("simplified_self_attention", "(inputs)"),
-    Class("SelfAttention_v1", "(d_in, d_out)", example={"d_in": 3, "d_out": 2},
-          attributes=("W_query", "W_key", "W_value"), methods={"forward": "(x)"}),
-    Class("SelfAttention_v2", "(d_in, d_out, qkv_bias=False)", example={"d_in": 3, "d_out": 2},
-          attributes=("W_query", "W_key", "W_value"), methods={"forward": "(x)"}),
-    Class("CausalAttention", "(d_in, d_out, context_length, dropout, qkv_bias=False)",
-          example={"d_in": 3, "d_out": 2, "context_length": 6, "dropout": 0.0},
-          attributes=("d_out", "W_query", "W_key", "W_value", "dropout", "mask"), methods={"forward": "(x)"}),
-    Class("MultiHeadAttentionWrapper", "(d_in, d_out, context_length, dropout, num_heads, qkv_bias=False)",
-          example={"d_in": 3, "d_out": 2, "context_length": 6, "dropout": 0.0, "num_heads": 2},
-          attributes=("heads",), methods={"forward": "(x)"}),
-    Class("MultiHeadAttention", "(d_in, d_out, context_length, dropout, num_heads, qkv_bias=False)",
-          example={"d_in": 4, "d_out": 4, "context_length": 6, "dropout": 0.0, "num_heads": 2},
-          attributes=("d_out", "num_heads", "head_dim", "W_query", "W_key", "W_value", "out_proj", "dropout",
-                      "mask"), methods={"forward": "(x)"}),
-)
 
 HINT_SCALE = "scale the attention scores by the square root of the key dimension (head_dim for several heads)."
 HINT_MASK_CUT = "cut the mask to the number of tokens: self.mask.bool()[:num_tokens, :num_tokens]."

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from checks.ch04_gpt import INTERFACE as INTERFACE  # what the tests' @pytest.mark.runs name (public)
 from course.grading import (
     DEVICE,
     ListOf,
@@ -42,30 +43,10 @@ from course.grading import (
 from course.grading.compare import GradingFailure
 from course.grading.diagnosis import explain_errors, shape_mismatch, state_dict_mismatch
 from course.grading.inputs import randint, randn, reference_module
-from course.grading.interface import Class, Function, Interface
 from course.grading.probes import run_module, run_module_with_gradients
 from course.grading.properties import HINT_MASK, eval_dropout_left_on, expect_causal
 from course.worker.runtime.records import ErrorKind
 from reference import gpt as ref
-
-CFG_EXAMPLE = {"vocab_size": 11, "context_length": 4, "emb_dim": 6, "n_heads": 2, "n_layers": 2, "drop_rate": 0.0,
-               "qkv_bias": False}
-
-INTERFACE = Interface(
-    Class("LayerNorm", "(emb_dim)", example={"emb_dim": 6}, attributes=("eps", "scale", "shift"),
-          methods={"forward": "(x)"}),
-    Class("GELU", "()", example={}, methods={"forward": "(x)"}),
-    Class("FeedForward", "(cfg)", example={"cfg": CFG_EXAMPLE}, attributes=("layers",), methods={"forward": "(x)"}),
-    Class("ExampleDeepNeuralNetwork", "(layer_sizes, use_shortcut)",
-          example={"layer_sizes": [3, 3, 3, 3, 3, 1], "use_shortcut": True}, attributes=("use_shortcut", "layers"),
-          methods={"forward": "(x)"}),
-    Class("TransformerBlock", "(cfg)", example={"cfg": CFG_EXAMPLE}, attributes=("att", "ff", "norm1", "norm2"),
-          methods={"forward": "(x)"}),
-    Class("GPTModel", "(cfg)", example={"cfg": CFG_EXAMPLE},
-          attributes=("tok_emb", "pos_emb", "drop_emb", "trf_blocks", "final_norm", "out_head"),
-          methods={"forward": "(in_idx)"}),
-    Function("generate_text_simple", "(model, idx, max_new_tokens, context_size)"),
-)
 
 # Tiny configurations: the book's architecture at a size that grades in milliseconds.
 CFG = {"vocab_size": 53, "context_length": 8, "emb_dim": 12, "n_heads": 3, "n_layers": 2, "drop_rate": 0.1,

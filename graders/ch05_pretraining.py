@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from checks.ch05_pretraining import INTERFACE as INTERFACE  # what the tests' @pytest.mark.runs name (public)
 from course.grading import DEVICE, ListOf, expect_close, expect_equal, expect_true, probe
 from course.grading.diagnosis import explain_errors
 from course.grading.imports import plain_imports
 from course.grading.inputs import randint, reference_module
-from course.grading.interface import Function, Interface
 from course.worker.runtime.records import ErrorKind
 
 with plain_imports():
@@ -40,19 +40,6 @@ with plain_imports():
     from reference.gpt import GPTModel
     from reference.tiktoken_offline import get_gpt2_tokenizer
 
-INTERFACE = Interface(
-    Function("text_to_token_ids", "(text, tokenizer)"),
-    Function("token_ids_to_text", "(token_ids, tokenizer)"),
-    Function("calc_loss_batch", "(input_batch, target_batch, model, device)"),
-    Function("calc_loss_loader", "(data_loader, model, device, num_batches=None)"),
-    Function("evaluate_model", "(model, train_loader, val_loader, device, eval_iter)"),
-    Function("generate_and_print_sample", "(model, tokenizer, device, start_context)"),
-    Function("train_model_simple", "(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, "
-                                   "eval_iter, start_context, tokenizer, *, progress=False)"),
-    Function("generate", "(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None)"),
-    Function("save_checkpoint", "(model, optimizer, path)"),
-    Function("load_checkpoint", "(path, model, optimizer=None, map_location=None)"),
-)
 
 # The student's code that evaluating and printing a sample run (@pytest.mark.runs), as the book writes them.
 EVALUATE = ("evaluate_model", "calc_loss_loader", "calc_loss_batch")

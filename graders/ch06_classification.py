@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from checks.ch06_classification import INTERFACE as INTERFACE  # what the tests' @pytest.mark.runs name (public)
 from course.grading import DEVICE, ListOf, expect_close, expect_equal, expect_true, probe
 from course.grading.diagnosis import explain_errors
 from course.grading.imports import plain_imports
 from course.grading.inputs import randint, reference_module
-from course.grading.interface import Class, Function, Interface
 from course.worker.runtime.records import ErrorKind
 
 with plain_imports():
@@ -42,20 +42,6 @@ with plain_imports():
     from reference.gpt import GPTModel
     from reference.tiktoken_offline import get_gpt2_tokenizer
 
-INTERFACE = Interface(
-    Function("create_balanced_dataset", "(df)"),
-    Function("random_split", "(df, train_frac, validation_frac)"),
-    Class("SpamDataset", "(csv_file, tokenizer, max_length=None, pad_token_id=50256)",
-          methods={"__getitem__": "(index)", "__len__": "()"}),
-    Function("prepare_model_for_classification", "(model, num_classes=2)"),
-    Function("calc_accuracy_loader", "(data_loader, model, device, num_batches=None)"),
-    Function("calc_loss_batch", "(input_batch, target_batch, model, device)"),
-    Function("calc_loss_loader", "(data_loader, model, device, num_batches=None)"),
-    Function("evaluate_model", "(model, train_loader, val_loader, device, eval_iter)"),
-    Function("train_classifier_simple", "(model, train_loader, val_loader, optimizer, device, num_epochs, "
-                                        "eval_freq, eval_iter)"),
-    Function("classify_review", "(text, model, tokenizer, device, max_length=None, pad_token_id=50256)"),
-)
 
 # The student's code that evaluating the model runs (@pytest.mark.runs), as the book writes it.
 EVALUATE = ("evaluate_model", "calc_loss_loader", "calc_loss_batch")

@@ -27,11 +27,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from checks.ch07_dpo import INTERFACE as INTERFACE  # what the tests' @pytest.mark.runs name (public)
 from course.grading import ListOf, expect_close, expect_count, expect_equal, expect_tensor, expect_true, probe
 from course.grading.diagnosis import explain_errors
 from course.grading.imports import plain_imports
 from course.grading.inputs import rand, randint, randn, reference_module
-from course.grading.interface import Class, Function, Interface
 from course.worker.runtime.records import ErrorKind
 
 with plain_imports():
@@ -43,21 +43,6 @@ with plain_imports():
     from reference.instruction import RESPONSE_HEADER, format_input
     from reference.tiktoken_offline import get_gpt2_tokenizer
 
-INTERFACE = Interface(
-    Class("PreferenceDataset", "(data, tokenizer)", example={"data": [], "tokenizer": None},
-          attributes=("data", "encoded_texts"), methods={"__getitem__": "(index)", "__len__": "()"}),
-    Function("custom_collate_fn", "(batch, pad_token_id=50256, allowed_max_length=None, mask_prompt_tokens=True, "
-                                  "device='cpu')"),
-    Function("compute_logprobs", "(logits, labels, selection_mask=None)"),
-    Function("compute_dpo_loss", "(model_chosen_logprobs, model_rejected_logprobs, reference_chosen_logprobs, "
-                                 "reference_rejected_logprobs, beta=0.1)"),
-    Function("compute_dpo_loss_batch", "(batch, policy_model, reference_model, beta)"),
-    Function("compute_dpo_loss_loader", "(data_loader, policy_model, reference_model, beta, num_batches=None)"),
-    Function("evaluate_dpo_loss_loader", "(policy_model, reference_model, train_loader, val_loader, beta, "
-                                         "eval_iter)"),
-    Function("train_model_dpo_simple", "(policy_model, reference_model, train_loader, val_loader, optimizer, "
-                                       "num_epochs, beta, eval_freq, eval_iter, start_context, tokenizer)"),
-)
 
 # The student's code that the loss of a batch and of a loader run (@pytest.mark.runs), as the book writes them.
 BATCH_LOSS = ("compute_dpo_loss_batch", "compute_dpo_loss", "compute_logprobs")

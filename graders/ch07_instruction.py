@@ -25,11 +25,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from checks.ch07_instruction import INTERFACE as INTERFACE  # what the tests' @pytest.mark.runs name (public)
 from course.grading import ListOf, expect_close, expect_count, expect_equal, expect_true, probe
 from course.grading.diagnosis import explain_errors
 from course.grading.imports import plain_imports
 from course.grading.inputs import reference_module
-from course.grading.interface import Class, Function, Interface
 from course.worker.runtime.records import ErrorKind
 
 with plain_imports():
@@ -40,23 +40,6 @@ with plain_imports():
     from reference.gpt import GPTModel
     from reference.tiktoken_offline import get_gpt2_tokenizer
 
-INTERFACE = Interface(
-    Function("format_input", "(entry)"),
-    Function("split_data", "(data, train_frac=0.85, test_frac=0.1)"),
-    Class("InstructionDataset", "(data, tokenizer)", example={"data": [], "tokenizer": None},
-          attributes=("data", "encoded_texts"), methods={"__getitem__": "(index)", "__len__": "()"}),
-    Function("custom_collate_draft_1", "(batch, pad_token_id=50256, device='cpu')"),
-    Function("custom_collate_draft_2", "(batch, pad_token_id=50256, device='cpu')"),
-    Function("custom_collate_fn", "(batch, pad_token_id=50256, ignore_index=-100, allowed_max_length=None, "
-                                  "device='cpu')"),
-    Function("extract_response", "(response_text, input_text)"),
-    Function("generate_model_responses", "(model, data, tokenizer, device, max_new_tokens=256, context_size=None, "
-                                         "eos_id=50256, json_key='model_response')"),
-    Function("normalize_answer", "(text)"),
-    Function("exact_match_score", "(prediction, ground_truth)"),
-    Function("f1_score", "(prediction, ground_truth)"),
-    Function("evaluate_responses", "(data, json_key='model_response')"),
-)
 
 DATA = json.loads((Path(__file__).resolve().parents[1] / "data" / "instruction_data.json").read_text("utf-8"))
 PAD = 50256

@@ -1,4 +1,4 @@
-"""Each chapter's student interface (the INTERFACE block at the top of its grader) is met by the reference
+"""Each chapter's student interface (its INTERFACE in checks/<id>.py, which the grader imports) is met by the reference
 module, by the solution notebook and by the student release, so the stubs never drift from what is graded.
 The chapters come from course.yml."""
 

@@ -130,7 +130,8 @@ class Launcher:
         cache.mkdir()
         for name, source in self.spec.tiktoken_files.items():
             shutil.copyfile(source, cache / name)
-        shutil.copytree(RUNTIME_FOLDER, folder / "runtime", ignore=shutil.ignore_patterns("__pycache__", "*.toml"))
+        shutil.copytree(RUNTIME_FOLDER, folder / "runtime",
+                        ignore=shutil.ignore_patterns("__pycache__", ".ruff_cache", "*.toml"))
 
     def _environment(self, folder: Path, home: Path) -> dict[str, str]:
         env = {
