@@ -1,9 +1,11 @@
 """`course check`: the public checks of one notebook, run the way grading runs the student's code.
 
-The notebook is loaded exactly as `course grade` loads it: its setup and solution cells (never the demo or
-check cells) execute in the sandboxed worker (course/worker/), with the assignment's support modules and, as
-one more support package, the public checks (checks/__init__.py and checks/<id>.py). Every check then runs
-there, one call each, under the assignment's per-test time limit, so a hang or a crash costs that check only.
+The notebook is loaded exactly as `course grade` loads it, through the same grading session
+(course/grading/session.py): its setup and solution cells (never the demo or check cells) execute in the
+sandboxed worker (course/worker/), with the assignment's support modules and, as one more support package, the
+public checks (checks/__init__.py and checks/<id>.py). Every check then runs there, one call each, under the
+assignment's per-test time limit (the session's Deadline; checks have no budget for the whole submission), so a
+hang or a crash costs that check only, and is reported as grading reports it.
 
 The checks are the same functions the notebook's check cells call in the student's kernel; only where the
 notebook comes from differs. In the kernel everything the student ran exists; here only what grading runs,
@@ -26,14 +28,14 @@ from pathlib import Path
 
 from course.config import Assignment, Course, SandboxConfig, StudentRepository
 from course.grading.contracts import Anything
-from course.grading.feedback import exception_text, student_error_message, where
+from course.grading.feedback import exception_text, where
 from course.grading.probes import probe
-from course.notebook import NotebookError, grading_cells, read_notebook
-from course.results import GradeReport, TestResult
-from course.worker.client import GraderBug, StudentCodeError, StudentTimeout, WorkerClient
-from course.worker.sandbox import plan_sandbox
+from course.grading.session import Deadline, GradingSession, build_worker_spec, support_files
+from course.results import GradeReport, Status, TestResult
+from course.worker.client import GraderBug, StudentCodeError, StudentTimeout
 
-STATUSES = ("passed", "failed", "error")
+# What a public check may report itself (see checks/__init__.py); a timeout is the session's to say.
+CHECK_STATUSES = (Status.PASSED, Status.FAILED, Status.ERROR)
 
 
 @dataclass
@@ -80,8 +82,7 @@ class CheckTarget:
 
     def support_files(self) -> dict[str, Path]:
         """What the worker may import, by path inside its support folder: the support modules and the checks."""
-        files = {f"{module.replace('.', '/')}.py": self.root.joinpath(*module.split(".")).with_suffix(".py")
-                 for module in self.support}
+        files = support_files(self.root, self.support)
         for name in ("__init__", self.assignment):
             files[f"checks/{name}.py"] = self.root / "checks" / f"{name}.py"
         return files
@@ -98,80 +99,44 @@ def run_public_check(student, module, name):
 def run_checks(target: CheckTarget, notebook: Path, isolation: str | None = None) -> GradeReport:
     """Run every public check of `target` on `notebook` in a sandboxed worker; one result per grader test."""
     started = time.monotonic()
-    settings = target.sandbox
-    sandbox = plan_sandbox(isolation or settings.isolation, memory_mb=settings.memory_mb,
-                           cpu_seconds=settings.cpu_seconds, file_mb=settings.file_mb, device="cpu")
-    report = GradeReport(assignment=target.assignment, tests=[], notebook=str(notebook), device="cpu", kind="check",
-                         sandbox={"isolation": sandbox.isolation, "note": sandbox.note})
-    try:
-        selection = grading_cells(read_notebook(notebook))
-    except NotebookError as exc:
-        report.notes.append(str(exc))
-        report.tests = [_result(target, name, "error", f"Your notebook could not be checked: {exc}")
-                        for name in target.resolve_tests()]
-        report.duration = time.monotonic() - started
-        return report
-    report.notes.extend(selection.notes)
-    client = WorkerClient(
-        cells=[{"label": c.label, "source": c.source} for c in selection.cells],
-        support_files=target.support_files(),
-        tiktoken_files=_tiktoken_files() if target.tiktoken else {},
-        device="cpu",
-        load_timeout=target.timeout,
-        sandbox=sandbox,
-    )
-    client.start()  # torch imports in the worker meanwhile
-    try:
-        for name in target.resolve_tests():
-            report.tests.append(_run_one(client, target, name, selection.demo_definitions))
-        if client.load_report and client.load_report.cell_errors:
-            first = client.load_report.cell_errors[0]
-            report.notes.append(f"While loading your notebook, cell '{first.cell}' failed: {exception_text(first)} "
-                                f"({where(first)}).")
-    finally:
-        client.close()
-    report.duration = time.monotonic() - started
-    return report
+    spec = build_worker_spec(target.support_files(), target.tiktoken, target.sandbox, "cpu", isolation)
+    session = GradingSession(notebook, spec, Deadline(target.timeout), kind="check")
+    with session:  # the worker starts while the grader's points are collected (resolve_tests)
+        if session.load_problem is not None:
+            tests = [_result(target, name, Status.ERROR, f"Your notebook could not be checked: {session.load_problem}")
+                     for name in target.resolve_tests()]
+        else:
+            tests = [_run_one(session, target, name) for name in target.resolve_tests()]
+            cell_errors = session.cell_errors()
+            if cell_errors:
+                first = cell_errors[0]
+                session.notes.append(f"While loading your notebook, cell '{first.cell}' failed: "
+                                     f"{exception_text(first)} ({where(first)}).")
+    return GradeReport(assignment=target.assignment, tests=tests, notebook=str(notebook), device=session.device,
+                       duration=time.monotonic() - started, notes=session.notes, sandbox=session.sandbox, kind="check")
 
 
-def _run_one(client: WorkerClient, target: CheckTarget, name: str, demo_definitions: dict[str, str]) -> TestResult:
-    started = time.monotonic()
+def _run_one(session: GradingSession, target: CheckTarget, name: str) -> TestResult:
+    clock = session.deadline.start_test()
     kwargs = {"module": target.checks_module, "name": name}
     try:
-        outcome = client.call(run_public_check.__name__, run_public_check.probe_source, kwargs, target.timeout)
-    except StudentTimeout as exc:
-        return _result(target, name, "timeout", f"Your code did not finish in time: {exc}",
-                       time.monotonic() - started - client.last_overhead)
-    except StudentCodeError as exc:
-        cell_errors = client.load_report.cell_errors if client.load_report else []
-        message = student_error_message(exc.record, demo_definitions=demo_definitions, cell_errors=cell_errors)
-        return _result(target, name, "error", message, time.monotonic() - started - client.last_overhead)
-    except GraderBug as exc:
-        return _result(target, name, "error", f"Internal error of the checks (not your fault; please report it): "
-                                              f"{exc}")
-    duration = time.monotonic() - started - client.last_overhead
-    if not (isinstance(outcome, dict) and outcome.get("status") in STATUSES
+        with clock.step(session.client) as seconds:
+            outcome = session.client.call(run_public_check.__name__, run_public_check.probe_source, kwargs, seconds)
+    except (StudentTimeout, StudentCodeError, GraderBug) as exc:
+        status, message = session.outcome(exc)  # as grading says it
+        return _result(target, name, status, message, clock.used)
+    if not (isinstance(outcome, dict) and outcome.get("status") in CHECK_STATUSES
             and isinstance(outcome.get("message"), str) and isinstance(outcome.get("description"), str)):
-        return _result(target, name, "error", "The check's result came back garbled: does your notebook replace a "
-                                              "built-in or library function?", duration)
+        return _result(target, name, Status.ERROR, "The check's result came back garbled: does your notebook replace "
+                                                   "a built-in or library function?", clock.used)
     message = outcome["message"]
     missing = outcome.get("missing_name")
-    if isinstance(missing, str) and missing in demo_definitions:
-        message += (f" `{missing}` is defined only in {demo_definitions[missing]}, a demo cell: demo cells are not "
-                    "run when grading, so define it inside your solution cell.")
-    return _result(target, name, outcome["status"], message, duration, outcome["description"])
+    if isinstance(missing, str) and missing in session.demo_definitions:
+        message += (f" `{missing}` is defined only in {session.demo_definitions[missing]}, a demo cell: demo cells "
+                    "are not run when grading, so define it inside your solution cell.")
+    return _result(target, name, outcome["status"], message, clock.used, outcome["description"])
 
 
-def _result(target: CheckTarget, name: str, status: str, message: str, duration: float = 0.0,
+def _result(target: CheckTarget, name: str, status: Status | str, message: str, duration: float = 0.0,
             description: str = "") -> TestResult:
-    points = target.tests[name]
-    return TestResult(name=name, status=status, score=points if status == "passed" else 0.0, max_score=points,
-                      message=message, duration=max(duration, 0.0), description=description or name)
-
-
-def _tiktoken_files() -> dict[str, Path]:
-    """GPT-2's BPE files, checked and seeded into tiktoken's cache, to be copied into the worker's cache."""
-    from reference.tiktoken_offline import ENCODER_JSON_URL, VOCAB_BPE_URL, cache_file_name, seed_tiktoken_cache
-
-    cache = seed_tiktoken_cache()
-    return {name: cache / name for name in (cache_file_name(VOCAB_BPE_URL), cache_file_name(ENCODER_JSON_URL))}
+    return TestResult.scored(name, status, target.tests[name], message, duration, description or name)

@@ -13,20 +13,28 @@ every reporter (the terminal table, JSON, ...) renders only from this model, so 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Literal
 
 from course.safe_text import safe_text
 
 MAX_NOTES = 50
 
-Status = Literal["passed", "failed", "error", "timeout"]
-STATUSES: tuple[str, ...] = ("passed", "failed", "error", "timeout")
+
+class Status(StrEnum):
+    """How a test ended. A `str`: it equals, hashes, prints and serialises (JSON, CSV, nbgrader, GitHub) as its
+    value, so `status == "passed"` and `{"passed": ...}[status]` work as they always did."""
+
+    PASSED = "passed"  # the test (or check) ran to its end
+    FAILED = "failed"  # a comparison failed: the student's result is wrong
+    ERROR = "error"  # the student's code raised, crashed, is missing or returned something unusable; or no result
+    TIMEOUT = "timeout"  # the student's code ran past its time limit (the test's, or the whole submission's)
 
 
 @dataclass
 class TestResult:
     name: str
-    status: Status
+    status: Status  # a plain string is turned into its Status (an unknown one raises ValueError)
     score: float
     max_score: float
     message: str = ""
@@ -36,9 +44,18 @@ class TestResult:
     __test__ = False  # not a pytest test class
 
     def __post_init__(self):
+        self.status = Status(self.status)
         self.name = safe_text(self.name, 200, single_line=True)
         self.message = safe_text(self.message, 4000)
         self.description = safe_text(self.description, 500, single_line=True)
+
+    @classmethod
+    def scored(cls, name: str, status: Status | str, points: float, message: str = "", duration: float = 0.0,
+               description: str = "") -> TestResult:
+        """A test worth `points`: all of them if it passed, none otherwise."""
+        status = Status(status)
+        return cls(name=name, status=status, score=points if status == Status.PASSED else 0.0, max_score=points,
+                   message=message, duration=max(duration, 0.0), description=description)
 
 
 @dataclass
@@ -70,12 +87,12 @@ class GradeReport:
 
     @property
     def passed(self) -> list[TestResult]:
-        return [t for t in self.tests if t.status == "passed"]
+        return [t for t in self.tests if t.status == Status.PASSED]
 
     @property
     def first_failure(self) -> TestResult | None:
         """The first test, in the grader's order, that did not pass: what to fix next."""
-        return next((t for t in self.tests if t.status != "passed"), None)
+        return next((t for t in self.tests if t.status != Status.PASSED), None)
 
     def to_dict(self, descriptions: bool = False) -> dict:
         """The JSON of `course grade --json`; with `descriptions`, also what each test checks (for from_dict)."""
@@ -90,7 +107,7 @@ class GradeReport:
             "notes": list(self.notes),
             "sandbox": dict(self.sandbox),
             "tests": [
-                {k: (round(v, 3) if k == "duration" else v) for k, v in asdict(t).items()
+                {k: (round(v, 3) if k == "duration" else str(v) if k == "status" else v) for k, v in asdict(t).items()
                  if k != "description" or descriptions}
                 for t in self.tests
             ],

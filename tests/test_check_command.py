@@ -11,7 +11,9 @@ import pytest
 
 from course.checking import CheckTarget, run_checks
 from course.config import load_course
-from course.grading.runner import collect_points
+from course.grading.runner import collect_points, grade_notebook
+from course.grading.session import GradingSession
+from course.results import Status
 from tests.conftest import REPO, run_cli
 
 COURSE = load_course(REPO)
@@ -57,6 +59,8 @@ def test_a_helper_defined_in_a_demo_cell_is_named(troubled):
 
 def test_a_hang_costs_its_own_check_only(troubled):
     assert troubled["test_build_vocab"].status == "timeout"
+    # said as grading says it (the grading session's classification)
+    assert troubled["test_build_vocab"].message.startswith("Your code did not finish in time: stopped after 3.0 s")
 
 
 def test_the_checks_after_a_hang_still_run(troubled):
@@ -68,3 +72,23 @@ def test_an_unreadable_notebook_fails_every_check_with_the_reason(tmp_path):
     broken.write_text('{"cells": [', encoding="utf-8")
     report = run_checks(CheckTarget.from_course(COURSE, CH02), broken)
     assert {(t.status, "JSON error at line 1" in t.message) for t in report.tests} == {("error", True)}
+
+
+def test_check_and_grade_run_through_one_grading_session(tmp_path, monkeypatch):
+    """One sandbox set-up, one Deadline (checks have no budget for the whole submission), one classification."""
+    opened = []
+    open_session = GradingSession._open
+
+    def spy(session):
+        opened.append((session.kind, session.deadline.per_test, session.deadline.whole))
+        open_session(session)
+
+    monkeypatch.setattr(GradingSession, "_open", spy)
+    broken = tmp_path / "ch02_text_data.ipynb"
+    broken.write_text('{"cells": [', encoding="utf-8")
+    checked = run_checks(CheckTarget.from_course(COURSE, CH02), broken)
+    graded = grade_notebook(COURSE, CH02, broken, device="cpu")
+    assert opened == [("check", CH02.timeout, None), ("grade", CH02.timeout, CH02.submission_timeout)]
+    assert checked.sandbox == graded.sandbox
+    assert [t.name for t in checked.tests] == [t.name for t in graded.tests]
+    assert {t.status for t in checked.tests} == {t.status for t in graded.tests} == {Status.ERROR}

@@ -4,6 +4,8 @@ reporters render one result model."""
 from __future__ import annotations
 
 import ast
+import csv
+import io
 import json
 
 import pytest
@@ -12,7 +14,7 @@ import torch
 from course.grading.compare import GradingFailure, expect_close, expect_equal, expect_tensor, expect_true
 from course.reporters.json_report import write_json
 from course.reporters.terminal import render_table
-from course.results import GradeReport, TestResult
+from course.results import GradeReport, Status, TestResult
 from tests.conftest import REPO
 
 
@@ -95,6 +97,29 @@ def test_terminal_table_and_json_render_the_same_result(tmp_path):
     assert data["assignment"] == "ch03_attention"
     assert [t["status"] for t in data["tests"]] == ["passed", "failed", "timeout"]
     assert set(data["tests"][0]) == {"name", "status", "score", "max_score", "message", "duration"}
+
+
+def test_a_status_is_a_str_enum_that_every_writer_sees_as_its_plain_value():
+    """Statuses are one Enum; a str one, so that comparisons, lookups and every output stay as they were."""
+    result = TestResult("test_c", "timeout", 0, 3)
+    assert result.status is Status.TIMEOUT
+    assert (result.status == "timeout", f"{result.status}", str(result.status)) == (True, "timeout", "timeout")
+    assert {"timeout": "TIMEOUT"}[result.status] == "TIMEOUT"
+    assert json.dumps({"status": result.status}) == '{"status": "timeout"}'
+    written = io.StringIO()
+    csv.writer(written).writerow([result.status])
+    assert written.getvalue() == "timeout\r\n"
+    data = sample_report().to_dict()
+    assert [type(t["status"]) for t in data["tests"]] == [str, str, str]
+    assert [t.status for t in GradeReport.from_dict(data).tests] == [Status.PASSED, Status.FAILED, Status.TIMEOUT]
+    with pytest.raises(ValueError, match="skipped"):
+        TestResult("test_d", "skipped", 0, 1)
+
+
+def test_a_result_scores_its_points_only_when_it_passed():
+    assert TestResult.scored("test_a", "passed", 2).score == 2
+    assert [TestResult.scored("test_a", status, 2).score for status in ("failed", "error", Status.TIMEOUT)] == [0] * 3
+    assert TestResult.scored("test_a", Status.ERROR, 2, duration=-0.5).duration == 0.0
 
 
 def test_a_hint_function_is_called_only_when_the_check_fails():

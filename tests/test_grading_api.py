@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import textwrap
+import time
 
 import pytest
 import torch
@@ -12,9 +13,11 @@ import torch
 from course.grading.compare import GradingFailure, expect_close, expect_finite
 from course.grading.feedback import student_error_message
 from course.grading.plugin import GradingPlugin, Submission
-from course.grading.probes import ProbeDefinitionError
+from course.grading.probes import ProbeDefinitionError, call_function
 from course.grading.runner import run_grader_module
-from course.worker.client import GraderBug
+from course.grading.session import Deadline, GradingSession, OutOfTime
+from course.results import Status
+from course.worker.client import GraderBug, StudentCodeError, StudentTimeout
 from course.worker.runtime.records import ErrorKind, ErrorRecord
 
 
@@ -63,17 +66,76 @@ def test_a_probe_may_use_the_worker_names_builtins_and_its_own_imports(tmp_path)
 class FakeClient:
     last_overhead = 0.0
     load_report = None
+    fatal = None
 
     def call(self, name, source, kwargs, timeout):
         return kwargs
 
 
 def test_a_probe_called_with_arguments_it_does_not_take_is_a_grader_bug(tmp_path):
-    from course.grading.probes import call_function
-
     submission = Submission(FakeClient(), timeout=10, device="cpu", load_problem=None)
     with pytest.raises(GraderBug, match="wrong arguments"):
         submission.run(call_function, name="f", inputs=[], extra=1)
+
+
+# -- time budgets: one Deadline ------------------------------------------------------------------------------------
+
+def test_one_deadline_bounds_each_test_and_the_whole_submission():
+    fresh = Deadline(10, whole=100)
+    assert (fresh.bound(5), 99 < fresh.bound(1000) <= 100, fresh.spent()) == (5, True, False)
+    assert Deadline(10).bound(1000) == 1000  # no budget for the whole submission (`course check`)
+    spent = Deadline(10, whole=8, start=time.monotonic() - 9)
+    assert (spent.bound(5), spent.spent()) == (0.0, True)
+    clock = fresh.start_test()
+    clock.used = 10
+    with pytest.raises(StudentTimeout, match="the 10 s time limit for this test was used up before this step"):
+        clock.check()
+    with pytest.raises(OutOfTime, match="the 8 s time budget for the whole submission ran out before this test"):
+        spent.start_test().check()
+
+
+def test_a_timeout_after_the_budget_ran_out_is_put_down_to_the_budget_once():
+    spent = Deadline(10, whole=8, start=time.monotonic() - 9)
+    hang = StudentTimeout("stopped after 2.0 s while running your code")
+    assert spent.timeout_message(hang) == ("Your code did not finish in time: the 8 s time budget for the whole "
+                                           "submission ran out (stopped after 2.0 s while running your code).")
+    assert spent.timeout_message(OutOfTime("the 8 s budget ran out before this test")) == \
+        "Your code did not finish in time: the 8 s budget ran out before this test"  # said once, not wrapped again
+    assert Deadline(10, whole=100).timeout_message(hang) == f"Your code did not finish in time: {hang}"
+
+
+class CountingClient(FakeClient):
+    def __init__(self):
+        self.timeouts = []  # what each call was given
+
+    def call(self, name, source, kwargs, timeout):
+        self.timeouts.append(timeout)
+        return []
+
+
+def test_a_test_that_starts_after_the_budget_ran_out_does_not_reach_the_worker():
+    client = CountingClient()
+    late = Submission(client, device="cpu", deadline=Deadline(10, whole=8, start=time.monotonic() - 9))
+    with pytest.raises(OutOfTime):
+        late.run(call_function, name="f", inputs=[])
+    assert client.timeouts == []
+    assert Submission(client, timeout=10, device="cpu").run(call_function, name="f", inputs=[]) == []
+    assert client.timeouts == [10]  # the test's own limit (the client bounds it by the submission's budget)
+
+
+def test_what_the_worker_raises_has_one_status_and_message_for_grade_and_check(tmp_path):
+    """The mapping of check and grade is the same; only a fault of the course names whose it is."""
+    record = ErrorRecord(kind=ErrorKind.RAISED, message="boom", type="ValueError")
+    outcomes = {}
+    for kind in ("grade", "check"):
+        session = GradingSession(tmp_path / "nb.ipynb", launcher=None, deadline=Deadline(10), kind=kind)
+        outcomes[kind] = [session.outcome(exc) for exc in (StudentTimeout("stopped"), StudentCodeError(record),
+                                                           GraderBug("bad probe"), KeyError("x"))]
+    assert outcomes["grade"][:2] == outcomes["check"][:2]
+    assert [status for status, _ in outcomes["grade"][:3]] == [Status.TIMEOUT, Status.ERROR, Status.ERROR]
+    assert outcomes["grade"][2][1].startswith("Internal grader error (not your fault")
+    assert outcomes["check"][2][1].startswith("Internal error of the checks (not your fault")
+    assert outcomes["grade"][3] is outcomes["check"][3] is None  # not the worker's side: the caller's to classify
 
 
 # -- markers -----------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from course.grading.runner import grade_notebook
+from course.grading.session import Deadline
 from course.worker.client import StudentCodeError, StudentTimeout, WorkerClient
 from course.worker.runtime.records import ErrorKind
 from tests.submissions.build import cell_by_id, load, source, with_edits
@@ -267,5 +268,19 @@ def test_a_result_too_large_for_the_workers_memory_is_an_error_and_the_worker_li
         assert "at most 1024 MB" in excinfo.value.record.message
         assert client.call("ok", "def ok(student):\n    return torch.ones(2)\n", {}, timeout=60).tolist() == [1.0, 1.0]
         assert client.starts == 1
+    finally:
+        client.close()
+
+
+def test_the_whole_submissions_budget_cuts_every_wait_for_the_worker_short():
+    """The client keeps to the submission's Deadline: a call given 60 s ends when the budget does."""
+    deadline = Deadline(60, whole=10)
+    client = WorkerClient(cells=[], support_files={}, deadline=deadline)
+    client.start()
+    try:
+        with pytest.raises(StudentTimeout) as excinfo:  # (while starting, on a very slow machine)
+            client.call("slow", "def slow(student):\n    import time\n    time.sleep(60)\n", {}, timeout=60)
+        assert time.monotonic() < deadline.ends + 5
+        assert "time budget for the whole submission ran out" in deadline.timeout_message(excinfo.value)
     finally:
         client.close()

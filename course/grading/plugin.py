@@ -1,12 +1,15 @@
 """The pytest plugin that turns a grader module's tests into scored results.
 
 It provides the `submission` fixture (the handle a test uses to run probes in the worker), checks and reads
-each test's markers, and classifies every outcome:
+each test's markers, and classifies every outcome as a Status (course/results.py):
 
     passed   the test body completed
     failed   a comparison failed (GradingFailure), or a bare assertion did
     error    student code raised, crashed the worker, is missing, or returned something unusable
-    timeout  student code ran past the per-test time limit
+    timeout  student code ran past the per-test time limit, or the whole submission's budget ran out
+
+What the worker's side raises (a timeout, the student's error, a fault of the course) is classified by the
+grading session (course/grading/session.py), as it is for `course check`; the time budgets are its Deadline.
 
 Markers (registered here, checked when the grader is collected; a bad marker names the test):
 
@@ -47,9 +50,9 @@ import pytest
 
 from course.grading import compare
 from course.grading.contracts import BadResult, check_result
-from course.grading.feedback import student_error_message
 from course.grading.interface import Class
-from course.results import TestResult
+from course.grading.session import Deadline, GradingSession, course_fault
+from course.results import Status, TestResult
 from course.worker.client import GraderBug, StudentCodeError, StudentTimeout
 from course.worker.runtime.records import ErrorKind, ErrorRecord
 
@@ -67,11 +70,12 @@ class Submission:
     not the time to (re)start the worker and load the notebook, so a restart never eats a test's budget.
     """
 
-    def __init__(self, client, timeout: float, device: str, load_problem: str | None,
-                 budget: tuple[float, float] | None = None, hung: dict[str, str] | None = None,
+    def __init__(self, client, timeout: float | None = None, device: str = "cpu", load_problem: str | None = None,
+                 deadline: Deadline | None = None, hung: dict[str, str] | None = None,
                  blocked: str | None = None, runs: tuple[str, ...] | None = None,
                  finished: set[str] | None = None, declarable: frozenset[str] = frozenset()):
-        """budget: (time.monotonic() deadline, seconds) for the whole submission, worker restarts included.
+        """deadline: the submission's time budgets (per test, and for the whole submission); without one, a
+        Deadline of `timeout` seconds per test and no budget for the whole submission (tests of the plugin).
         hung: the student's functions and classes that ran out of time in earlier tests -> that test (shared by
         the submission's tests: a function that hangs costs one timeout, not one per test).
         blocked: why this test must not call the student's code at all (code it runs, or a test it depends on,
@@ -80,17 +84,24 @@ class Submission:
         finished: the names that passing tests declared (shown to finish); declarable: the names a grader may
         declare (its INTERFACE and HELPERS)."""
         self._client = client
-        self._timeout = timeout
-        self._used = 0.0
+        self._time = (deadline or Deadline(timeout)).start_test()  # this test's time in the student's code
         self.device = device
         self._load_problem = load_problem
-        self._budget = budget
         self._hung = hung if hung is not None else {}
         self._blocked = blocked
         self._runs = runs
         self._finished = finished if finished is not None else set()
         self._declarable = declarable
         self.test_name = ""
+
+    @property
+    def _timeout(self) -> float:
+        """This test's time limit (tests/test_ranks.py shortens it)."""
+        return self._time.limit
+
+    @_timeout.setter
+    def _timeout(self, seconds: float) -> None:
+        self._time.limit = seconds
 
     def run(self, probe_function, **kwargs):
         """Run `probe_function` (a @probe) in the worker with these keyword arguments; returns its checked value."""
@@ -100,15 +111,12 @@ class Submission:
         target = next((v for k, v in kwargs.items() if k in ("name", "class_name") and isinstance(v, str)), None)
         if self._runs is None and target in self._hung:  # (a test that declares what it runs is blocked up front)
             raise StudentTimeout(f"not run again: `{target}` did not finish in time in {self._hung[target]}")
-        remaining = self._timeout - self._used
-        started = time.monotonic()
         try:
-            value = self._client.call(probe_function.__name__, source, kwargs, remaining)
+            with self._time.step(self._client) as seconds:
+                value = self._client.call(probe_function.__name__, source, kwargs, seconds)
         except StudentTimeout:
             self._record_hang(target)
             raise
-        finally:
-            self._used += time.monotonic() - started - self._client.last_overhead
         try:
             return check_result(probe_function.probe_returns, value, kwargs)
         except BadResult as exc:
@@ -126,15 +134,12 @@ class Submission:
         source = _probe_source(probe_function, kwargs_list[0])
         self._check_declared(source, kwargs)
         self._check_may_run()
-        remaining = self._timeout - self._used
-        started = time.monotonic()
         try:
-            values = self._client.call_ranks(probe_function.__name__, source, kwargs_list, remaining)
+            with self._time.step(self._client) as seconds:
+                values = self._client.call_ranks(probe_function.__name__, source, kwargs_list, seconds)
         except StudentTimeout:
             self._record_hang(None)
             raise
-        finally:
-            self._used += time.monotonic() - started - self._client.last_overhead
         try:
             return [check_result(probe_function.probe_returns, value, kwargs) for value in values]
         except BadResult as exc:
@@ -176,28 +181,19 @@ class Submission:
             raise self._client.fatal
         if self._blocked:
             raise StudentTimeout(self._blocked)
-        if self._timeout - self._used <= 0:
-            raise StudentTimeout(f"the {self._timeout:g} s time limit for this test was used up before this step")
-        if self._budget is not None and time.monotonic() >= self._budget[0]:
-            raise StudentTimeout(f"the {self._budget[1]:g} s time budget for the whole submission ran out before "
-                                 "this test")
-
-    def cell_errors(self):
-        report = self._client.load_report if self._client is not None else None
-        return report.cell_errors if report else []
+        self._time.check()  # this test's time, and the whole submission's
 
 
 class GradingPlugin:
-    def __init__(self, client, device: str, timeout: float, load_problem: str | None = None,
-                 demo_definitions: dict[str, str] | None = None, budget: tuple[float, float] | None = None):
-        """demo_definitions: names that only demo cells define -> the cell ("cell 7"), for NameError messages.
-        budget: (time.monotonic() deadline, seconds) for all the tests of the submission."""
-        self.client = client
-        self.budget = budget
+    def __init__(self, session: GradingSession | None, device: str, timeout: float = 30.0):
+        """session: the submission's grading session (its worker client, notebook, deadline and the classification
+        of what the worker raises); None for a plugin that only collects the grader's tests and markers (then
+        `timeout` is the per-test limit, should its tests run)."""
+        self.session = session
+        self.client = session.client if session is not None else None
+        self.deadline = session.deadline if session is not None else Deadline(timeout)
         self.device = device
-        self.timeout = timeout
-        self.load_problem = load_problem
-        self.demo_definitions = demo_definitions or {}
+        self.load_problem = session.load_problem if session is not None else None
         self.points: dict[str, float] = {}
         self.depends_on: dict[str, list[str]] = {}
         self.runs: dict[str, tuple[str, ...]] = {}  # each test of a grader with an INTERFACE -> what it runs
@@ -279,10 +275,11 @@ class GradingPlugin:
             blocked = self._hung_code(self.runs[item.nodeid])
         else:  # a grader without declarations: blocked when a test it depends on timed out
             hung = [name for name in self.depends_on.get(item.nodeid, [])
-                    if getattr(self.results.get(f"{module}::{name}"), "status", None) == "timeout"]
+                    if getattr(self.results.get(f"{module}::{name}"), "status", None) == Status.TIMEOUT]
             blocked = f"not run: {hung[0]}, whose code this test uses, did not finish in time" if hung else None
-        self.current = Submission(self.client, self.timeout, self.device, self.load_problem, self.budget,
-                                  hung=self.hung, blocked=blocked, runs=self.runs.get(item.nodeid),
+        self.current = Submission(self.client, device=self.device, load_problem=self.load_problem,
+                                  deadline=self.deadline, hung=self.hung, blocked=blocked,
+                                  runs=self.runs.get(item.nodeid),
                                   finished=self.finished, declarable=self.declarable.get(item.nodeid, frozenset()))
         self.current.test_name = item.name
         if blocked:
@@ -316,17 +313,12 @@ class GradingPlugin:
             if isinstance(exc, StudentCodeError):
                 self.errors[item.nodeid] = exc.record
             self.own_messages[item.nodeid] = message
-            if status == "passed":
+            if status == Status.PASSED:
                 self.finished.update(self.runs.get(item.nodeid, ()))
             else:
                 message = self._first_fix(item, message) + message
-            points = self.points.get(item.nodeid, 0.0)
-            self.results[item.nodeid] = TestResult(
-                name=item.name,
-                status=status,
-                score=points if status == "passed" else 0.0,
-                max_score=points,
-                message=message,
+            self.results[item.nodeid] = TestResult.scored(
+                item.name, status, self.points.get(item.nodeid, 0.0), message,
                 duration=time.monotonic() - self.started.get(item.nodeid, time.monotonic()),
                 description=_describe(item),
             )
@@ -345,7 +337,7 @@ class GradingPlugin:
         for name in self.depends_on.get(item.nodeid, []):
             nodeid = f"{module}::{name}"
             result = self.results.get(nodeid)
-            if result is None or result.status == "passed" or self.own_messages.get(nodeid) == message:
+            if result is None or result.status == Status.PASSED or self.own_messages.get(nodeid) == message:
                 continue
             theirs = self.errors.get(nodeid)
             if unimplemented_here and (theirs is None or theirs.cell != own.cell):
@@ -356,28 +348,21 @@ class GradingPlugin:
         names = " and ".join(f"{r.name} ({r.description.rstrip('.')})" for r in failing)
         return f"Fix {names} first: this test uses that code, which fails its own test. "
 
-    def _classify(self, call, report) -> tuple[str, str]:
+    def _classify(self, call, report) -> tuple[Status, str]:
         if report.outcome == "passed" and call.excinfo is None:
-            return "passed", ""
+            return Status.PASSED, ""
         exc = call.excinfo.value if call.excinfo is not None else None
         if isinstance(exc, compare.GradingFailure):
-            return "failed", str(exc)
-        if isinstance(exc, StudentTimeout):
-            if self.budget is not None and time.monotonic() >= self.budget[0] and "whole submission" not in str(exc):
-                return "timeout", (f"Your code did not finish in time: the {self.budget[1]:g} s time budget for the "
-                                   f"whole submission ran out ({exc}).")
-            return "timeout", f"Your code did not finish in time: {exc}"
-        if isinstance(exc, StudentCodeError):
-            return "error", student_error_message(exc.record, hint=exc.hint, demo_definitions=self.demo_definitions,
-                                                  cell_errors=self.current.cell_errors() if self.current else [])
-        if isinstance(exc, GraderBug):
-            return "error", f"Internal grader error (not your fault; please report it): {exc}"
+            return Status.FAILED, str(exc)
+        found = self.session.outcome(exc) if self.session is not None else None  # what the worker's side raised
+        if found is not None:
+            return found
         if isinstance(exc, AssertionError):
-            return "failed", "A check failed."
+            return Status.FAILED, "A check failed."
         if call.excinfo is not None and call.excinfo.typename in ("Skipped", "XFailed"):
-            return "error", "No result: the test was skipped, which never counts as a pass."
+            return Status.ERROR, "No result: the test was skipped, which never counts as a pass."
         name = call.excinfo.typename if call.excinfo is not None else "unknown"
-        return "error", f"Internal grader error (not your fault; please report it): {name}"
+        return Status.ERROR, course_fault(name)
 
 
 def _probe_source(probe_function, kwargs: dict) -> str:

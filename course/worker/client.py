@@ -12,11 +12,15 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from course.worker.launchers import DirectLauncher, Launcher, WorkerProcess, WorkerSpec
 from course.worker.runtime import protocol
 from course.worker.runtime.records import ErrorKind, ErrorRecord
 from course.worker.sandbox import SandboxPlan, visible_paths
+
+if TYPE_CHECKING:
+    from course.grading.session import Deadline
 
 # The largest reply accepted from the worker: outputs of tiny models are a few kB.
 MAX_REPLY_BYTES = 64 * 1024 * 1024
@@ -58,9 +62,11 @@ class WorkerClient:
     def __init__(self, cells: list[dict], support_files: dict[str, Path] | None = None, device: str = "cpu",
                  threads: int = 1, startup_timeout: float = 120.0, load_timeout: float = 30.0,
                  tiktoken_files: dict[str, Path] | None = None, sandbox: SandboxPlan | None = None,
-                 launcher: Launcher | None = None):
+                 launcher: Launcher | None = None, deadline: Deadline | None = None):
         """
         cells: [{"label", "source"}] to execute, in order, as the submission module.
+        deadline: the submission's time budgets, which every wait for the worker keeps to (Deadline.bound); None:
+            each wait lasts as long as it is given.
         launcher: how workers are started (shared by the submissions of a batch); by default a DirectLauncher of
             its own, made from the other arguments:
         support_files: relative path inside the support folder -> file to copy there (e.g. reference/text_data.py).
@@ -74,7 +80,7 @@ class WorkerClient:
             sandbox=sandbox or SandboxPlan(isolation="process", note=""), startup_timeout=startup_timeout))
         self.cells = cells
         self.load_timeout = load_timeout
-        self.deadline: float | None = None  # time.monotonic() by which everything must end (the submission's budget)
+        self.deadline = deadline
         self.last_overhead = 0.0  # seconds the last call() spent (re)starting the worker and loading the submission
         self.worker: WorkerProcess | None = None
         self.load_report: LoadReport | None = None
@@ -177,7 +183,7 @@ class WorkerClient:
 
     def _bounded(self, seconds: float) -> float:
         """`seconds`, or less when the submission's time budget (`deadline`) ends sooner."""
-        return seconds if self.deadline is None else max(0.0, min(seconds, self.deadline - time.monotonic()))
+        return seconds if self.deadline is None else self.deadline.bound(seconds)
 
     def _next_id(self) -> int:
         self.request_id += 1
@@ -189,11 +195,10 @@ class WorkerClient:
         error in rank order. The extra workers come from the same launcher (one sandbox, one loopback network)
         and end when this returns."""
         started = time.monotonic()
-        ranks = [WorkerClient(self.cells, load_timeout=self.load_timeout, launcher=self.launcher)
-                 for _ in kwargs_list]
+        ranks = [WorkerClient(self.cells, load_timeout=self.load_timeout, launcher=self.launcher,
+                              deadline=self.deadline) for _ in kwargs_list]
         try:
             for rank in ranks:
-                rank.deadline = self.deadline
                 rank.start()
             for rank in ranks:
                 rank.load()
