@@ -411,11 +411,21 @@ def cmd_validate(args) -> int:
         print(f"{assignment.id}: {len(assignment.tests)} public checks, {assignment.points} points")
         print("course.yml of this student repository is valid")
         return 0
+    from course.config import probe_import_problems
+    from course.errors import ConfigError
     from course.grading.runner import collect_points
 
+    problems = []
     for assignment in course.assignments:
         points = collect_points(course, assignment)
-        print(f"{assignment.id}: {len(points)} tests, {sum(points.values()):g} points")
+        support = ", ".join(module.removeprefix("reference.") for module in assignment.support) or "nothing"
+        data = ", ".join(assignment.data or ()) or "none"
+        print(f"{assignment.id}: {len(points)} tests, {sum(points.values()):g} points; may import {support} "
+              f"from reference/; data: {data}")
+        problems.extend(probe_import_problems(course, assignment))
+    if problems:
+        raise ConfigError(f"{course.root / 'course.yml'}: {len(problems)} problem(s):\n" +
+                          "\n".join(f"  {problem}" for problem in problems))
     print("course.yml is valid")
     return 0
 

@@ -1,7 +1,19 @@
 """course.yml: what the course contains, loaded through a schema.
 
-course.yml is the one place that says which assignments exist, their notebooks, graders, points, per-test
-timeouts, the reference module each one is graded against and the support modules its students may import.
+course.yml is the one place that says which assignments exist, their titles, points, the reference module each
+one is graded against, and whatever differs from the defaults. What follows from an assignment's id is not
+written there: its notebook is `<id>.ipynb` (in solutions/<id>/ and assignments/<id>/), its grader
+`graders/<id>.py`, its per-test timeout 30 seconds; an explicit value still wins. What follows from the files is
+computed when the course is loaded:
+
+- `support`, the reference modules its students may import (the worker holds these and no others; a student
+  repository ships them): every module of the reference package that the solution notebook's code cells and the
+  public checks (checks/__init__.py, checks/<id>.py) import, and, transitively, that those modules import,
+  wherever the import statement is (a function body included). The graded module must not be among them.
+- `data`, the files of data/ the notebook reads (a student repository gets a copy beside the notebook; in the
+  course the notebooks read data/ itself): those whose file name the notebook's code spells out as a string,
+  e.g. "sms_spam_sample.tsv". An explicit `data: [corpus/the-lamplighters-apprentice.txt]` wins.
+
 Every problem is reported as a ConfigError that names the file and the key.
 
 A student repository (written by `course release ID --out DIR`) marks itself with a small course.yml of its
@@ -12,12 +24,15 @@ notebook, the support modules, the hidden tests' names and points) and nothing a
 
 from __future__ import annotations
 
+import ast
+import functools
+import json
 import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from course.errors import ConfigError, UsageError
 
@@ -66,10 +81,15 @@ class Assignment(BaseModel):
 
     id: str = Field(pattern=r"^[a-z0-9_]+$")
     title: str
-    notebook: str = Field(description="file name of the notebook in solutions/<id>/ and assignments/<id>/")
-    grader: str = Field(description="path of the grader module, relative to the course root")
+    notebook: str = Field(description="file name of the notebook in solutions/<id>/ and assignments/<id>/ "
+                                      "(default: <id>.ipynb)")
+    grader: str = Field(description="path of the grader module, relative to the course root (default: "
+                                    "graders/<id>.py)")
     reference: str = Field(description="dotted name of the chapter's reference module (never shown to students)")
-    support: list[str] = Field(default_factory=list, description="reference modules students may import")
+    support: list[str] = Field(default_factory=list, description="reference modules students may import: never "
+                               "written in course.yml, computed from the imports when the course is loaded")
+    data: list[str] | None = Field(default=None, description="files of data/ that the notebook reads, relative to "
+                                   "data/ (default: computed when the course is loaded)")
     points: int = Field(gt=0)
     timeout: float = Field(default=30.0, gt=0, description="seconds each grader test may spend in student code")
     submission_timeout: float = Field(default=300.0, gt=0, description="seconds of wall time for all the tests of "
@@ -80,6 +100,20 @@ class Assignment(BaseModel):
                                            "e.g. 2026-10-14T23:59:00+02:00 (course/gradebook/late.py)")
     late: LatePolicy | None = Field(default=None, description="this assignment's late policy (default: the "
                                                               "course's `late`)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_from_the_id(cls, data):
+        """notebook and grader follow from the id unless course.yml gives them."""
+        if isinstance(data, dict) and isinstance(data.get("id"), str):
+            data = {"notebook": f"{data['id']}.ipynb", "grader": f"graders/{data['id']}.py", **data}
+        return data
+
+    @field_validator("support", mode="before")
+    @classmethod
+    def _support_is_computed(cls, value):
+        raise ValueError("not written in course.yml: the support modules are computed from what the solution "
+                         "notebook and the public checks import (remove the key)")
 
 
 class SandboxConfig(BaseModel):
@@ -184,6 +218,15 @@ class Course:
         """File of a reference module named in course.yml, e.g. reference.text_data -> reference/text_data.py."""
         return self.root.joinpath(*dotted.split(".")).with_suffix(".py")
 
+    def checks_paths(self, assignment: Assignment) -> list[Path]:
+        """The public checks of an assignment: the package's __init__.py and checks/<id>.py."""
+        return [self.root / "checks" / "__init__.py", self.root / "checks" / f"{assignment.id}.py"]
+
+    def data_files(self, assignment: Assignment) -> list[Path]:
+        """The files of data/ that the assignment's notebook reads (a student repository gets each beside its
+        notebook, under its own name)."""
+        return [self.root / "data" / name for name in assignment.data or ()]
+
 
 class StudentRepository:
     """A loaded student repository: its one assignment, its notebook, public checks and support modules."""
@@ -260,7 +303,7 @@ def load_config(root: Path | None = None) -> Course | StudentRepository:
         raise ConfigError(_describe_validation_error(path, raw, exc)) from None
     course = Course(root, config)
     _check_files(path, course)
-    return course
+    return _with_computed_parts(path, course)
 
 
 def load_course(root: Path | None = None) -> Course:
@@ -312,7 +355,7 @@ def _format_key(raw: dict, loc: tuple) -> str:
 
 
 def _check_files(path: Path, course: Course) -> None:
-    """Every file course.yml points to must exist; ids must be unique; support never includes the graded module."""
+    """Every file course.yml points to must exist (the public checks too); ids must be unique."""
     problems: list[str] = []
     seen: set[str] = set()
     for index, assignment in enumerate(course.config.assignments):
@@ -332,15 +375,18 @@ def _check_files(path: Path, course: Course) -> None:
                             f"graders/{assignment.id}.py")
         elif not course.grader_path(assignment).is_file():
             problems.append(f"  {where}.grader: {assignment.grader} does not exist")
-        for key, modules in (("reference", [assignment.reference]), ("support", assignment.support)):
-            for module in modules:
-                if not _REFERENCE_MODULE.fullmatch(module):
-                    problems.append(f"  {where}.{key}: {module!r} is not a module of the reference package")
-                elif not course.module_path(module).is_file():
-                    missing = course.module_path(module).relative_to(course.root)
-                    problems.append(f"  {where}.{key}: {missing} does not exist")
-        if assignment.reference in assignment.support:
-            problems.append(f"  {where}.support: must not include the graded module {assignment.reference}")
+        if not _REFERENCE_MODULE.fullmatch(assignment.reference):
+            problems.append(f"  {where}.reference: {assignment.reference!r} is not a module of the reference package")
+        elif not course.module_path(assignment.reference).is_file():
+            missing = course.module_path(assignment.reference).relative_to(course.root)
+            problems.append(f"  {where}.reference: {missing} does not exist")
+        checks = course.checks_paths(assignment)[-1]
+        if not checks.is_file():
+            problems.append(f"  {where}.id: the public checks {checks.relative_to(course.root)} do not exist")
+        for name in assignment.data or ():
+            file = course.root / "data" / name
+            if Path(name).is_absolute() or ".." in Path(name).parts or not file.is_file():
+                problems.append(f"  {where}.data: {name!r} is not a file of data/")
     if problems:
         raise ConfigError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(problems))
 
@@ -367,3 +413,206 @@ def _check_student_files(path: Path, repository: StudentRepository) -> None:
                         "points in all")
     if problems:
         raise ConfigError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(problems))
+
+
+# -- what follows from the files: the support modules and the data files ------------------------------------------
+
+def _with_computed_parts(path: Path, course: Course) -> Course:
+    """The course with each assignment's `support` computed and its `data` computed unless course.yml gives it."""
+    problems: list[str] = []
+    data_names = _data_files_by_name(course.root / "data")
+    assignments = []
+    for index, assignment in enumerate(course.config.assignments):
+        where = f"assignments[{index}] ({assignment.id})"
+        notebook = course.solution_notebook(assignment)
+        label = _relative(course, notebook)
+        starts: dict[str, frozenset[str]] = {}  # who imports -> the reference modules it imports
+        constants: set[str] = set()  # the strings the notebook's code spells out
+        try:
+            for cell, source in _notebook_code(notebook):
+                imports, strings = _scan(source)
+                starts[f"{label} ({cell})"] = imports
+                constants |= strings
+        except (ValueError, SyntaxError) as exc:
+            problems.append(f"  {where}.notebook: {label}: {exc}")
+            assignments.append(assignment)
+            continue
+        for checks in course.checks_paths(assignment):
+            try:
+                starts[_relative(course, checks)] = _scan(checks.read_text(encoding="utf-8"))[0]
+            except (OSError, UnicodeDecodeError, SyntaxError) as exc:
+                problems.append(f"  {where}.id: {_relative(course, checks)} cannot be read: {exc}")
+        importers, missing = _import_closure(course, starts)
+        problems.extend(f"  {where}.notebook: {line}" for line in missing)
+        if assignment.reference in importers:
+            problems.append(f"  {where}.reference: {assignment.reference} is the graded module, which the student's "
+                            f"code must never import, but {_import_chain(importers, assignment.reference)}")
+        data = assignment.data
+        if data is None:
+            named = sorted(name for name in data_names if name in constants)
+            for name in (n for n in named if len(data_names[n]) > 1):
+                problems.append(f"  {where}.data: {label} names {name}, which data/ holds {len(data_names[name])} "
+                                f"times ({', '.join(data_names[name])}): list the one it reads under `data`")
+            data = [data_names[name][0] for name in named]
+        assignments.append(assignment.model_copy(update={"support": sorted(importers), "data": data}))
+    if problems:
+        raise ConfigError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(problems))
+    return Course(course.root, course.config.model_copy(update={"assignments": assignments}))
+
+
+def _relative(course: Course, path: Path) -> str:
+    return str(path.relative_to(course.root))
+
+
+def _notebook_code(path: Path) -> list[tuple[str, str]]:
+    """(label, Python source) of each code cell of a notebook; IPython's magics and shell lines become `pass`."""
+    try:
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"not a readable notebook ({exc})") from None
+    code = []
+    for number, cell in enumerate(cells, start=1):
+        if not isinstance(cell, dict) or cell.get("cell_type") != "code":
+            continue
+        source = cell.get("source", "")
+        source = "".join(source) if isinstance(source, list) else str(source)
+        if source.lstrip().startswith("%%"):
+            continue  # a cell magic (%%bash, %%time, ...): not Python the course can read
+        lines = [re.sub(r"^(\s*)[%!].*$", r"\1pass", line) for line in source.splitlines()]
+        code.append((f"cell {number}", "\n".join(lines)))
+    return code
+
+
+@functools.lru_cache(maxsize=512)
+def _scan(source: str, package: str = "") -> tuple[frozenset[str], frozenset[str]]:
+    """The reference modules that Python `source` imports anywhere (a function's body included), and the strings
+    it spells out. `package`: the package of a module of the reference package, for its relative imports."""
+    tree = ast.parse(source)
+    return _imports_in(tree, package), frozenset(node.value for node in ast.walk(tree)
+                                                 if isinstance(node, ast.Constant) and isinstance(node.value, str))
+
+
+# `from P import name` names P.name, which is a module of its own or something P defines: marked with this prefix,
+# it counts only where its file exists.
+_MAYBE = "?"
+
+
+def _imports_in(tree: ast.AST, package: str = "") -> frozenset[str]:
+    """`import reference.gpt`, `from reference.gpt import X` give reference.gpt; `from reference import gpt` gives
+    ?reference.gpt (a module, or a name that reference/__init__.py defines)."""
+    modules = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: only inside the reference package
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 and package else package
+                module = f"{base}.{node.module}" if base and node.module else base or ""
+            else:
+                module = node.module or ""
+            modules.add(module)
+            modules |= {f"{_MAYBE}{module}.{alias.name}" for alias in node.names if alias.name != "*"}
+    return frozenset(m for m in modules if _REFERENCE_MODULE.fullmatch(m.removeprefix(_MAYBE)))
+
+
+def _import_closure(course: Course, starts: dict[str, frozenset[str]]) -> tuple[dict[str, str], list[str]]:
+    """The reference modules that `starts` (who -> what it imports) reach, each with who imports it first (a label
+    of `starts`, or a module), and the problems: a module that does not exist, one that does not parse."""
+    importers: dict[str, str] = {}
+    problems: list[str] = []
+    todo = [(module, who) for who, modules in starts.items() for module in sorted(modules)]
+    while todo:
+        module, who = todo.pop(0)
+        maybe = module.startswith(_MAYBE)
+        module = module.removeprefix(_MAYBE)
+        if module in importers:
+            continue
+        file = course.module_path(module)
+        if not file.is_file():
+            if not maybe:
+                problems.append(f"{who} imports {module}, but {_relative(course, file)} does not exist")
+            continue
+        importers[module] = who
+        try:
+            imports = _scan(file.read_text(encoding="utf-8"), module.rpartition(".")[0])[0]
+        except (OSError, UnicodeDecodeError, SyntaxError) as exc:
+            problems.append(f"{_relative(course, file)} cannot be read: {exc}")
+            continue
+        todo.extend((imported, module) for imported in sorted(imports))
+    return importers, problems
+
+
+def _import_chain(importers: dict[str, str], module: str) -> str:
+    """'solutions/x/x.ipynb (cell 3) imports it through reference.b, which imports reference.a, which imports it'"""
+    chain = []
+    who = importers[module]
+    while who in importers:
+        chain.append(who)
+        who = importers[who]
+    if not chain:
+        return f"{who} imports it"
+    return f"{who} imports it through " + ", which imports ".join(reversed(chain))
+
+
+def _data_files_by_name(folder: Path) -> dict[str, list[str]]:
+    """The files of data/ by file name (READMEs and dot files aside): name -> paths relative to data/."""
+    names: dict[str, list[str]] = {}
+    if folder.is_dir():
+        for file in sorted(folder.rglob("*")):
+            if file.is_file() and file.name != "README.md" and not file.name.startswith("."):
+                names.setdefault(file.name, []).append(file.relative_to(folder).as_posix())
+    return names
+
+
+def probe_import_problems(course: Course, assignment: Assignment) -> list[str]:
+    """The grader's probes that import a reference module the worker does not hold (one line each, naming the grader
+    and the probe). A probe runs in the worker beside the student's code, where only `support` can be imported.
+
+    The probes are the functions decorated with @probe in the grader and in the graders it imports from (read, not
+    imported). `course validate` and the tests run this; loading the course does not (it reads no grader)."""
+    allowed = set(assignment.support)
+    problems = []
+    for grader in _graders_imported(course, course.grader_path(assignment)):
+        try:
+            tree = ast.parse(grader.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, SyntaxError) as exc:
+            problems.append(f"{_relative(course, grader)} cannot be read: {exc}")
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and any(map(_is_probe, node.decorator_list)):
+                for module in sorted({m.removeprefix(_MAYBE) for m in _imports_in(node)} - allowed):
+                    if course.module_path(module).is_file():
+                        problems.append(
+                            f"{_relative(course, grader)}: probe {node.name} imports {module}, which the worker of "
+                            f"{assignment.id} does not hold (its support modules are what "
+                            f"{_relative(course, course.solution_notebook(assignment))} and checks/{assignment.id}.py "
+                            f"import: {', '.join(sorted(allowed)) or 'none'})")
+    return problems
+
+
+def _is_probe(decorator: ast.expr) -> bool:
+    """@probe, @probe(returns=...), @grading.probe"""
+    target = decorator.func if isinstance(decorator, ast.Call) else decorator
+    return (isinstance(target, ast.Name) and target.id == "probe") or (
+        isinstance(target, ast.Attribute) and target.attr == "probe")
+
+
+def _graders_imported(course: Course, grader: Path) -> list[Path]:
+    """The grader and, transitively, the modules of graders/ it imports (e.g. appendix D's, chapter 5's helpers)."""
+    found: list[Path] = []
+    todo = [grader]
+    while todo:
+        file = todo.pop(0)
+        if file in found or not file.is_file():
+            continue
+        found.append(file)
+        try:
+            tree = ast.parse(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, SyntaxError):
+            continue  # reported by the caller
+        for node in ast.walk(tree):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            todo.extend(course.root.joinpath(*name.split(".")).with_suffix(".py") for name in names
+                        if name.startswith("graders."))
+    return found

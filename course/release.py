@@ -1,7 +1,9 @@
 """Generating the student release (assignments/) from the solution notebooks (solutions/) with nbgrader.
 
 assignments/ is never edited by hand: `course release` regenerates it, and `course release --check` (run by
-the tests) fails when the committed copy differs from what nbgrader would generate now.
+the tests) fails when the committed copy differs from what nbgrader would generate now. The data files an
+assignment's notebook reads (course.yml's `data`, computed from the notebook) have one source, data/: the
+release gets a copy of each beside the notebook, for students who have only the release.
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ def generate(course: Course, assignment_ids: list[str], root: Path | None = None
                 f"--CourseDirectory.db_url=sqlite:///{scratch}/gradebook.db",
             ]
             done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
-            if done.returncode != 0 or not (root / "assignments" / assignment_id).is_dir():
+            release = root / "assignments" / assignment_id
+            if done.returncode != 0 or not release.is_dir():
                 raise CourseError(f"nbgrader generate_assignment {assignment_id} failed:\n{done.stdout}{done.stderr}")
+            for data in course.data_files(course.assignment(assignment_id)):
+                shutil.copyfile(data, release / data.name)
 
 
 def stale_files(course: Course, assignment_ids: list[str]) -> list[str]:

@@ -80,7 +80,7 @@ def test_bad_command_lines_exit_2_with_a_message(args, expected):
 def test_configuration_error_exits_3_and_names_the_key(tmp_path):
     root = tmp_path / "course"
     root.mkdir()
-    for folder in ("solutions", "graders", "reference"):
+    for folder in ("solutions", "graders", "reference", "checks", "data"):
         (root / folder).symlink_to(REPO / folder)
     text = (REPO / "course.yml").read_text(encoding="utf-8").replace("points: 16", "points: 15", 1)
     (root / "course.yml").write_text(text, encoding="utf-8")
@@ -97,6 +97,35 @@ def test_validate_reports_tests_and_points():
     assert "ch02_text_data:" in done.stdout
     assert "ch03_attention:" in done.stdout
     assert "16 points" in done.stdout
+    # What course.yml no longer says, computed: the modules the student's code may import, the data files.
+    assert "ch03_attention: 12 tests, 16 points; may import nothing from reference/; data: none" in done.stdout
+    assert ("ch05_pretraining: 12 tests, 20 points; may import attention, gpt, text_data, tiktoken_offline from "
+            "reference/; data: corpus/the-lamplighters-apprentice.txt") in done.stdout
+    assert done.stdout.endswith("course.yml is valid\n")
+
+
+def test_validate_finds_a_probe_that_imports_what_the_worker_does_not_hold(tmp_path):
+    root = tmp_path / "course"
+    root.mkdir()
+    for folder in ("solutions", "reference", "checks", "data", "course"):
+        (root / folder).symlink_to(REPO / folder)
+    (root / "graders").mkdir()
+    for grader in (REPO / "graders").iterdir():
+        (root / "graders" / grader.name).symlink_to(grader)
+    (root / "graders" / "ch03_attention.py").unlink()
+    (root / "graders" / "ch03_attention.py").write_text(
+        (REPO / "graders" / "ch03_attention.py").read_text(encoding="utf-8")
+        + "\nfrom course.grading import probe  # noqa: E402\n\n\n@probe\ndef peek(student):\n"
+          "    from reference.gpt import GPTModel\n    return GPTModel\n", encoding="utf-8")
+    text = (REPO / "course.yml").read_text(encoding="utf-8")
+    entry = text[text.index("  - id: ch03_attention"):text.index("  - id: ch04_gpt")]
+    (root / "course.yml").write_text(text[:text.index("  - id: ")] + entry, encoding="utf-8")
+    done = run_cli("validate", cwd=root)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "ch03_attention: 12 tests, 16 points" in done.stdout
+    assert f"{root / 'course.yml'}: 1 problem(s)" in done.stderr
+    assert ("graders/ch03_attention.py: probe peek imports reference.gpt, which the worker of ch03_attention does "
+            "not hold") in done.stderr
 
 
 def test_release_is_up_to_date_with_solutions():

@@ -34,7 +34,7 @@ def test_repository_course_loads(course):
     assert course.title == "Build a Large Language Model (From Scratch)"
     ch03 = course.assignment("ch03_attention")
     assert ch03.reference == "reference.attention"
-    assert ch03.support == ["reference.tiktoken_offline", "reference.text_data"]
+    assert ch03.support == []  # its notebook and checks import nothing from reference/
     assert ch03.points == 16
     assert ch03.timeout == 30
 
@@ -69,10 +69,11 @@ def test_explicit_root_never_falls_back_to_an_enclosing_course():
 
 
 def make_root(tmp_path: Path, config=None, text: str | None = None) -> Path:
-    """A course root in tmp_path: REPO's solutions/, graders/ and reference/ linked in, and the given course.yml."""
+    """A course root in tmp_path: REPO's solutions/, graders/, reference/, checks/ and data/ linked in, and the given
+    course.yml."""
     root = tmp_path / "course"
     root.mkdir()
-    for name in ("solutions", "graders", "reference"):
+    for name in ("solutions", "graders", "reference", "checks", "data"):
         (root / name).symlink_to(REPO / name, target_is_directory=True)
     if text is None:
         text = yaml.safe_dump(config, sort_keys=False)
@@ -107,11 +108,11 @@ def test_unknown_top_level_key(tmp_path):
 
 def test_unknown_key_in_an_assignment(tmp_path):
     def typo(config):
-        config["assignments"][CH03]["grder"] = config["assignments"][CH03].pop("grader")
+        config["assignments"][CH03]["refrence"] = config["assignments"][CH03].pop("reference")
 
     message = config_error(make_root(tmp_path, modified(typo)))
-    assert f"assignments[{CH03}] (ch03_attention).grder: unknown key" in message
-    assert f"assignments[{CH03}] (ch03_attention).grader: required key is missing" in message
+    assert f"assignments[{CH03}] (ch03_attention).refrence: unknown key" in message
+    assert f"assignments[{CH03}] (ch03_attention).reference: required key is missing" in message
 
 
 def test_missing_points(tmp_path):
@@ -132,10 +133,10 @@ def test_missing_title(tmp_path):
         (lambda c: c.update(device="gpu"), "device", "'gpu'"),
         (lambda c: c["assignments"][0].update(points="many"), "assignments[0] (ch02_text_data).points", "'many'"),
         (lambda c: c["assignments"][0].update(id="Ch02 Text"), "assignments[0] (Ch02 Text).id", "'Ch02 Text'"),
-        (lambda c: c["assignments"][CH03].update(support="reference.text_data"),
-         f"assignments[{CH03}] (ch03_attention).support", "'reference.text_data'"),
+        (lambda c: c["assignments"][0].update(data="sms_spam_sample.tsv"), "assignments[0] (ch02_text_data).data",
+         "'sms_spam_sample.tsv'"),
     ],
-    ids=["negative-points", "zero-timeout", "unknown-device", "points-not-a-number", "bad-id", "support-not-a-list"],
+    ids=["negative-points", "zero-timeout", "unknown-device", "points-not-a-number", "bad-id", "data-not-a-list"],
 )
 def test_wrong_type_or_value(tmp_path, change, key, value):
     message = config_error(make_root(tmp_path, modified(change)))
@@ -168,43 +169,11 @@ def test_reference_module_that_does_not_exist(tmp_path):
     assert f"assignments[{CH03}] (ch03_attention).reference: reference/atention.py does not exist" in message
 
 
-def test_support_module_that_does_not_exist(tmp_path):
-    message = config_error(
-        make_root(tmp_path, modified(lambda c: c["assignments"][0]["support"].append("reference.no_such_chapter")))
-    )
-    assert "assignments[0] (ch02_text_data).support: reference/no_such_chapter.py does not exist" in message
-
-
-@pytest.mark.parametrize(
-    "module",
-    [
-        "graders.ch02_text_data",  # exists, but is a hidden grader
-        "reference",  # the package itself
-        "referenceX.text_data",
-        f"reference.{REPO / 'graders' / 'ch02_text_data'}",  # an absolute path, to a file that exists
-        "reference./etc/hostname",  # an absolute path, to a file that does not exist (once a ValueError)
-        "reference.text_data.",
-        "reference.text-data",
-    ],
-)
-def test_support_module_outside_the_reference_package(tmp_path, module):
-    message = config_error(make_root(tmp_path, modified(lambda c: c["assignments"][0]["support"].append(module))))
-    assert f"assignments[0] (ch02_text_data).support: {module!r} is not a module of the reference package" in message
-
-
 def test_reference_module_outside_the_reference_package(tmp_path):
     message = config_error(
         make_root(tmp_path, modified(lambda c: c["assignments"][0].update(reference="graders.ch02_text_data")))
     )
     assert "assignments[0] (ch02_text_data).reference: 'graders.ch02_text_data' is not a module" in message
-
-
-def test_support_must_not_include_the_graded_module(tmp_path):
-    message = config_error(
-        make_root(tmp_path, modified(lambda c: c["assignments"][CH03]["support"].append("reference.attention")))
-    )
-    assert (f"assignments[{CH03}] (ch03_attention).support: must not include the graded module "
-            "reference.attention") in message
 
 
 def test_duplicate_assignment_ids(tmp_path):
@@ -266,8 +235,7 @@ def test_no_course_yml_anywhere(tmp_path):
 
 @pytest.mark.parametrize("grader", ["/etc/hostname", "../graders/ch02_text_data.py", "reference/attention.py"])
 def test_grader_must_live_in_graders(tmp_path, grader):
-    text = (REPO / "course.yml").read_text(encoding="utf-8").replace("graders/ch02_text_data.py", grader, 1)
-    root = make_root(tmp_path, text=text)
+    root = make_root(tmp_path, modified(lambda c: c["assignments"][0].update(grader=grader)))
     expected = r"assignments\[0\] \(ch02_text_data\)\.grader: .* must be a path inside graders/"
     with pytest.raises(ConfigError, match=expected):
         load_course(root)
@@ -286,3 +254,41 @@ def test_sandbox_settings_are_checked(tmp_path):
 def test_sandbox_defaults(course):
     sandbox = course.config.sandbox
     assert (sandbox.isolation, sandbox.memory_mb, sandbox.cpu_seconds, sandbox.file_mb) == ("auto", 4096, 600, 64)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What follows from the id: an entry holds only what differs
+
+
+def test_notebook_grader_and_timeout_follow_from_the_id(tmp_path):
+    minimal = {"title": "A course", "assignments": [{"id": "ch03_attention", "title": "Attention",
+                                                     "reference": "reference.attention", "points": 16}]}
+    course = load_course(make_root(tmp_path, minimal))
+    ch03 = course.assignment("ch03_attention")
+    assert (ch03.notebook, ch03.grader, ch03.timeout) == ("ch03_attention.ipynb", "graders/ch03_attention.py", 30)
+    assert course.solution_notebook(ch03) == course.root / "solutions" / "ch03_attention" / "ch03_attention.ipynb"
+
+
+def test_an_explicit_value_wins(tmp_path):
+    def explicit(config):
+        config["assignments"][CH03].update(grader="graders/ch04_gpt.py", timeout=5)
+
+    root = make_root(tmp_path, modified(explicit))
+    (root / "solutions").unlink()  # a notebook of another name: solutions/ch03_attention/attention.ipynb
+    (root / "solutions" / "ch03_attention").mkdir(parents=True)
+    (root / "solutions" / "ch03_attention" / "attention.ipynb").symlink_to(
+        REPO / "solutions" / "ch03_attention" / "ch03_attention.ipynb")
+    config = yaml.safe_load((root / CONFIG_NAME).read_text(encoding="utf-8"))
+    config["assignments"] = [config["assignments"][CH03] | {"notebook": "attention.ipynb"}]
+    (root / CONFIG_NAME).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    ch03 = load_course(root).assignment("ch03_attention")
+    assert (ch03.notebook, ch03.grader, ch03.timeout) == ("attention.ipynb", "graders/ch04_gpt.py", 5)
+
+
+def test_the_repository_entries_hold_no_default(tmp_path):
+    """course.yml repeats nothing that follows from the id."""
+    for entry in REPO_CONFIG["assignments"]:
+        assert entry.get("notebook") != f"{entry['id']}.ipynb", entry["id"]
+        assert entry.get("grader") != f"graders/{entry['id']}.py", entry["id"]
+        assert entry.get("timeout") != 30, entry["id"]
+        assert "support" not in entry, entry["id"]

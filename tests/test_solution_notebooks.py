@@ -74,13 +74,3 @@ def test_cell_conventions(path):
             assert meta["grade_id"].startswith("setup") or meta["grade_id"] == CHECKS_IMPORT_ID
     assert len(ids) == len(set(ids)), "grade_ids are unique"
     assert ids[0] == "setup"
-
-
-DATA_FILES = sorted(p for p in (REPO / "solutions").glob("*/*") if p.suffix != ".ipynb")
-
-
-@pytest.mark.parametrize("path", DATA_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_a_data_file_beside_a_notebook_is_a_copy_of_the_courses(path):
-    """Students' repositories get the data beside the notebook; data/ stays the one source, so copies cannot drift."""
-    originals = [p for p in (REPO / "data").rglob(path.name) if p.is_file()]
-    assert [p.read_bytes() == path.read_bytes() for p in originals] == [True]
