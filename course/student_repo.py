@@ -14,13 +14,15 @@ environment, opens the notebook in JupyterLab, and runs `course check`, offline.
     .github/workflows/check.yml    on every push: `course check`, a job summary, the autograding payloads
     .gitignore
 
-and never the graders, the solutions, or the reference module of the assignment's own chapter.
+and never the graders, the solutions, or the reference module of the assignment's own chapter. The README and
+the workflow are written from the templates in course/templates/ (student_README.md, student_workflow.yml).
 """
 
 from __future__ import annotations
 
 import importlib
 import shutil
+import string
 from pathlib import Path
 
 import yaml
@@ -28,6 +30,7 @@ import yaml
 from course.config import CONFIG_NAME, Assignment, Course, SandboxConfig
 from course.errors import UsageError
 from course.reporters.markdown import escape
+from course.worker.launchers import RUNTIME_FOLDER
 
 # What the notebook and `course check` need at run time; `course grade` and nbgrader are the instructor's.
 # The pins are the course's own (pyproject.toml); a test keeps them equal.
@@ -47,6 +50,52 @@ REQUIREMENTS = [
 PYTHON = "3.11"
 WORKFLOW = ".github/workflows/check.yml"
 CHECKS_STEP = "checks"  # the workflow step that runs `course check`; the reporter reads CHECKS_RESULTS
+# The README and the workflow are text files with placeholders (StudentTemplate), shipped with the package; they
+# are not copied into the student repository's own course/ (write_student_repository).
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+class StudentTemplate(string.Template):
+    """A template of course/templates/: `$name` or `${name}`, a lowercase name, is a placeholder, `$$` a literal
+    `$`; any other `$` is text, so that GitHub's `${{ steps... }}` and the shell's `"$GITHUB_OUTPUT"` are written
+    as they are. A placeholder without a value is an error (KeyError), never left in the output."""
+
+    flags = 0  # case-sensitive: $GITHUB_OUTPUT is not a placeholder
+    pattern = r"""
+        \$(?:
+            (?P<escaped>\$)
+          | (?P<named>[a-z][a-z0-9_]*)
+          | \{(?P<braced>[a-z][a-z0-9_]*)\}
+          | (?P<invalid>(?!))  # never: what follows any other $ is text
+        )
+    """
+
+
+def fill(template: str, **values) -> str:
+    """The template file course/templates/<template> with its placeholders replaced by `values`, which must all
+    be used (a value the template does not ask for is a mistake too)."""
+    text = (TEMPLATES / template).read_text(encoding="utf-8")
+    unused = set(values) - {m.group("named") or m.group("braced") for m in StudentTemplate.pattern.finditer(text)}
+    if unused:
+        raise KeyError(f"{template} has no placeholder for {', '.join(sorted(unused))}")
+    return StudentTemplate(text).substitute(values)
+
+
+def without_templates(ignore):
+    """`ignore` for copying course/ into a student repository, also leaving out course/templates/ (they serve
+    `course release`, which a student repository does not run) and every module of the worker's probe_kit but its
+    __init__ (the helpers of the hidden graders' probes: `course check` runs no probe of theirs)."""
+    probe_kit = RUNTIME_FOLDER / "probe_kit"
+
+    def ignored(folder: str, names: list[str]) -> set[str]:
+        skip = set(ignore(folder, names))
+        if Path(folder).resolve() == TEMPLATES.parent.resolve():
+            skip.add(TEMPLATES.name)
+        if Path(folder).resolve() == probe_kit.resolve():
+            skip |= {name for name in names if name != "__init__.py"}
+        return skip
+
+    return ignored
 
 
 def shipped_modules(assignment: Assignment) -> list[str]:
@@ -90,7 +139,7 @@ def write_student_repository(course: Course, assignment: Assignment, out: Path,
         encoding="utf-8")
     for module in shipped_modules(assignment):
         shutil.copyfile(course.module_path(module), out.joinpath(*module.split(".")).with_suffix(".py"))
-    shutil.copytree(Path(__file__).parent, out / "course", ignore=ignore)
+    shutil.copytree(Path(__file__).parent, out / "course", ignore=without_templates(ignore))
     files = {
         CONFIG_NAME: student_config(course, assignment, tests),
         "pyproject.toml": pyproject_toml(assignment),
@@ -167,56 +216,8 @@ course = ["worker/*.py"]
 
 
 def workflow() -> str:
-    return f"""# Feedback on every push: the public checks of the notebook (`course check`), shown as the job's summary
-# and handed to GitHub Classroom's reporter (and to Classroom 50 as result.json). Your grade comes from the
-# hidden grader, which your instructor runs; these checks only tell you how far you are.
-name: Autograding Tests
-on:
-  push:
-  workflow_dispatch:
-permissions:
-  contents: read
-  actions: read
-jobs:
-  run-autograding-tests:
-    runs-on: ubuntu-latest
-    timeout-minutes: 15
-    if: github.actor != 'github-classroom[bot]'
-    steps:
-      - name: Check out the repository
-        uses: actions/checkout@v5
-      - name: Set up Python, with pip's download cache
-        uses: actions/setup-python@v6
-        with:
-          python-version: "{PYTHON}"
-          cache: pip
-          cache-dependency-path: requirements.txt
-      - name: Install the CPU build of torch and the course command
-        run: python -m pip install -r requirements.txt
-      - name: Public checks
-        id: {CHECKS_STEP}
-        run: >-
-          course check
-          --summary "$GITHUB_STEP_SUMMARY"
-          --github-output "$GITHUB_OUTPUT"
-          --classroom50 result.json
-          --json checks.json
-      - name: Report to GitHub Classroom
-        uses: classroom-resources/autograding-grading-reporter@v1
-        env:
-          {CHECKS_STEP.upper()}_RESULTS: ${{{{ steps.{CHECKS_STEP}.outputs.result }}}}
-        with:
-          runners: {CHECKS_STEP}
-      - name: Keep the results (Classroom 50 reads result.json)
-        if: always()
-        uses: actions/upload-artifact@v6
-        with:
-          name: results
-          path: |
-            result.json
-            checks.json
-          if-no-files-found: ignore
-"""
+    return fill("student_workflow.yml", python=PYTHON, checks_step=CHECKS_STEP,
+                checks_results=f"{CHECKS_STEP.upper()}_RESULTS")
 
 
 GITIGNORE = """.venv/
@@ -239,88 +240,6 @@ def readme(course: Course, assignment: Assignment, tests: dict[str, float]) -> s
     rows = "".join(f"| `{name}` | {points:g} | {escape(descriptions.get(name, ''))} |\n"
                    for name, points in tests.items())
     support = ", ".join(f"`{module.split('.')[-1]}`" for module in shipped_modules(assignment)) or "none"
-    notebook = assignment.notebook
-    return f"""# {assignment.title}
-
-Your own repository for one assignment of the course "{course.title}" (the book by Sebastian Raschka).
-You complete the notebook `{notebook}`. Quick public checks tell you how far you are while you work and
-on every push; after the deadline your instructor grades the notebook with hidden tests.
-
-## What you get
-
-| file | what it is |
-|---|---|
-| `{notebook}` | the assignment: read it top to bottom and complete every `# YOUR CODE HERE` |
-| `checks/{assignment.id}.py` | the public checks that the notebook's check cells and `course check` run |
-| `reference/` | support code you may import ({support}) |
-| `course/`, `course.yml`, `pyproject.toml` | the `course` command (`course check`) |
-| `requirements.txt` | everything to install, with PyTorch's small CPU build |
-| `.github/workflows/check.yml` | runs the checks on every push |
-
-## Set up (once)
-
-Python {PYTHON} or newer. In this folder:
-
-```bash
-python3 -m venv .venv
-. .venv/bin/activate          # on Windows: .venv\\Scripts\\activate
-pip install -r requirements.txt jupyterlab
-```
-
-`requirements.txt` takes torch from PyTorch's CPU index (a small CPU-only build, not the multi-GB CUDA one)
-and installs GPT-2's tokenizer files, so nothing is downloaded while you work. It also installs this
-repository itself, which gives you the `course` command. JupyterLab is your editor; any editor that runs
-notebooks will do.
-
-## Work
-
-```bash
-jupyter lab {notebook}
-```
-
-Run the cells from the top. Write your code in place of `raise NotImplementedError()` and keep everything
-around it: the names, parameters and default values, and the attributes set in `__init__` are what the
-grader relies on. After each definition a check cell, `check("test_...")`, runs a few quick checks of it and
-prints `PASS ...`, or stops with what went wrong and a hint.
-
-## Check
-
-```bash
-course check
-```
-
-runs every public check at once, from any folder inside this repository, and prints a progress table: what
-passes, what is left, and the first failure with its hint. It runs your notebook the way the grader does
-(your setup and solution cells, in a separate process, not the demo cells), so it also tells you when your
-code relies on something only a demo cell defines. It takes a few seconds, on Linux or macOS (on Windows,
-use WSL, or the check cells and the checks that run when you push).
-
-| check | points | what it checks |
-|---|---:|---|
-{rows}
-Each check is named after the hidden test it stands for and worth the same points ({assignment.points} in all).
-
-## Submit
-
-```bash
-git add {notebook}
-git commit -m "Complete {assignment.id}"
-git push
-```
-
-Every push runs the checks on GitHub: open the **Actions** tab, then the latest run; its summary shows the
-table and the first failure with its hint. The run is marked as failed while a check fails: that is expected
-until you are done. (Courses that use GitHub Classroom or Classroom 50 read the same results.) What counts is
-the notebook in your repository at the deadline.
-
-## What the grader looks at
-
-- Only `{notebook}`: its setup cell and your solution cells, plus any cell you added that only defines
-  functions or classes. Demo cells and check cells are not run, and nothing you print is read.
-- Your functions and classes, by the names, signatures and attribute names of the stubs. The grader copies
-  a reference implementation's weights into your modules by those names, so keep them.
-- Hidden tests, one per check above and worth the same points, compare what your code returns with a
-  reference implementation on other inputs, sizes and edge cases, with feedback that says what differed.
-- The public checks are far weaker than the hidden tests: passing all of them does not guarantee full marks,
-  and a failing check points at something the hidden test will fail too.
-"""
+    return fill("student_README.md", title=assignment.title, course_title=course.title,
+                notebook=assignment.notebook, assignment_id=assignment.id, support=support, python=PYTHON, rows=rows,
+                points=assignment.points)

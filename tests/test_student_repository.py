@@ -8,6 +8,7 @@ virtual environment: tests/test_student_venv.py.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shutil
@@ -21,7 +22,16 @@ import yaml
 from course.config import CONFIG_NAME, StudentRepository, load_config
 from course.errors import ConfigError
 from course.grading.runner import collect_points
-from course.student_repo import CHECKS_STEP, REQUIREMENTS, TORCH_INDEX, WORKFLOW, shipped_modules
+from course.student_repo import (
+    CHECKS_STEP,
+    REQUIREMENTS,
+    TEMPLATES,
+    TORCH_INDEX,
+    WORKFLOW,
+    StudentTemplate,
+    fill,
+    shipped_modules,
+)
 from tests.conftest import REPO, load_json, run_cli
 
 COURSE = load_config(REPO)
@@ -65,6 +75,20 @@ def test_repository_layout(repo):
     # Besides the notebook, whatever its release folder holds (e.g. the text chapter 5's demos train on).
     data = {p.name for p in COURSE.release_notebook(assignment).parent.iterdir()} - {assignment.notebook}
     assert {p.name for p in root.iterdir()} == expected | data
+
+
+def test_the_templates_of_the_readme_and_workflow_stay_behind(repo):
+    _, root = repo
+    assert (root / "course").is_dir()
+    assert not (root / "course" / TEMPLATES.name).exists()
+
+
+def test_the_helpers_of_the_graders_probes_stay_behind(repo):
+    """probe_kit's modules serve the hidden graders' probes; `course check` loads the package, empty."""
+    _, root = repo
+    probe_kit = root / "course" / "worker" / "runtime" / "probe_kit"
+    assert [p.name for p in probe_kit.iterdir()] == ["__init__.py"]
+    assert not (root / "graders").exists()
 
 
 def test_the_notebook_is_the_committed_release(repo):
@@ -125,6 +149,31 @@ def test_no_reference_module_of_its_own_chapter(repo):
     lines -= set().union(*(code_lines(p.read_text(encoding="utf-8")) for p in [*shipped,
                                                                                *(REPO / "course").rglob("*.py")]))
     assert {str(p) for p, text in text_files(root).items() if lines & code_lines(text)} == set()
+
+
+# -- the README and workflow templates (course/templates/) -----------------------------------------------------------
+
+def test_a_template_fills_lowercase_names_and_leaves_every_other_dollar():
+    text = 'python-version: "$python" in ${folder}s, $$python, "$GITHUB_OUTPUT", ${{ steps.$step.outputs.result }}\n'
+    assert StudentTemplate(text).substitute(python="3.11", folder="venv", step="checks") == \
+        'python-version: "3.11" in venvs, $python, "$GITHUB_OUTPUT", ${{ steps.checks.outputs.result }}\n'
+
+
+def test_a_placeholder_without_a_value_or_a_value_without_a_placeholder_is_an_error():
+    with pytest.raises(KeyError, match="checks_step"):
+        fill("student_workflow.yml", python="3.11", checks_results="CHECKS_RESULTS")
+    with pytest.raises(KeyError, match="no placeholder for colour"):
+        fill("student_workflow.yml", python="3.11", checks_step="checks", checks_results="CHECKS_RESULTS",
+             colour="blue")
+
+
+def test_the_templates_are_package_data():
+    """An installed course (pip install .) finds them: pyproject.toml's package-data holds every template."""
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"][
+        "package-data"]["course"]
+    files = [path.relative_to(REPO / "course").as_posix() for path in TEMPLATES.iterdir()]
+    assert files
+    assert [f for f in files if not any(fnmatch.fnmatch(f, glob) for glob in globs)] == []
 
 
 # -- course.yml of a student repository ---------------------------------------------------------------------------
