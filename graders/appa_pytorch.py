@@ -16,6 +16,8 @@ says what the course changed.
 On a CUDA grading device, the DDP tests expect nccl and use one rank per GPU (at most two).
 """
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,9 +26,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 from checks.appa_pytorch import INTERFACE as INTERFACE  # what the tests' @pytest.mark.runs name (public)
-from course.grading import DEVICE, ListOf, expect_close, expect_count, expect_equal, expect_true, probe
+from course.grading import DEVICE, ListOf, error_mentions, expect_close, expect_count, expect_equal, expect_true, probe
+from course.grading.contracts import Fields
 from course.grading.diagnosis import explain_errors
 from course.grading.inputs import randn, reference_module
+from course.grading.mistakes import Mistake, name_mistake, same_values
 from course.grading.probes import count_parameters, run_module, run_module_with_gradients
 from course.worker.runtime.records import ErrorKind
 from reference import pytorch_basics as ref
@@ -43,67 +47,50 @@ def layers_mismatch(record):
             "Linear(20, num_outputs).")
 
 
-def nccl_without_gpus(record):
-    """An error about nccl where no GPU is used."""
-    message = record.message.lower()
-    if record.kind is not ErrorKind.RAISED or not ("nccl" in message or "cuda" in message):
-        return None
-    return ("nccl needs NVIDIA GPUs (and a PyTorch built with CUDA): choose the backend by device, "
-            "'nccl' if torch.cuda.is_available() else 'gloo'.")
+# An error about nccl where no GPU is used.
+nccl_without_gpus = error_mentions("nccl", "NCCL", "cuda", "CUDA", hint=(
+    "nccl needs NVIDIA GPUs (and a PyTorch built with CUDA): choose the backend by device, 'nccl' if "
+    "torch.cuda.is_available() else 'gloo'."))
 
 
 # -- probes: run in the worker -----------------------------------------------------------------------------------
 
-@probe
+@probe(returns=Fields("length", "items", "batches"))
 def dataset_items(student, X, y, batch_size):
-    """The student's ToyDataset: its length, every item, and the batches of a DataLoader over it (in order)."""
+    """The student's ToyDataset: its .length, every one of its .items, and the .batches of a DataLoader over it (in
+    order)."""
     dataset = student.ToyDataset(X, y)
     items = [list(dataset[index]) for index in range(len(X))]
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     return {"length": len(dataset), "items": items, "batches": [list(batch) for batch in loader]}
 
 
-@probe(returns=ListOf(length=2))
+@probe(returns=Fields("losses", "state"))
 def train_with_student_loop(student, state, X, y, num_epochs, lr, batch_size, seed):
-    """A small torch model loaded with `state`, trained by the student's train_model on a seeded, shuffled loader
-    over (X, y): [what train_model returned (0-d tensors as floats), the final state_dict]."""
-    model = nn.Sequential(nn.Linear(X.shape[1], 8), nn.ReLU(), nn.Linear(8, 2)).to(DEVICE)
+    """A small classifier loaded with `state`, trained by the student's train_model with SGD on a seeded, shuffled
+    loader over (X, y): .losses (what train_model returned, 0-d tensors as floats) and .state (the final
+    state_dict)."""
+    from probe_kit.ranks import PlainSGD, small_classifier
+
+    model = small_classifier(X.shape[1]).to(DEVICE)
     model.load_state_dict(state)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=batch_size, shuffle=True,
                                          drop_last=True, generator=torch.Generator().manual_seed(seed))
-
-
-    class PlainSGD:
-        """SGD as torch.optim.SGD computes it (p -= lr * grad), without torch.optim, whose first step imports
-        torch._dynamo (seconds)."""
-
-        def __init__(self, parameters, lr):
-            self.parameters, self.lr = list(parameters), lr
-
-        def zero_grad(self, set_to_none=True):
-            for parameter in self.parameters:
-                parameter.grad = None
-
-        def step(self, closure=None):
-            with torch.no_grad():
-                for parameter in self.parameters:
-                    if parameter.grad is not None:
-                        parameter.add_(parameter.grad, alpha=-self.lr)
-
-    optimizer = PlainSGD(model.parameters(), lr=lr)
-    losses = student.train_model(model, loader, optimizer, DEVICE, num_epochs)
+    losses = student.train_model(model, loader, PlainSGD(model.parameters(), lr=lr), DEVICE, num_epochs)
     if isinstance(losses, (list, tuple)):
         losses = [float(loss) if isinstance(loss, torch.Tensor) and loss.numel() == 1 else loss for loss in losses]
-    return [losses, {name: tensor.detach() for name, tensor in model.state_dict().items()}]
+    return {"losses": losses, "state": {name: tensor.detach() for name, tensor in model.state_dict().items()}}
 
 
 @probe(returns=ListOf(length="batch_sizes"))
 def student_accuracies(student, state, X, y, batch_sizes, dropout):
-    """The student's compute_accuracy of a small model loaded with `state` and left in train mode (with dropout
+    """The student's compute_accuracy of a small classifier loaded with `state` and left in train mode (with dropout
     `dropout`), on loaders over (X, y) with each batch size; device passed only if the function takes one."""
     import inspect
 
-    model = nn.Sequential(nn.Linear(X.shape[1], 8), nn.ReLU(), nn.Dropout(dropout), nn.Linear(8, 2)).to(DEVICE)
+    from probe_kit.ranks import small_classifier
+
+    model = small_classifier(X.shape[1], dropout).to(DEVICE)
     model.load_state_dict(state)
     takes_device = len(inspect.signature(student.compute_accuracy).parameters) >= 3
     results = []
@@ -119,17 +106,17 @@ def student_accuracies(student, state, X, y, batch_sizes, dropout):
     return results
 
 
-@probe
+@probe(returns=Fields("initialized", "backend", "rank", "world_size", "sum"))
 def ddp_setup_rank(student, rank, world_size, master_port):
-    """One rank: the student's ddp_setup, then what the process group says and an all-reduce of rank + 1."""
-    import os
-
+    """One rank: the student's ddp_setup, then what the process group says (.initialized; .backend, .rank and
+    .world_size, None where it is not initialised) and .sum, an all-reduce of rank + 1."""
     import torch.distributed as dist
+    from probe_kit.ranks import use_master
 
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(master_port)
+    use_master(master_port)
     student.ddp_setup(rank, world_size)
     try:
-        info = {"initialized": dist.is_initialized()}
+        info = {"initialized": dist.is_initialized(), "backend": None, "rank": None, "world_size": None, "sum": None}
         if info["initialized"]:
             backend = str(dist.get_backend())
             info.update(backend=backend, rank=dist.get_rank(), world_size=dist.get_world_size())
@@ -142,15 +129,15 @@ def ddp_setup_rank(student, rank, world_size, master_port):
     return info
 
 
-@probe
+@probe(returns=Fields("sampler", "shares", "test"))
 def dataset_shares(student, rank, world_size, master_port, epochs):
-    """One rank, in a gloo process group of the probe's own: the student's prepare_dataset, and the batches of its
-    training loader in each epoch (after set_epoch) and of its test loader."""
-    import os
-
+    """One rank, in a gloo process group of the probe's own: the student's prepare_dataset, the name of its
+    training loader's .sampler, the batches of that loader in each epoch (after set_epoch; .shares) and of its test
+    loader (.test)."""
     import torch.distributed as dist
+    from probe_kit.ranks import use_master
 
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(master_port)
+    use_master(master_port)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     # Barriers: without a collective, a rank that is done could leave the group (closing its connections) while
     # its peer is still connecting to it.
@@ -170,16 +157,16 @@ def dataset_shares(student, rank, world_size, master_port, epochs):
         dist.destroy_process_group()
 
 
-@probe
+@probe(returns=Fields("state", "wrapped", "still_initialized"))
 def ddp_training(student, rank, world_size, master_port, num_epochs):
-    """One rank of the student's main: the trained parameters (the model main returned, else the one it wrapped in
-    DDP), how many models were wrapped, and whether the process group is still there afterwards."""
-    import os
-
+    """One rank of the student's main: the trained parameters (.state, of the model main returned, else of the one
+    it wrapped in DDP), how many models were .wrapped, and whether the process group is .still_initialized
+    afterwards."""
     import torch.distributed as dist
+    from probe_kit.ranks import use_master
     from torch.nn.parallel import DistributedDataParallel
 
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(master_port)
+    use_master(master_port)
     wrapped = []
     # The wrappers main makes, and with them their process groups, stay alive until this rank's worker is killed
     # after the call. Freed when main or this probe returns, a wrapper whose group main has destroyed can hang the
@@ -210,39 +197,23 @@ NETWORKS = [{"num_inputs": 2, "num_outputs": 2}, {"num_inputs": 50, "num_outputs
             {"num_inputs": 5, "num_outputs": 4}]
 
 
-def network_with(model, x, mistake):
-    """The reference network's output, computed with one classic mistake switched on."""
-    l0, l2, l4 = model.layers[0], model.layers[2], model.layers[4]
-    if mistake == "no activations":
-        return l4(l2(l0(x)))
-    if mistake == "sigmoid":
-        return l4(torch.sigmoid(l2(torch.sigmoid(l0(x)))))
-    if mistake == "relu on the output":
-        return torch.relu(model(x))
-    if mistake == "softmax on the output":
-        return torch.softmax(model(x), dim=-1)
-    raise ValueError(mistake)
+def network_with(model, x, *, activation=torch.relu, on_output=None):
+    """The reference network's output, computed with another activation after the hidden layers (None: none) or
+    with one applied to the output too: the classic mistakes below."""
+    hidden = activation or (lambda t: t)
+    logits = model.layers[4](hidden(model.layers[2](hidden(model.layers[0](x)))))
+    return on_output(logits) if on_output else logits
 
 
 NETWORK_MISTAKES = [
-    ("no activations", "a network without activation functions", "put an nn.ReLU() after each hidden layer."),
-    ("sigmoid", "sigmoid activations", "use nn.ReLU() after each hidden layer."),
-    ("relu on the output", "a ReLU after the output layer too",
-     "the output layer returns logits: no activation after the last nn.Linear."),
-    ("softmax on the output", "a softmax after the output layer",
-     "return the logits: the loss function (cross_entropy) applies the softmax itself."),
+    Mistake("a network without activation functions", "put an nn.ReLU() after each hidden layer.", activation=None),
+    Mistake("sigmoid activations", "use nn.ReLU() after each hidden layer.", activation=torch.sigmoid),
+    Mistake("a ReLU after the output layer too",
+            "the output layer returns logits: no activation after the last nn.Linear.", on_output=torch.relu),
+    Mistake("a softmax after the output layer",
+            "return the logits: the loss function (cross_entropy) applies the softmax itself.",
+            on_output=partial(torch.softmax, dim=-1)),
 ]
-
-
-def name_network_mistake(model, x, got):
-    if not isinstance(got, torch.Tensor) or not got.is_floating_point():
-        return None
-    with torch.no_grad():
-        for mistake, description, fix in NETWORK_MISTAKES:
-            wrong = network_with(model, x, mistake)
-            if got.shape == wrong.shape and torch.allclose(got.double(), wrong.double(), atol=1e-5, rtol=1e-5):
-                return f"your output is exactly what {description} gives: {fix}"
-    return None
 
 
 @pytest.mark.points(1)
@@ -251,12 +222,11 @@ def test_neural_network_layers(submission):
     """NeuralNetwork(50, 3) has the book's layers: 2,213 parameters in layers.0, layers.2 and layers.4."""
     init = {"num_inputs": 50, "num_outputs": 3}
     got = submission.run(count_parameters, class_name="NeuralNetwork", init=init)
-    count, shapes = got.count, got.shapes
     expected = {name: list(tensor.shape) for name, tensor in ref.NeuralNetwork(**init).state_dict().items()}
-    expect_equal(shapes, expected, what="the parameters of NeuralNetwork(50, 3) (names and shapes)",
+    expect_equal(got.shapes, expected, what="the parameters of NeuralNetwork(50, 3) (names and shapes)",
                  hint="self.layers = nn.Sequential(nn.Linear(num_inputs, 30), nn.ReLU(), nn.Linear(30, 20), "
                       "nn.ReLU(), nn.Linear(20, num_outputs)).")
-    expect_count(count, 2213, what="number of parameters of NeuralNetwork(50, 3)",
+    expect_count(got.count, 2213, what="number of parameters of NeuralNetwork(50, 3)",
                  hint="50*30+30 + 30*20+20 + 20*3+3 = 2,213.")
 
 
@@ -273,8 +243,8 @@ def test_neural_network_output(submission):
         with torch.no_grad():
             expected = model(x)
         expect_close(got, expected, what=f"NeuralNetwork({init['num_inputs']}, {init['num_outputs']}) logits",
-                     hint=lambda model=model, x=x, got=got: name_network_mistake(model, x, got) or
-                     "forward returns self.layers(x): Linear, ReLU, Linear, ReLU, Linear.")
+                     hint="forward returns self.layers(x): Linear, ReLU, Linear, ReLU, Linear.",
+                     mistakes=NETWORK_MISTAKES, mistaken=partial(network_with, model, x))
 
 
 @pytest.mark.points(1)
@@ -288,16 +258,15 @@ def test_neural_network_gradients(submission):
     with explain_errors(layers_mismatch):
         got = submission.run(run_module_with_gradients, class_name="NeuralNetwork", init=init,
                              state=model.state_dict(), x=x, upstream=upstream)
-    got_out, got_grads, got_x_grad = got.output, got.gradients, got.input_gradient
     x_ref = x.clone().requires_grad_(True)
     (model(x_ref) * upstream).sum().backward()
     hint = "let autograd do the work: no .detach(), .item() or torch.no_grad() inside forward."
-    expect_close(got_out, model(x).detach(), what="NeuralNetwork output", hint=hint)
+    expect_close(got.output, model(x).detach(), what="NeuralNetwork output", hint=hint)
     for name, parameter in model.named_parameters():
-        expect_true(isinstance(got_grads, dict) and name in got_grads, what=f"gradient of {name}",
+        expect_true(isinstance(got.gradients, dict) and name in got.gradients, what=f"gradient of {name}",
                     problem="is missing: the parameter did not receive a gradient.", hint=hint)
-        expect_close(got_grads[name], parameter.grad, what=f"gradient of {name}", hint=hint)
-    expect_close(got_x_grad, x_ref.grad, what="gradient of the input", hint=hint)
+        expect_close(got.gradients[name], parameter.grad, what=f"gradient of {name}", hint=hint)
+    expect_close(got.input_gradient, x_ref.grad, what="gradient of the input", hint=hint)
 
 
 # -- A.6: the dataset --------------------------------------------------------------------------------------------
@@ -309,42 +278,24 @@ def test_toy_dataset(submission):
     X, y = randn(40, 7, 3), torch.randint(0, 2, (7,), generator=torch.Generator().manual_seed(41))
     got = submission.run(dataset_items, X=X, y=y, batch_size=3)
     dataset = ref.ToyDataset(X, y)
-    expect_count(got["length"], 7, what="len(ToyDataset(X, y)) for 7 examples",
+    expect_count(got.length, 7, what="len(ToyDataset(X, y)) for 7 examples",
                  hint="__len__ returns the number of labels: self.labels.shape[0].")
     for index in range(7):
-        expect_equal(got["items"][index], list(dataset[index]), what=f"ToyDataset(X, y)[{index}]",
+        expect_equal(got.items[index], list(dataset[index]), what=f"ToyDataset(X, y)[{index}]",
                      hint="__getitem__ returns the pair (self.features[index], self.labels[index]).")
     expected_batches = [list(batch) for batch in DataLoader(dataset, batch_size=3, shuffle=False)]
-    expect_equal(got["batches"], expected_batches, what="the batches of DataLoader(ToyDataset(X, y), batch_size=3)",
+    expect_equal(got.batches, expected_batches, what="the batches of DataLoader(ToyDataset(X, y), batch_size=3)",
                  hint="each item is one example: features of shape (num_inputs,) and a label of shape ().")
 
 
 # -- A.7: training and accuracy ---------------------------------------------------------------------------------
 
-def small_model_state(seed, num_inputs, dropout=None):
+def small_model(seed, num_inputs, dropout=None):
+    """The probes' small classifier (probe_kit.ranks), built after torch.manual_seed(seed)."""
+    from probe_kit.ranks import small_classifier
+
     torch.manual_seed(seed)
-    layers = [nn.Linear(num_inputs, 8), nn.ReLU()]
-    if dropout is not None:
-        layers.append(nn.Dropout(dropout))
-    return nn.Sequential(*layers, nn.Linear(8, 2)).state_dict()
-
-
-class PlainSGD:
-    """torch.optim.SGD's update (p -= lr * grad, bit for bit), without torch.optim: its first step imports
-    torch._dynamo, which takes seconds, and far longer under pytest's import hook."""
-
-    def __init__(self, parameters, lr):
-        self.parameters, self.lr = list(parameters), lr
-
-    def zero_grad(self, set_to_none=True):
-        for parameter in self.parameters:
-            parameter.grad = None
-
-    def step(self, closure=None):
-        with torch.no_grad():
-            for parameter in self.parameters:
-                if parameter.grad is not None:
-                    parameter.add_(parameter.grad, alpha=-self.lr)
+    return small_classifier(num_inputs, dropout)
 
 
 TRAIN_CASES = [  # (seed, number of examples, features, epochs, learning rate, batch size)
@@ -353,10 +304,13 @@ TRAIN_CASES = [  # (seed, number of examples, features, epochs, learning rate, b
 ]
 
 
+@torch.enable_grad()  # a training run, also where name_mistake computes a mistake's result (under no_grad)
 def reference_training(seed, X, y, num_epochs, lr, batch_size, *, zero_grad=True):
-    """What train_with_student_loop gives with the reference's train_model (or with gradients never cleared)."""
-    model = nn.Sequential(nn.Linear(X.shape[1], 8), nn.ReLU(), nn.Linear(8, 2))
-    model.load_state_dict(small_model_state(seed, X.shape[1]))
+    """What train_with_student_loop gives with the reference's train_model (or with gradients never cleared):
+    the losses and the final state_dict."""
+    from probe_kit.ranks import PlainSGD
+
+    model = small_model(seed, X.shape[1])
     loader = DataLoader(TensorDataset(X, y), batch_size=batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
     optimizer = PlainSGD(model.parameters(), lr=lr)
@@ -378,7 +332,7 @@ def training_runs(submission):
     runs = []
     for seed, n, features, epochs, lr, batch_size in TRAIN_CASES:
         X, y = randn(seed, n, features), torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(seed))
-        got = submission.run(train_with_student_loop, state=small_model_state(seed, features), X=X, y=y,
+        got = submission.run(train_with_student_loop, state=small_model(seed, features).state_dict(), X=X, y=y,
                              num_epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
         runs.append(((seed, X, y, epochs, lr, batch_size), got, reference_training(seed, X, y, epochs, lr, batch_size)))
     return runs
@@ -386,24 +340,29 @@ def training_runs(submission):
 
 HINT_LOOP = ("for every batch: logits = model(features), loss = F.cross_entropy(logits, labels), "
              "optimizer.zero_grad(), loss.backward(), optimizer.step().")
+LOOP_MISTAKES = [Mistake("training without optimizer.zero_grad()",
+                         "gradients accumulate in .grad, so clear them before each backward().", zero_grad=False)]
 
 
-def training_hint(case, got_losses):
-    seed, X, y, epochs, lr, batch_size = case
-    accumulated, _ = reference_training(seed, X, y, epochs, lr, batch_size, zero_grad=False)
-    if len(got_losses) == len(accumulated) and torch.allclose(torch.tensor(got_losses), torch.tensor(accumulated),
-                                                              atol=1e-5):
-        return ("your losses are exactly what training without optimizer.zero_grad() gives: gradients accumulate "
-                "in .grad, so clear them before each backward().")
-    return HINT_LOOP
+def same_losses(got, mistaken) -> bool:
+    """The losses train_model returned are a mistaken run's."""
+    return isinstance(got, list) and len(got) == len(mistaken) and \
+        same_values(torch.tensor(got, dtype=torch.float64), torch.tensor(mistaken))
+
+
+def training_hint(case, losses):
+    """The hint for a wrong training run: the classic mistake that gives the student's losses, else the loop."""
+    return name_mistake(losses, LOOP_MISTAKES, lambda **change: reference_training(*case, **change)[0],
+                        matches=same_losses, yours="your losses are") or HINT_LOOP
 
 
 @pytest.mark.points(2)
 @pytest.mark.runs("train_model")
 def test_train_model_losses(submission):
     """train_model returns the loss of every step, in order, as the reference's training loop computes them."""
-    for case, (losses, _), (expected, _) in training_runs(submission):
+    for case, got, (expected, _) in training_runs(submission):
         what = f"the losses returned by train_model ({case[3]} epochs, batches of {case[5]})"
+        losses = got.losses
         expect_true(isinstance(losses, list) and all(isinstance(v, (int, float)) for v in losses), what=what,
                     problem=f"should be a list of numbers, one per step, but is {type(losses).__name__} "
                             f"{str(losses)[:60]}.",
@@ -411,28 +370,26 @@ def test_train_model_losses(submission):
         expect_count(len(losses), len(expected), what=f"{what}: number of losses",
                      hint="one loss per batch of every epoch (the loader drops its last, smaller batch).")
         expect_close(torch.tensor(losses, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64),
-                     what=what, hint=lambda case=case, losses=losses: training_hint(case, losses))
+                     what=what, hint=partial(training_hint, case, losses))
 
 
 @pytest.mark.points(1)
 @pytest.mark.runs("train_model")
 def test_train_model_parameters(submission):
     """After train_model, the model's parameters are those the reference's training loop gives."""
-    for case, (losses, state), (_, expected) in training_runs(submission):
+    for case, got, (_, expected) in training_runs(submission):
         for name, tensor in expected.items():
-            expect_close(state[name], tensor, what=f"parameter {name} after train_model ({case[3]} epochs)",
-                         hint=lambda case=case, losses=losses: training_hint(case, losses)
-                         if isinstance(losses, list) else HINT_LOOP)
+            expect_close(got.state[name], tensor, what=f"parameter {name} after train_model ({case[3]} epochs)",
+                         hint=partial(training_hint, case, got.losses))
 
 
 ACCURACY_X = randn(50, 7, 2)
 ACCURACY_Y = torch.tensor([0, 1, 1, 0, 1, 0, 0])
 
 
-def reference_accuracy(batch_size, dropout=None, *, per_batch_mean=False):
-    model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Dropout(dropout or 0.0),
-                                nn.Linear(8, 2))
-    model.load_state_dict(small_model_state(51, 2, dropout or 0.0))
+def reference_accuracy(batch_size, dropout=0.0, *, per_batch_mean=False):
+    """The reference's compute_accuracy of student_accuracies' model (or the mean of the per-batch accuracies)."""
+    model = small_model(51, 2, dropout)
     loader = DataLoader(TensorDataset(ACCURACY_X, ACCURACY_Y), batch_size=batch_size)
     if not per_batch_mean:
         return ref.compute_accuracy(model, loader, "cpu")
@@ -446,20 +403,19 @@ def reference_accuracy(batch_size, dropout=None, *, per_batch_mean=False):
 def test_compute_accuracy(submission):
     """compute_accuracy: the fraction of correctly classified examples, over batches of unequal size."""
     batch_sizes = [3, 7, 1]
-    got = submission.run(student_accuracies, state=small_model_state(51, 2, 0.0), X=ACCURACY_X, y=ACCURACY_Y,
-                         batch_sizes=batch_sizes, dropout=0.0)
-    for index, batch_size in enumerate(batch_sizes):
+    got = submission.run(student_accuracies, state=small_model(51, 2, 0.0).state_dict(), X=ACCURACY_X,
+                         y=ACCURACY_Y, batch_sizes=batch_sizes, dropout=0.0)
+    for value, batch_size in zip(got, batch_sizes):
         what = f"compute_accuracy on 7 examples in batches of {batch_size}"
-        value = got[index]
         expect_true(isinstance(value, (int, float)) and not isinstance(value, bool), what=what,
                     problem=f"returned {type(value).__name__}, not a number.",
                     hint="return correct / total_examples (a float between 0 and 1).")
-        expected = reference_accuracy(batch_size)
         hint = "count the correct predictions and the examples over all batches, then divide once."
         if abs(value - reference_accuracy(batch_size, per_batch_mean=True)) < 1e-6 and batch_size == 3:
             hint = ("your value is the mean of the per-batch accuracies, which weighs the last, smaller batch too "
                     "much: " + hint)
-        expect_close(torch.tensor([float(value)]), torch.tensor([expected]), atol=1e-6, rtol=0, what=what, hint=hint)
+        expect_close(torch.tensor([float(value)]), torch.tensor([reference_accuracy(batch_size)]), atol=1e-6, rtol=0,
+                     what=what, hint=hint)
 
 
 @pytest.mark.points(1)
@@ -467,10 +423,9 @@ def test_compute_accuracy(submission):
 @pytest.mark.runs("compute_accuracy")
 def test_compute_accuracy_in_eval_mode(submission):
     """compute_accuracy switches the model to evaluation mode: dropout off."""
-    got = submission.run(student_accuracies, state=small_model_state(51, 2, 0.9), X=ACCURACY_X, y=ACCURACY_Y,
-                         batch_sizes=[7, 2], dropout=0.9)
-    for index, batch_size in enumerate([7, 2]):
-        value = got[index]
+    got = submission.run(student_accuracies, state=small_model(51, 2, 0.9).state_dict(), X=ACCURACY_X,
+                         y=ACCURACY_Y, batch_sizes=[7, 2], dropout=0.9)
+    for value, batch_size in zip(got, [7, 2]):
         expect_true(isinstance(value, (int, float)), what="compute_accuracy", problem="did not return a number.")
         expect_close(torch.tensor([float(value)]), torch.tensor([reference_accuracy(batch_size, 0.9)]), atol=1e-6,
                      rtol=0, what=f"compute_accuracy of a model with dropout 0.9, left in train mode (batches of "
@@ -501,9 +456,12 @@ def replayed_batches(world_size, epoch, batch_size=2):
     return per_rank
 
 
+@torch.enable_grad()  # a training run, also where name_mistake computes a mistake's result (under no_grad)
 def single_process_training(world_size, *, set_epoch=True, whole_dataset=False, loss_scale=1.0):
     """The parameters of one process trained on the global batches of the DDP run (the book's seed, data and
     SGD), or with a classic mistake: no set_epoch, every rank on the whole training set, a summed loss."""
+    from probe_kit.ranks import PlainSGD
+
     torch.manual_seed(123)
     model = ref.NeuralNetwork(num_inputs=2, num_outputs=2)
     optimizer = PlainSGD(model.parameters(), lr=0.5)
@@ -521,23 +479,28 @@ def single_process_training(world_size, *, set_epoch=True, whole_dataset=False, 
 
 
 DDP_MISTAKES = [
-    ("training without sampler.set_epoch(epoch)", {"set_epoch": False},
-     "call train_loader.sampler.set_epoch(epoch) at the start of every epoch, so that each epoch is shuffled anew."),
-    ("every rank training on the whole training set", {"whole_dataset": True},
-     "give the training loader sampler=DistributedSampler(train_ds) (and shuffle=False), so that each rank gets "
-     "its own share."),
-    ("a loss summed over the batch", {"loss_scale": 2.0},
-     "use the mean over the batch (F.cross_entropy's default): DDP averages the ranks' gradients."),
+    Mistake("training without sampler.set_epoch(epoch)", "call train_loader.sampler.set_epoch(epoch) at the start of "
+            "every epoch, so that each epoch is shuffled anew.", set_epoch=False),
+    Mistake("every rank training on the whole training set", "give the training loader "
+            "sampler=DistributedSampler(train_ds) (and shuffle=False), so that each rank gets its own share.",
+            whole_dataset=True),
+    Mistake("a loss summed over the batch",
+            "use the mean over the batch (F.cross_entropy's default): DDP averages the ranks' gradients.",
+            loss_scale=2.0),
 ]
 
 
-def name_ddp_mistake(world_size, got_state):
-    for description, options, fix in DDP_MISTAKES:
-        wrong = single_process_training(world_size, **options)
-        if all(isinstance(got_state.get(name), torch.Tensor) and got_state[name].shape == tensor.shape and
-               torch.allclose(got_state[name], tensor, atol=1e-5) for name, tensor in wrong.items()):
-            return f"your parameters are exactly what {description} gives: {fix}"
-    return None
+def same_parameters(got, mistaken) -> bool:
+    """The parameters main trained are a mistaken run's (a state_dict each)."""
+    return all(same_values(got.get(name), tensor) for name, tensor in mistaken.items())
+
+
+def ddp_hint(world_size, state):
+    """The hint for wrong parameters after DDP training: the classic mistake that gives them, else the recipe."""
+    return name_mistake(state, DDP_MISTAKES, partial(single_process_training, world_size), matches=same_parameters,
+                        yours="your parameters are") or (
+        "seed with torch.manual_seed(123) before building the model; per batch: forward, F.cross_entropy, zero_grad, "
+        "backward, step; SGD with lr=0.5.")
 
 
 @pytest.mark.points(1)
@@ -549,13 +512,13 @@ def test_ddp_setup(submission):
         got = submission.run_ranks(ddp_setup_rank, world_size=world_size)
     for rank, info in enumerate(got):
         what = f"rank {rank} of {world_size} after ddp_setup"
-        expect_true(info.get("initialized") is True, what=what, problem="the process group is not initialised.",
+        expect_true(info.initialized is True, what=what, problem="the process group is not initialised.",
                     hint="call init_process_group(backend=..., rank=rank, world_size=world_size, timeout=timeout).")
-        expect_equal(info["backend"], backend, what=f"{what}: the backend",
+        expect_equal(info.backend, backend, what=f"{what}: the backend",
                      hint="choose nccl when torch.cuda.is_available(), else gloo (nccl needs NVIDIA GPUs).")
-        expect_equal([info["rank"], info["world_size"]], [rank, world_size], what=f"{what}: rank and world size",
+        expect_equal([info.rank, info.world_size], [rank, world_size], what=f"{what}: rank and world size",
                      hint="pass rank=rank and world_size=world_size to init_process_group.")
-        expect_equal(info["sum"], float(world_size * (world_size + 1) // 2),
+        expect_equal(info.sum, float(world_size * (world_size + 1) // 2),
                      what=f"{what}: an all-reduce over the ranks", hint="every rank must join the same group.")
 
 
@@ -571,13 +534,13 @@ def test_prepare_dataset(submission):
         for epoch in range(2):
             expected = [[ref.X_train[indices].tolist(), ref.y_train[indices].tolist()]
                         for indices in replayed_batches(world_size, epoch)[rank]]
-            sampler_hint = hint if result["sampler"] == "DistributedSampler" else (
-                f"the training loader's sampler is a {result['sampler']}: give it sampler=DistributedSampler("
+            sampler_hint = hint if result.sampler == "DistributedSampler" else (
+                f"the training loader's sampler is a {result.sampler}: give it sampler=DistributedSampler("
                 "train_ds), which shares the examples out among the ranks.")
-            expect_equal(result["shares"][epoch], expected, what=f"rank {rank}'s training batches in epoch {epoch}",
+            expect_equal(result.shares[epoch], expected, what=f"rank {rank}'s training batches in epoch {epoch}",
                          hint=sampler_hint)
         expected_test = [[ref.X_test.tolist(), ref.y_test.tolist()]]
-        expect_equal(result["test"], expected_test, what=f"rank {rank}'s test batches",
+        expect_equal(result.test, expected_test, what=f"rank {rank}'s test batches",
                      hint="the test loader: DataLoader(test_ds, batch_size=2, shuffle=False), the whole test set.")
 
 
@@ -593,22 +556,19 @@ def test_ddp_training(submission):
     expected = single_process_training(world_size)
     for rank, result in enumerate(got):
         what = f"rank {rank} of {world_size}"
-        expect_true(result["state"] is not None, what=f"{what}: the trained model",
+        expect_true(result.state is not None, what=f"{what}: the trained model",
                     problem="main neither returned a model nor wrapped one in DistributedDataParallel.",
                     hint="wrap the model: model = DDP(model), and return model.module at the end of main.")
-        expect_true(result["wrapped"] >= 1, what=f"{what}: the model",
+        expect_true(result.wrapped >= 1, what=f"{what}: the model",
                     problem="was not wrapped in DistributedDataParallel, so the ranks never averaged their "
                             "gradients.", hint="model = DDP(model) (with device_ids=[rank] on a GPU).")
-        state = result["state"]
-        expect_equal(sorted(state), sorted(expected), what=f"{what}: the names of the trained model's parameters",
-                     hint="train the book's NeuralNetwork(num_inputs=2, num_outputs=2).")
+        expect_equal(sorted(result.state), sorted(expected), what=f"{what}: the names of the trained model's "
+                     "parameters", hint="train the book's NeuralNetwork(num_inputs=2, num_outputs=2).")
         for name, tensor in expected.items():
-            expect_close(state[name], tensor, what=f"{what}: {name} after {NUM_EPOCHS} epochs of DDP training, "
-                                                   "against one process trained on the global batches",
-                         hint=lambda state=state: name_ddp_mistake(world_size, state) or (
-                             "seed with torch.manual_seed(123) before building the model; per batch: forward, "
-                             "F.cross_entropy, zero_grad, backward, step; SGD with lr=0.5."))
-        expect_true(result["still_initialized"] is False, what=f"{what}: after main",
+            expect_close(result.state[name], tensor, what=f"{what}: {name} after {NUM_EPOCHS} epochs of DDP "
+                         "training, against one process trained on the global batches",
+                         hint=partial(ddp_hint, world_size, result.state))
+        expect_true(result.still_initialized is False, what=f"{what}: after main",
                     problem="the process group is still initialised.",
                     hint="end main with destroy_process_group() (in a finally: block, so that it also runs after "
                          "an error).")

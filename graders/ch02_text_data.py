@@ -106,9 +106,8 @@ def test_simple_tokenize(submission):
     """simple_tokenize splits on punctuation, double dashes and whitespace, and drops the whitespace."""
     texts = [TEXT, MORE_TEXT, "  Hello,   world.  ", 'Is "this" -- (really) a_test?']
     got = submission.run(tokenize_texts, texts=texts)
-    for index, text in enumerate(texts):
-        expect_equal(got[index], ref.simple_tokenize(text), what=f"simple_tokenize of text {index + 1}",
-                     hint=HINT_SPLIT)
+    for index, (text, tokens) in enumerate(zip(texts, got)):
+        expect_equal(tokens, ref.simple_tokenize(text), what=f"simple_tokenize of text {index + 1}", hint=HINT_SPLIT)
 
 
 # -- section 2.3: token ids --------------------------------------------------------------------------------------
@@ -121,8 +120,8 @@ def test_build_vocab(submission):
     # Special tokens that are already among the tokens are not graded: the book appends them unchecked.
     cases = [(tokens, []), (tokens, ["<|endoftext|>", "<|unk|>"]), (["b", "a", "b", "a"], ["<|unk|>"])]
     got = submission.run(build_vocabs, cases=cases)
-    for index, (case_tokens, specials) in enumerate(cases):
-        expect_equal(got[index], ref.build_vocab(case_tokens, special_tokens=specials),
+    for index, ((case_tokens, specials), vocab) in enumerate(zip(cases, got)):
+        expect_equal(vocab, ref.build_vocab(case_tokens, special_tokens=specials),
                      what=f"vocabulary {index + 1} (special tokens {specials})",
                      hint="sorted(set(tokens)) numbered from 0, then the special tokens in the given order.")
 
@@ -136,8 +135,8 @@ def test_tokenizer_v1_encode(submission):
     texts = [TEXT, MORE_TEXT]
     got = submission.run(encode_texts, class_name="SimpleTokenizerV1", vocab=vocab, texts=texts)
     tokenizer = ref.SimpleTokenizerV1(vocab)
-    for index, text in enumerate(texts):
-        expect_equal(got[index], tokenizer.encode(text), what=f"token ids of text {index + 1}",
+    for index, (text, ids) in enumerate(zip(texts, got)):
+        expect_equal(ids, tokenizer.encode(text), what=f"token ids of text {index + 1}",
                      hint="tokenize with simple_tokenize, then look each token up in self.str_to_int.")
 
 
@@ -149,8 +148,8 @@ def test_tokenizer_v1_decode(submission):
     tokenizer = ref.SimpleTokenizerV1(vocab)
     id_lists = [tokenizer.encode(MORE_TEXT), tokenizer.encode('He wrote "calm" (when the ships came), and the sea?')]
     got = submission.run(decode_ids, class_name="SimpleTokenizerV1", vocab=vocab, id_lists=id_lists)
-    for index, ids in enumerate(id_lists):
-        expect_equal(got[index], tokenizer.decode(ids), what=f"decoded text {index + 1}",
+    for index, (ids, text) in enumerate(zip(id_lists, got)):
+        expect_equal(text, tokenizer.decode(ids), what=f"decoded text {index + 1}",
                      hint="join with ' ', then re.sub(r'\\s+([,.?!\"()\\'])', r'\\1', text) to remove the space "
                           "before punctuation.")
 
@@ -168,8 +167,8 @@ def test_tokenizer_v2_unknown_words(submission):
                  what="token ids of texts with unknown words",
                  hint='replace every token that is not in self.str_to_int by "<|unk|>" before looking ids up.')
     ids = tokenizer.encode(UNKNOWN_TEXT)
-    decoded = submission.run(decode_ids, class_name="SimpleTokenizerV2", vocab=vocab, id_lists=[ids])
-    expect_equal(decoded[0], tokenizer.decode(ids), what="decoded text with <|unk|> tokens",
+    (decoded,) = submission.run(decode_ids, class_name="SimpleTokenizerV2", vocab=vocab, id_lists=[ids])
+    expect_equal(decoded, tokenizer.decode(ids), what="decoded text with <|unk|> tokens",
                  hint="join with ' ' and remove the space before , . : ; ? ! \" ( ) '")
 
 
@@ -181,11 +180,12 @@ def test_tokenizer_v2_endoftext(submission):
     vocab = v2_vocab()
     tokenizer = ref.SimpleTokenizerV2(vocab)
     text = " <|endoftext|> ".join(["The sea didn't care.", "Was it lonely? Perhaps: the gulls knew."])
-    got = submission.run(encode_texts, class_name="SimpleTokenizerV2", vocab=vocab, texts=[text])
-    expect_equal(got[0], tokenizer.encode(text), what="token ids of two texts joined by <|endoftext|>",
+    expected = tokenizer.encode(text)
+    (ids,) = submission.run(encode_texts, class_name="SimpleTokenizerV2", vocab=vocab, texts=[text])
+    expect_equal(ids, expected, what="token ids of two texts joined by <|endoftext|>",
                  hint="<|endoftext|> is one token of the vocabulary.")
-    decoded = submission.run(decode_ids, class_name="SimpleTokenizerV2", vocab=vocab, id_lists=[tokenizer.encode(text)])
-    expect_equal(decoded[0], tokenizer.decode(tokenizer.encode(text)), what="decoded text with <|endoftext|>",
+    (decoded,) = submission.run(decode_ids, class_name="SimpleTokenizerV2", vocab=vocab, id_lists=[expected])
+    expect_equal(decoded, tokenizer.decode(expected), what="decoded text with <|endoftext|>",
                  hint="decode as in V1, also removing the space before : and ;")
 
 
@@ -214,8 +214,8 @@ def test_dataset_windows(submission):
     """GPTDatasetV1: every input window and its target (shifted by one), for several max_length/stride pairs."""
     settings = [(4, 1), (4, 4), (6, 5), (3, 7), (8, 2)]
     got = submission.run(dataset_windows, text=TEXT, settings=settings)
-    for index, (max_length, stride) in enumerate(settings):
-        expect_pairs(got[index], reference_windows(TEXT, max_length, stride),
+    for (max_length, stride), windows in zip(settings, got):
+        expect_pairs(windows, reference_windows(TEXT, max_length, stride),
                      what=f"GPTDatasetV1 with max_length={max_length}, stride={stride}", unit="window",
                      count_hint="a window starts every `stride` tokens: "
                                 "for i in range(0, len(token_ids) - max_length, stride).",
@@ -230,10 +230,10 @@ def test_dataset_short_texts(submission):
     length = len(get_gpt2_tokenizer().encode(text, allowed_special={"<|endoftext|>"}))
     settings = [(length, 1), (length - 1, 1), (length - 1, 3)]
     got = submission.run(dataset_windows, text=text, settings=settings)
-    for index, (max_length, stride) in enumerate(settings):
-        if max_length == length and isinstance(got[index], dict):
+    for (max_length, stride), windows in zip(settings, got):
+        if max_length == length and isinstance(windows, dict):
             continue  # no window fits: refusing the text is accepted as well as an empty dataset
-        expect_pairs(got[index], reference_windows(text, max_length, stride), unit="window",
+        expect_pairs(windows, reference_windows(text, max_length, stride), unit="window",
                      what=f"GPTDatasetV1 on a {length}-token text with max_length={max_length}, stride={stride}",
                      count_hint="a window needs max_length + 1 tokens (its targets are shifted by one), so a text "
                                 "of max_length tokens gives none and one of max_length + 1 tokens gives exactly one.",
@@ -253,10 +253,10 @@ def test_dataloader_batches(submission):
         {"batch_size": 2, "max_length": 6, "stride": 3, "shuffle": False},
     ]
     got = submission.run(dataloader_batches, text=TEXT, kwargs_list=[dict(k) for k in kwargs_list])
-    for index, kwargs in enumerate(kwargs_list):
+    for kwargs, batches in zip(kwargs_list, got):
         expected = [tuple(batch) for batch in ref.create_dataloader_v1(TEXT, **kwargs)]
         arguments = ", ".join(f"{key}={value}" for key, value in kwargs.items())
-        expect_pairs(got[index], expected, what=f"create_dataloader_v1({arguments})", unit="batch",
+        expect_pairs(batches, expected, what=f"create_dataloader_v1({arguments})", unit="batch",
                      count_hint="pass batch_size and drop_last on to the DataLoader; drop_last=True drops a last, "
                                 "smaller batch.",
                      hint="use tiktoken.get_encoding('gpt2'), your GPTDatasetV1 and DataLoader(dataset, "
@@ -298,7 +298,7 @@ def test_input_embeddings(submission):
     got = submission.run(input_embeddings, token_weight=token_weight, pos_weight=pos_weight,
                          token_ids_list=token_ids_list)
     token_layer, pos_layer = nn.Embedding.from_pretrained(token_weight), nn.Embedding.from_pretrained(pos_weight)
-    for index, ids in enumerate(token_ids_list):
-        expect_close(got[index], ref.create_input_embeddings(ids, token_layer, pos_layer),
+    for ids, embeddings in zip(token_ids_list, got):
+        expect_close(embeddings, ref.create_input_embeddings(ids, token_layer, pos_layer),
                      what=f"input embeddings of token ids of shape {tuple(ids.shape)}",
                      hint="token_embedding_layer(token_ids) + pos_embedding_layer(torch.arange(num_tokens)).")

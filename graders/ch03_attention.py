@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from checks.ch03_attention import INTERFACE as INTERFACE  # what the tests' @pytest.mark.runs name (public)
-from course.grading import expect_close
+from course.grading import Mistake, expect_close
 from course.grading.diagnosis import shape_mismatch
 from course.grading.inputs import rand, reference_module
 from course.grading.probes import call_function
@@ -29,6 +29,8 @@ def attention_with(model, x, *, causal, scale="head_dim", softmax_dim=-1, out_pr
 
     Works for SelfAttention_v1/v2 (2-D inputs, no mask), CausalAttention and MultiHeadAttention.
     """
+    if not out_proj and not hasattr(model, "out_proj"):
+        raise ValueError("this attention has no output projection to leave out")
     batched = x.dim() == 3
     x = x if batched else x.unsqueeze(0)
     b, num_tokens, _ = x.shape
@@ -57,45 +59,26 @@ def attention_with(model, x, *, causal, scale="head_dim", softmax_dim=-1, out_pr
     return context if batched else context[0]
 
 
-# (what the output matches, the fix, the options of attention_with that reproduce it)
 CLASSIC_MISTAKES = [
-    ("attention without the causal mask", "fill the scores above the diagonal with -inf before the softmax.",
-     {"causal": False}),
-    ("scores scaled by sqrt(d_out) instead of sqrt(head_dim)", "divide by self.head_dim ** 0.5.",
-     {"scale": "d_out"}),
-    ("unscaled scores", "divide the scores by the square root of the key dimension before the softmax.",
-     {"scale": None}),
-    ("a softmax over the wrong dimension (dim=-2)", "normalise each row: torch.softmax(..., dim=-1).",
-     {"softmax_dim": -2}),
-    ("attention without the output projection", "return self.out_proj(context_vec).", {"out_proj": False}),
+    Mistake("attention without the causal mask", "fill the scores above the diagonal with -inf before the softmax.",
+            causal=False),
+    Mistake("scores scaled by sqrt(d_out) instead of sqrt(head_dim)", "divide by self.head_dim ** 0.5.", scale="d_out"),
+    Mistake("unscaled scores", "divide the scores by the square root of the key dimension before the softmax.",
+            scale=None),
+    Mistake("a softmax over the wrong dimension (dim=-2)", "normalise each row: torch.softmax(..., dim=-1).",
+            softmax_dim=-2),
+    Mistake("attention without the output projection", "return self.out_proj(context_vec).", out_proj=False),
 ]
 
 
-def classic_mistake(model, *, causal):
-    """A name_mistake for expect_module_outputs: if the student's output equals a classic mistake's output,
-    say which one (never the expected values)."""
-
-    def name_mistake(x, got) -> str | None:
-        if not isinstance(got, torch.Tensor) or not got.is_floating_point():
-            return None
-        with torch.no_grad():
-            for description, fix, options in CLASSIC_MISTAKES:
-                if options.get("out_proj") is False and not hasattr(model, "out_proj"):
-                    continue
-                mistaken = attention_with(model, x, **{"causal": causal, **options})
-                if got.shape == mistaken.shape and torch.allclose(got.double(), mistaken.double(), atol=1e-4,
-                                                                  rtol=1e-4):
-                    return f"your output is exactly what {description} gives: {fix}"
-        return None
-
-    return name_mistake
-
-
-def check_outputs(submission, cls, init, inputs, *, what, hint, seed=123, diagnose=True, errors=()):
+def check_outputs(submission, cls, init, inputs, *, what, hint, seed=123, mistakes=CLASSIC_MISTAKES, errors=()):
+    """The student's class against the reference built from `seed`; a wrong output is compared with the
+    reference's attention recomputed with each classic mistake (causal when the class has a context_length)."""
     model = reference_module(cls, seed, **init)
-    name_mistake = classic_mistake(model, causal="context_length" in init) if diagnose else None
-    expect_module_outputs(submission, model, cls.__name__, init, inputs, what=what, hint=hint,
-                          name_mistake=name_mistake, errors=errors)
+    causal = "context_length" in init
+    expect_module_outputs(submission, model, cls.__name__, init, inputs, what=what, hint=hint, errors=errors,
+                          mistakes=mistakes,
+                          mistaken=lambda x, **change: attention_with(model, x, **{"causal": causal, **change}))
 
 
 def check_causal(submission, cls, init, *, what):
@@ -118,8 +101,8 @@ def test_simplified_self_attention(submission):
     """simplified_self_attention: context vectors from dot-product scores and a softmax."""
     inputs = [rand(1, 6, 3), rand(2, 4, 5)]
     got = submission.run(call_function, name="simplified_self_attention", inputs=inputs)
-    for index, x in enumerate(inputs):
-        expect_close(got[index], ref.simplified_self_attention(x),
+    for x, context in zip(inputs, got):
+        expect_close(context, ref.simplified_self_attention(x),
                      what=f"context vectors for inputs of shape {tuple(x.shape)}",
                      hint="scores = inputs @ inputs.T, weights = softmax over the last dim, "
                           "context = weights @ inputs.")
@@ -193,7 +176,7 @@ def test_causal_attention_dropout_in_training(submission):
 def test_wrapper_output(submission):
     """MultiHeadAttentionWrapper stacks the heads' outputs along the last dimension."""
     init = {"d_in": 3, "d_out": 2, "context_length": 6, "dropout": 0.2, "num_heads": 3}
-    check_outputs(submission, ref.MultiHeadAttentionWrapper, init, [rand(9, 2, 6, 3)], diagnose=False,
+    check_outputs(submission, ref.MultiHeadAttentionWrapper, init, [rand(9, 2, 6, 3)], mistakes=(),
                   what="MultiHeadAttentionWrapper output (3 heads of width 2)",
                   hint="run every head of self.heads and concatenate their outputs with torch.cat(..., dim=-1): "
                        "(b, num_tokens, num_heads * d_out).")

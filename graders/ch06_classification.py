@@ -17,8 +17,7 @@ builds an input the model cannot take, the course raises ValueError). What prepa
 returns is not graded (the book's code is inline and returns nothing); the model it changes in place is.
 """
 
-import contextlib
-import io
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,14 +25,28 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from checks.ch06_classification import INTERFACE as INTERFACE  # what the tests' @pytest.mark.runs name (public)
-from course.grading import DEVICE, ListOf, expect_close, expect_equal, expect_true, probe
-from course.grading.diagnosis import explain_errors
+from course.grading import DEVICE, as_number, expect_close, expect_equal, expect_true, explain_errors, probe
+from course.grading.contracts import Fields, ListOf
 from course.grading.imports import plain_imports
 from course.grading.inputs import randint, reference_module
-from course.worker.runtime.records import ErrorKind
+from course.grading.mistakes import Mistake, name_mistake
+from graders.shared.gpt_training import (
+    NUM_BATCHES_IGNORED,
+    STEPS_FROM_ONE,
+    ZERO_GRAD_FORGOTTEN,
+    check_calc_loss_batch,
+    check_evaluate_model,
+    dividing_by_zero,
+    expect_loader_loss,
+    expect_returned,
+    expect_trained,
+    loader_values,
+    reference_loader,
+    train_here,
+    training_run,
+)
 
 with plain_imports():
     import pandas as pd
@@ -62,16 +75,8 @@ GPT2_VOCAB = {"vocab_size": 50257, "context_length": 32, "emb_dim": 4, "n_heads"
 HINT_LAST_TOKEN = ("read the prediction from the last token only: logits = model(input_batch)[:, -1, :], of shape "
                    "(batch, num_classes); because of the causal mask it is the only position that has seen the whole "
                    "message.")
-
-
-def error_mentions(*phrases, hint):
-    """A diagnosis: `hint` for an error raised in the student's code whose message contains one of `phrases`."""
-
-    def diagnose(record):
-        raised = record.kind is ErrorKind.RAISED
-        return hint if raised and any(p in f"{record.type}: {record.message}" for p in phrases) else None
-
-    return diagnose
+# What as_number says to a loss or an accuracy of the wrong type.
+NUMBER_TYPE_HINT = "return a Python float (e.g. total_loss / num_batches)."
 
 
 def messages():
@@ -83,10 +88,6 @@ def frame_rows(df) -> dict:
     """A data frame as plain lists (what crosses to and from the worker)."""
     return {"index": [int(i) for i in df.index], "Label": [v.item() if hasattr(v, "item") else v
                                                           for v in df["Label"]], "Text": [str(t) for t in df["Text"]]}
-
-
-def as_frame(rows: dict):
-    return pd.DataFrame({"Label": rows["Label"], "Text": rows["Text"]}, index=rows["index"])
 
 
 def classifier(cfg, seed=123, num_classes=2):
@@ -102,20 +103,7 @@ def token_batches(seed, rows, num_tokens, vocab_size=SMALL["vocab_size"], num_cl
     return randint(seed, vocab_size, rows, num_tokens), randint(seed + 1000, num_classes, rows)
 
 
-def as_number(value, *, what):
-    """A student's loss or accuracy as a float64 tensor of shape (): Python numbers and one-element tensors are
-    accepted."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
-        expect_true(False, what=what, problem=f"expected a number, got {type(value).__name__}.",
-                    hint="return a Python float (e.g. total_loss / num_batches).")
-    if isinstance(value, torch.Tensor):
-        expect_true(value.numel() == 1, what=what, problem=f"expected one number, got a tensor of shape "
-                    f"{tuple(value.shape)}.", hint="return a single number, e.g. loss.item().")
-        return value.detach().reshape(()).double()
-    return torch.tensor(float(value), dtype=torch.float64)
-
-
-# -- probes: run in the worker against the student's module ---------------------------------------------------
+# -- probes: run in the worker against the student's module (and those chapter 5 shares: gpt_training.py) ---------
 
 @probe(returns=ListOf(length="cases"))
 def balanced_frames(student, name, cases):
@@ -145,10 +133,10 @@ def split_frames(student, name, cases):
     return results
 
 
-@probe(returns=ListOf(length="settings"))
+@probe(returns=ListOf(Fields("max_length", "length", "items"), length="settings"))
 def spam_datasets(student, name, rows, settings):
     """SpamDataset over a CSV file of `rows`, with GPT-2's tokenizer, for each settings dict (keyword arguments):
-    {"max_length": the attribute, "length": len(dataset), "items": [(token ids, label), ...]}."""
+    its .max_length attribute, its .length (len(dataset)) and its .items [(token ids, label), ...]."""
     import pandas as pd
     import tiktoken
 
@@ -162,15 +150,17 @@ def spam_datasets(student, name, rows, settings):
     return results
 
 
-@probe(returns=ListOf(length=4))
+@probe(returns=Fields("head", "requires_grad", "logits", "with_gradient"))
 def prepared_model(student, name, cfg, state, num_classes, x):
     """The student's prepare_model_for_classification on a GPTModel (after torch.manual_seed(123), as the book
-    seeds before the new head): [the head ({"type", "weight", "bias"}), {parameter: requires_grad}, the logits
-    for x in eval mode, the parameters that received a gradient from the last token's logits]."""
+    seeds before the new head): its .head ({"type", "weight", "bias"}), .requires_grad ({parameter: flag}), the
+    .logits for x in eval mode, and the parameters that received a gradient from the last token's logits
+    (.with_gradient)."""
+    from probe_kit.training import loaded_gpt
+
     from reference.gpt import GPTModel
 
-    model = GPTModel(cfg).to(DEVICE)
-    model.load_state_dict(state)
+    model = loaded_gpt(GPTModel, cfg, state).to(DEVICE)
     torch.manual_seed(123)
     returned = getattr(student, name)(model, num_classes=num_classes)
     if isinstance(returned, nn.Module):
@@ -187,160 +177,16 @@ def prepared_model(student, name, cfg, state, num_classes, x):
     if logits.requires_grad:
         logits[:, -1, :].sum().backward()
     with_gradient = sorted(name for name, p in model.named_parameters() if p.grad is not None)
-    return [head_info, requires_grad, logits_value, with_gradient]
+    return {"head": head_info, "requires_grad": requires_grad, "logits": logits_value, "with_gradient": with_gradient}
 
 
-@probe(returns=ListOf(ListOf(length=2), length="batches"))
-def batch_losses(student, cfg, state, batches):
-    """[loss, gradient of out_head.weight (or None)] of the student's calc_loss_batch for each (inputs, labels),
-    on a classifier (GPTModel with a num_classes head) in eval mode."""
-    from reference.gpt import GPTModel
-
-    model = GPTModel(cfg)
-    model.out_head = nn.Linear(cfg["emb_dim"], state["out_head.weight"].shape[0])
-    model.load_state_dict(state)
-    model = model.to(DEVICE).eval()
-    results = []
-    for inputs, labels in batches:
-        model.zero_grad(set_to_none=True)
-        loss = student.calc_loss_batch(inputs, labels, model, DEVICE)
-        gradient = None
-        if isinstance(loss, torch.Tensor) and loss.requires_grad and loss.numel() == 1:
-            loss.sum().backward()
-            gradient = model.out_head.weight.grad
-        results.append([loss.detach() if isinstance(loss, torch.Tensor) else loss, gradient])
-    return results
-
-
-@probe(returns=ListOf(ListOf(length=2), length="cases"))
-def loader_values(student, name, cfg, state, inputs, labels, cases, device):
-    """The student's `name` (calc_loss_loader or calc_accuracy_loader) for each (rows, batch_size, num_batches):
-    a loader over the first `rows` examples, a classifier put in TRAIN mode before each call (dropout on, so the
-    function must switch it off). Returns [value, the model's training flag afterwards] per case."""
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from reference.gpt import GPTModel
-
-    device = DEVICE if device is None else device
-    model = GPTModel(cfg)
-    model.out_head = nn.Linear(cfg["emb_dim"], state["out_head.weight"].shape[0])
-    model.load_state_dict(state)
-    model = model.to(device)
-    function = getattr(student, name)
-    results = []
-    for rows, batch_size, num_batches in cases:
-        loader = DataLoader(TensorDataset(inputs[:rows], labels[:rows]), batch_size=batch_size, shuffle=False)
-        model.train()
-        torch.manual_seed(len(results))
-        with torch.no_grad():
-            if num_batches is None:
-                value = function(loader, model, device)
-            else:
-                value = function(loader, model, device, num_batches=num_batches)
-        results.append([value, model.training])
-    return results
-
-
-@probe(returns=ListOf(length=3))
-def evaluate_twice(student, name, cfg, state, train_data, val_data, batch_size, eval_iter):
-    """evaluate_model on a classifier with dropout in training mode, twice (after two different seeds): [first
-    result, second result, the model's training flag after the first call]."""
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from reference.gpt import GPTModel
-
-    model = GPTModel(cfg)
-    model.out_head = nn.Linear(cfg["emb_dim"], state["out_head.weight"].shape[0])
-    model.load_state_dict(state)
-    model = model.to(DEVICE)
-    train_loader = DataLoader(TensorDataset(*train_data), batch_size=batch_size, shuffle=False)
-    val_loader = DataLoader(TensorDataset(*val_data), batch_size=batch_size, shuffle=False)
-    results, training_after = [], None
-    for seed in (1, 2):
-        model.train()
-        torch.manual_seed(seed)
-        result = getattr(student, name)(model, train_loader, val_loader, DEVICE, eval_iter)
-        results.append(list(result) if isinstance(result, tuple) else result)
-        if training_after is None:
-            training_after = model.training
-    return [results[0], results[1], training_after]
-
-
-@probe(returns=ListOf(length=3))
-def training_run(student, name, cfg, state, train_data, val_data, settings, arguments):
-    """The student's training loop `name` on the CPU from the given weights: a classifier whose last block, final
-    norm and head are trainable (frozen by this probe as the book does), AdamW, torch.manual_seed(settings
-    ["seed"]) just before the call, as student.<name>(model, train_loader, val_loader, optimizer, "cpu",
-    **arguments). Returns [the loop's result, the final head weight, what it printed]. The grader runs this same
-    function with the reference's loop for the expected values.
-
-    The optimizer is AdamW written out here: the loops use only its zero_grad() and step(), and building one of
-    torch.optim's optimizers imports torch's compiler stack (seconds, once per grading process)."""
-    import contextlib
-    import io
-    import math
-
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from reference.gpt import GPTModel
-
-    class PlainAdamW:
-        def __init__(self, params, lr, weight_decay, betas=(0.9, 0.999), eps=1e-8):
-            self.param_groups = [{"params": list(params), "lr": lr, "weight_decay": weight_decay, "betas": betas,
-                                  "eps": eps}]
-            self.state = {}
-
-        def zero_grad(self, set_to_none=True):
-            for param in self.param_groups[0]["params"]:
-                if set_to_none:
-                    param.grad = None
-                elif param.grad is not None:
-                    param.grad.detach_()
-                    param.grad.zero_()
-
-        @torch.no_grad()
-        def step(self, closure=None):
-            group = self.param_groups[0]
-            lr, (beta1, beta2) = group["lr"], group["betas"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                state = self.state.setdefault(param, [0, torch.zeros_like(param), torch.zeros_like(param)])
-                state[0] += 1
-                param.mul_(1 - lr * group["weight_decay"])
-                state[1].mul_(beta1).add_(param.grad, alpha=1 - beta1)
-                state[2].mul_(beta2).addcmul_(param.grad, param.grad, value=1 - beta2)
-                denominator = (state[2].sqrt() / math.sqrt(1 - beta2 ** state[0])).add_(group["eps"])
-                param.addcdiv_(state[1], denominator, value=-lr / (1 - beta1 ** state[0]))
-
-    model = GPTModel(cfg)
-    model.out_head = nn.Linear(cfg["emb_dim"], state["out_head.weight"].shape[0])
-    model.load_state_dict(state)
-    for param in model.parameters():
-        param.requires_grad = False
-    for module in (model.trf_blocks[-1], model.final_norm, model.out_head):
-        for param in module.parameters():
-            param.requires_grad = True
-    train_loader = DataLoader(TensorDataset(*[t.cpu() for t in train_data]), batch_size=settings["batch_size"],
-                              shuffle=False)
-    val_loader = DataLoader(TensorDataset(*[t.cpu() for t in val_data]), batch_size=settings["batch_size"],
-                            shuffle=False)
-    optimizer = PlainAdamW(model.parameters(), lr=settings["lr"], weight_decay=0.1)
-    torch.manual_seed(settings["seed"])
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        result = getattr(student, name)(model, train_loader, val_loader, optimizer, "cpu", **arguments)
-    if isinstance(result, (list, tuple)):
-        result = [list(part) if isinstance(part, tuple) else part for part in result]
-    return [result, model.out_head.weight.detach(), printed.getvalue()[-2000:]]
-
-
-@probe(returns=ListOf(ListOf(length=3), length="cases"))
+@probe(returns=ListOf(Fields("answer", "seen", "training_after"), length="cases"))
 def classified(student, name, cfg, state, cases):
     """classify_review on the CPU for each case {"text", "kwargs"}, with GPT-2's tokenizer and a classifier (in
-    TRAIN mode before each call, dropout on) that records the token ids it is given: [the answer, the recorded
-    input ids (or None), the model's training flag afterwards]."""
+    TRAIN mode before each call, dropout on) that records the token ids it is given: the .answer, the input ids
+    it .seen last (or None), and the model's mode afterwards (.training_after)."""
     import tiktoken
+    from probe_kit.training import loaded_gpt
 
     from reference.gpt import GPTModel
 
@@ -349,9 +195,7 @@ def classified(student, name, cfg, state, cases):
             self.seen.append(in_idx.detach().cpu().clone())
             return super().forward(in_idx)
 
-    model = RecordingClassifier(cfg)
-    model.out_head = nn.Linear(cfg["emb_dim"], state["out_head.weight"].shape[0])
-    model.load_state_dict(state)
+    model = loaded_gpt(RecordingClassifier, cfg, state)
     tokenizer = tiktoken.get_encoding("gpt2")
     results = []
     for case in cases:
@@ -359,7 +203,8 @@ def classified(student, name, cfg, state, cases):
         model.train()
         torch.manual_seed(0)
         answer = getattr(student, name)(case["text"], model, tokenizer, "cpu", **case["kwargs"])
-        results.append([answer, model.seen[-1] if model.seen else None, model.training])
+        results.append({"answer": answer, "seen": model.seen[-1] if model.seen else None,
+                        "training_after": model.training})
     return results
 
 
@@ -372,31 +217,30 @@ def small_frame():
     return df
 
 
+def balanced_hint(rows, expected):
+    if set(zip(rows["index"], rows["Label"])) == set(zip(expected["index"], expected["Label"])):
+        return ("the right rows in the wrong order: put the ham sample first, then the spam "
+                "(pd.concat([ham_subset, spam_rows])), each in the order pandas gives.")
+    if len(rows["index"]) == len(expected["index"]):
+        return ("draw the ham rows with df[df['Label'] == 'ham'].sample(num_spam, random_state=123): the "
+                "seed makes the sample the same on every run (and the same as the book's).")
+    return "keep every spam row and as many ham rows as there are spam rows."
+
+
 @pytest.mark.points(1)
 @pytest.mark.runs("create_balanced_dataset")
 def test_create_balanced_dataset(submission):
     """create_balanced_dataset: all the spam, as many ham rows drawn with random_state=123, ham first."""
     frames = [messages(), small_frame()]
     got = submission.run(balanced_frames, name="create_balanced_dataset", cases=[frame_rows(df) for df in frames])
-    for index, df in enumerate(frames):
+    for rows, df in zip(got, frames):
         expected = frame_rows(ref.create_balanced_dataset(df))
-        rows = got[index]
         what = f"create_balanced_dataset on {len(df)} messages ({int((df['Label'] == 'spam').sum())} spam)"
         expect_true(isinstance(rows, dict), what=what, problem="no data frame came back.", hint=None)
-
-        def diagnose(rows=rows, expected=expected):
-            pairs = set(zip(rows["index"], rows["Label"]))
-            if pairs == set(zip(expected["index"], expected["Label"])):
-                return ("the right rows in the wrong order: put the ham sample first, then the spam "
-                        "(pd.concat([ham_subset, spam_rows])), each in the order pandas gives.")
-            if len(rows["index"]) == len(expected["index"]):
-                return ("draw the ham rows with df[df['Label'] == 'ham'].sample(num_spam, random_state=123): the "
-                        "seed makes the sample the same on every run (and the same as the book's).")
-            return "keep every spam row and as many ham rows as there are spam rows."
-
         for column in ("index", "Label", "Text"):
             expect_equal(rows[column], expected[column], what=f"{what}: column {column!r} (the index in row "
-                         "order)" if column == "index" else f"{what}: column {column!r}", hint=diagnose)
+                         "order)" if column == "index" else f"{what}: column {column!r}",
+                         hint=partial(balanced_hint, rows, expected))
 
 
 def labelled(df):
@@ -409,6 +253,20 @@ def labelled(df):
 SPLITS = [(0.7, 0.1), (0.7, 0.1), (0.5, 0.3)]
 
 
+def split_hint(parts, expected, df, train_frac, validation_frac):
+    sizes = [len(part["Text"]) for part in parts]
+    if [len(part["Text"]) for part in expected] != sizes:
+        n = len(df)
+        train_end = int(n * train_frac)
+        if sizes[:2] == [train_end, int(n * (train_frac + validation_frac)) - train_end]:
+            return ("your validation part ends at int(n * (train_frac + validation_frac)): cut it at "
+                    "train_end + int(n * validation_frac), as the book does.")
+        return "the sizes are int(len(df) * train_frac) and int(len(df) * validation_frac); the rest is test."
+    if [t for part in parts for t in part["Text"]] == [str(t) for t in df.sample(frac=1, random_state=123)["Text"]]:
+        return "reset the index after shuffling: df.sample(frac=1, random_state=123).reset_index(drop=True)."
+    return "shuffle the whole frame first with df.sample(frac=1, random_state=123), then cut it in order."
+
+
 @pytest.mark.points(1)
 @pytest.mark.runs("random_split")
 def test_random_split(submission):
@@ -418,30 +276,15 @@ def test_random_split(submission):
     frames = [balanced, odd, odd]
     cases = [(frame_rows(df), train, val) for df, (train, val) in zip(frames, SPLITS)]
     got = submission.run(split_frames, name="random_split", cases=cases)
-    for index, (df, (train_frac, validation_frac)) in enumerate(zip(frames, SPLITS)):
+    for parts, df, (train_frac, validation_frac) in zip(got, frames, SPLITS):
         expected = [frame_rows(part) for part in ref.random_split(df, train_frac, validation_frac)]
         what = f"random_split of {len(df)} rows with train_frac={train_frac}, validation_frac={validation_frac}"
-        parts = got[index]
-
-        def diagnose(parts=parts, expected=expected, df=df, train_frac=train_frac, validation_frac=validation_frac):
-            sizes = [len(part["Text"]) for part in parts]
-            shuffled = df.sample(frac=1, random_state=123)
-            if [len(part["Text"]) for part in expected] != sizes:
-                n = len(df)
-                train_end = int(n * train_frac)
-                if sizes[:2] == [train_end, int(n * (train_frac + validation_frac)) - train_end]:
-                    return ("your validation part ends at int(n * (train_frac + validation_frac)): cut it at "
-                            "train_end + int(n * validation_frac), as the book does.")
-                return "the sizes are int(len(df) * train_frac) and int(len(df) * validation_frac); the rest is test."
-            if [t for part in parts for t in part["Text"]] == [str(t) for t in shuffled["Text"]]:
-                return "reset the index after shuffling: df.sample(frac=1, random_state=123).reset_index(drop=True)."
-            return "shuffle the whole frame first with df.sample(frac=1, random_state=123), then cut it in order."
-
+        hint = partial(split_hint, parts, expected, df, train_frac, validation_frac)
         for part_name, got_part, expected_part in zip(("train", "validation", "test"), parts, expected):
             for column in ("Text", "Label", "index"):
                 expect_equal(got_part[column], expected_part[column], what=f"{what}: {part_name} part, column "
                              f"{column!r}" if column != "index" else f"{what}: {part_name} part, its index",
-                             hint=diagnose)
+                             hint=hint)
 
 
 # -- section 6.3: SpamDataset ------------------------------------------------------------------------------------
@@ -453,59 +296,76 @@ def dataset_rows():
 
 
 def reference_dataset(rows, tmp_path, **kwargs):
+    """What spam_datasets gives for the reference's SpamDataset (its CSV file written in `tmp_path`)."""
     path = tmp_path / "messages.csv"
     pd.DataFrame({"Label": rows["Label"], "Text": rows["Text"]}).to_csv(path, index=None)
     dataset = ref.SpamDataset(path, get_gpt2_tokenizer(), **kwargs)
-    return {"max_length": dataset.max_length, "length": len(dataset),
-            "items": [list(dataset[i]) for i in range(len(rows["Text"]))]}
+    return SimpleNamespace(max_length=dataset.max_length, length=len(dataset),
+                           items=[list(dataset[i]) for i in range(len(rows["Text"]))])
 
 
-def padding_mistake(rows, kwargs, got_items) -> str | None:
-    """Name the padding or truncation mistake that gives exactly the student's token ids, if one does."""
+def padded(rows, kwargs, mistake=None):
+    """The token ids of every message brought to one length as SpamDataset(**kwargs) does, or as a classic
+    padding or truncation mistake does."""
     tokenizer = get_gpt2_tokenizer()
     encoded = [tokenizer.encode(text) for text in rows["Text"]]
     pad = kwargs.get("pad_token_id", PAD)
     longest = max(len(ids) for ids in encoded)
     length = kwargs.get("max_length") or longest
-    candidates = [
-        ("padding at the start", "pad at the end: encoded + [pad_token_id] * (max_length - len(encoded)).",
-         [[pad] * (length - len(ids[:length])) + ids[:length] for ids in encoded]),
-        ("keeping the last tokens of long messages", "truncate with encoded[:max_length], the first tokens.",
-         [ids[-length:] + [pad] * (length - len(ids[-length:])) for ids in encoded]),
-        ("padding to the longest message whatever max_length says", "with a max_length, truncate longer messages "
-         "to it and pad shorter ones to it.", [ids + [pad] * (longest - len(ids)) for ids in encoded]),
-        ("padding with 50256 whatever pad_token_id says", "pad with the pad_token_id argument.",
-         [ids[:length] + [PAD] * (length - len(ids[:length])) for ids in encoded]),
-        ("padding without truncating the longer messages", "with a max_length, keep the first max_length tokens "
-         "of every message (encoded[:max_length]) before padding.",
-         [ids + [pad] * (length - len(ids)) for ids in encoded]),
-    ]
-    for description, fix, candidate in candidates:
-        if [item[0].tolist() if isinstance(item[0], torch.Tensor) else None for item in got_items] == candidate:
-            if candidate != [ids[:length] + [pad] * (length - len(ids[:length])) for ids in encoded]:
-                return f"your token ids are exactly what {description} gives: {fix}"
-    return None
+    if mistake == "at the start":
+        return [[pad] * (length - len(ids[:length])) + ids[:length] for ids in encoded]
+    if mistake == "last tokens":
+        return [ids[-length:] + [pad] * (length - len(ids[-length:])) for ids in encoded]
+    if mistake == "to the longest":
+        return [ids + [pad] * (longest - len(ids)) for ids in encoded]
+    if mistake == "with 50256":
+        return [ids[:length] + [PAD] * (length - len(ids[:length])) for ids in encoded]
+    if mistake == "not truncated":
+        return [ids + [pad] * (length - len(ids)) for ids in encoded]
+    if mistake == "no padding":
+        return [ids[:length] for ids in encoded]
+    return [ids[:length] + [pad] * (length - len(ids[:length])) for ids in encoded]
+
+
+PADDING_MISTAKES = [
+    Mistake("padding at the start", "pad at the end: encoded + [pad_token_id] * (max_length - len(encoded)).",
+            mistake="at the start"),
+    Mistake("keeping the last tokens of long messages", "truncate with encoded[:max_length], the first tokens.",
+            mistake="last tokens"),
+    Mistake("padding to the longest message whatever max_length says", "with a max_length, truncate longer messages "
+            "to it and pad shorter ones to it.", mistake="to the longest"),
+    Mistake("padding with 50256 whatever pad_token_id says", "pad with the pad_token_id argument.",
+            mistake="with 50256"),
+    Mistake("padding without truncating the longer messages", "with a max_length, keep the first max_length tokens "
+            "of every message (encoded[:max_length]) before padding.", mistake="not truncated"),
+]
+
+
+def dataset_hint(rows, kwargs, items):
+    correct = padded(rows, kwargs)
+
+    def same_ids(got, mistaken):  # a mistake that changes nothing here is no explanation
+        ids = [item[0].tolist() if isinstance(item[0], torch.Tensor) else None for item in got]
+        return ids == mistaken and mistaken != correct
+
+    return name_mistake(items, PADDING_MISTAKES, partial(padded, rows, kwargs), matches=same_ids,
+                        yours="your token ids are") or (
+        "tokenize each message with tokenizer.encode(text); with max_length=None use the longest message's "
+        "length, else truncate to max_length; then pad every message at the end with pad_token_id.")
 
 
 def expect_dataset(got, expected, rows, kwargs, *, what):
-    expect_true(isinstance(got, dict), what=what, problem="no result came back.", hint=None)
-    expect_equal(got["length"], expected["length"], what=f"{what}: len(dataset)",
+    expect_equal(got.length, expected.length, what=f"{what}: len(dataset)",
                  hint="__len__ returns the number of messages, len(self.data).")
-    items = got["items"]
-
-    def diagnose():
-        return padding_mistake(rows, kwargs, items) or (
-            "tokenize each message with tokenizer.encode(text); with max_length=None use the longest message's "
-            "length, else truncate to max_length; then pad every message at the end with pad_token_id.")
-
-    for index, (got_item, expected_item) in enumerate(zip(items, expected["items"])):
+    for index, (got_item, expected_item) in enumerate(zip(got.items, expected.items)):
         expect_true(len(got_item) == 2, what=f"{what}: dataset[{index}]", problem="expected a pair (token ids, "
                     "label).", hint="return torch.tensor(encoded, dtype=torch.long), torch.tensor(label, "
                                     "dtype=torch.long).")
-        expect_equal(got_item[0], expected_item[0], what=f"{what}: dataset[{index}] token ids", hint=diagnose)
+        expect_equal(got_item[0], expected_item[0], what=f"{what}: dataset[{index}] token ids",
+                     hint=partial(dataset_hint, rows, kwargs, got.items))
         expect_equal(got_item[1], expected_item[1], what=f"{what}: dataset[{index}] label",
                      hint="the label is the row's \"Label\" value as a 0-d tensor of dtype torch.long.")
-    expect_equal(got["max_length"], expected["max_length"], what=f"{what}: the max_length attribute",
+    expect_equal(got.max_length, expected.max_length, what=f"{what}: the max_length attribute",
                  hint="keep the length every message was brought to in self.max_length (the book passes the "
                       "training set's to the validation and test sets).")
 
@@ -527,9 +387,9 @@ def test_spam_dataset_max_length(submission, tmp_path):
     rows = dataset_rows()
     settings = [{"max_length": 10}, {"max_length": 40, "pad_token_id": 0}]
     got = submission.run(spam_datasets, name="SpamDataset", rows=rows, settings=settings)
-    for index, kwargs in enumerate(settings):
+    for dataset, kwargs in zip(got, settings):
         arguments = ", ".join(f"{key}={value}" for key, value in kwargs.items())
-        expect_dataset(got[index], reference_dataset(rows, tmp_path, **kwargs), rows, kwargs,
+        expect_dataset(dataset, reference_dataset(rows, tmp_path, **kwargs), rows, kwargs,
                        what=f"SpamDataset(csv_file, tokenizer, {arguments})")
 
 
@@ -554,7 +414,8 @@ def test_classification_head(submission):
     """prepare_model_for_classification gives the model a new head, nn.Linear(emb_dim, num_classes) with a bias,
     drawn right after the book's seed; the model's other weights are kept."""
     for num_classes, seed in HEAD_CASES:
-        (head, _, logits, _), model, x = prepared(submission, num_classes, seed)
+        got, model, x = prepared(submission, num_classes, seed)
+        head = got.head
         what = f"the new output head (num_classes={num_classes})"
         expect_true(head["type"] == "Linear", what=what, problem=f"model.out_head is a {head['type']}, not an "
                     "nn.Linear.", hint="model.out_head = nn.Linear(in_features=emb_dim, out_features=num_classes).")
@@ -567,7 +428,7 @@ def test_classification_head(submission):
         expect_close(head["bias"], model.out_head.bias.detach(), what=f"{what}: bias", hint=weight_hint)
         with torch.no_grad():
             expected_logits = model(x)
-        expect_close(logits, expected_logits, what=f"logits of the prepared model (num_classes={num_classes})",
+        expect_close(got.logits, expected_logits, what=f"logits of the prepared model (num_classes={num_classes})",
                      hint="replace only model.out_head: keep the pretrained embeddings, blocks and final norm.")
 
 
@@ -583,6 +444,18 @@ def trainable_groups(requires_grad: dict) -> str:
     return ", ".join(groups) or "none"
 
 
+def freezing_hint(requires_grad):
+    if all(requires_grad.values()):
+        return ("every parameter is still trainable: first freeze them all (param.requires_grad = False for "
+                "model.parameters()), then unfreeze the last block and the final norm.")
+    head = [flag for name, flag in requires_grad.items() if name.startswith("out_head.")]
+    if head and not any(head):
+        return ("the new head is frozen: replace the head AFTER freezing the model (a new nn.Linear is "
+                "trainable), or unfreeze it.")
+    return ("freeze every parameter, replace the head, then set requires_grad = True for the parameters of "
+            "model.trf_blocks[-1] (the LAST block) and model.final_norm.")
+
+
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_classification_head")
 @pytest.mark.runs("prepare_model_for_classification")
@@ -590,28 +463,17 @@ def test_freezing(submission):
     """Only the last transformer block, the final LayerNorm and the new head are trainable, and only they get
     gradients."""
     for num_classes, seed in HEAD_CASES:
-        (_, requires_grad, _, with_gradient), model, _ = prepared(submission, num_classes, seed)
+        got, model, _ = prepared(submission, num_classes, seed)
+        requires_grad = got.requires_grad
         expected = {name: bool(p.requires_grad) for name, p in model.named_parameters()}
         what = f"which parameters are trainable after prepare_model_for_classification (num_classes={num_classes})"
         expect_true(isinstance(requires_grad, dict), what=what, problem="nothing could be read.", hint=None)
-
-        def diagnose(requires_grad=requires_grad):
-            if all(requires_grad.values()):
-                return ("every parameter is still trainable: first freeze them all (param.requires_grad = False for "
-                        "model.parameters()), then unfreeze the last block and the final norm.")
-            head = [flag for name, flag in requires_grad.items() if name.startswith("out_head.")]
-            if head and not any(head):
-                return ("the new head is frozen: replace the head AFTER freezing the model (a new nn.Linear is "
-                        "trainable), or unfreeze it.")
-            return ("freeze every parameter, replace the head, then set requires_grad = True for the parameters of "
-                    "model.trf_blocks[-1] (the LAST block) and model.final_norm.")
-
         expect_true(sorted(requires_grad) == sorted(expected), what=what, problem="the model's parameter names "
                     "differ from the book's GPTModel with a new out_head.", hint="only replace model.out_head.")
         expect_true(requires_grad == expected, what=what, problem=f"the trainable ones are: "
-                    f"{trainable_groups(requires_grad)}.", hint=diagnose)
+                    f"{trainable_groups(requires_grad)}.", hint=partial(freezing_hint, requires_grad))
         expected_with_gradient = sorted(name for name, flag in expected.items() if flag)
-        expect_equal(with_gradient, expected_with_gradient, what=f"parameters that received a gradient "
+        expect_equal(got.with_gradient, expected_with_gradient, what=f"parameters that received a gradient "
                      f"(num_classes={num_classes})", hint="a frozen parameter (requires_grad False) gets no gradient; "
                                                            "the trainable ones must be used by the model's forward.")
 
@@ -623,13 +485,6 @@ def loader_cases():
     a last partial batch."""
     inputs, labels = token_batches(3, 10, 6)
     return inputs, labels, [(10, 2, None), (10, 2, 2), (10, 2, 9), (7, 3, None)]
-
-
-def reference_loader_value(function, model, inputs, labels, case):
-    rows, batch_size, num_batches = case
-    loader = DataLoader(TensorDataset(inputs[:rows], labels[:rows]), batch_size=batch_size, shuffle=False)
-    with torch.no_grad():
-        return function(loader, model.eval(), "cpu", num_batches), loader
 
 
 def describe_case(case):
@@ -660,13 +515,23 @@ def accuracy_with(model, loader, num_batches, mistake):
 
 
 ACCURACY_MISTAKES = [
-    ("first token", "predicting from the first token", HINT_LAST_TOKEN),
-    ("all batches", "using every batch whatever num_batches says",
-     "stop after min(num_batches, len(data_loader)) batches."),
-    ("mean of batches", "averaging the accuracies of the batches (a smaller last batch counts as much as a full one)",
-     "count the correct predictions and the examples over all batches, and divide once at the end."),
-    ("count", "the number of correct predictions", "divide by the number of examples seen."),
+    Mistake("predicting from the first token", HINT_LAST_TOKEN, mistake="first token"),
+    Mistake("using every batch whatever num_batches says", "stop after min(num_batches, len(data_loader)) batches.",
+            mistake="all batches"),
+    Mistake("averaging the accuracies of the batches (a smaller last batch counts as much as a full one)",
+            "count the correct predictions and the examples over all batches, and divide once at the end.",
+            mistake="mean of batches"),
+    Mistake("the number of correct predictions", "divide by the number of examples seen.", mistake="count"),
 ]
+
+
+def accuracy_hint(value, training_after, model, loader, num_batches):
+    if training_after is True:
+        return "the model was in training mode (dropout on) and your function left it so: call model.eval() first."
+    return name_mistake(value, ACCURACY_MISTAKES, partial(accuracy_with, model, loader, num_batches),
+                        matches=lambda got, mistaken: abs(float(got) - mistaken) < 1e-6, yours="your accuracy is") or (
+        "for each batch, predicted = torch.argmax(model(input_batch)[:, -1, :], dim=-1); count how many equal the "
+        "labels; divide by the number of examples.")
 
 
 @pytest.mark.points(2)
@@ -677,26 +542,15 @@ def test_calc_accuracy_loader(submission):
     model = classifier(DROPOUT, seed=5)
     inputs, labels, cases = loader_cases()
     got = submission.run(loader_values, name="calc_accuracy_loader", cfg=DROPOUT, state=model.state_dict(),
-                         inputs=inputs, labels=labels, cases=cases, device="cpu")
-    for index, case in enumerate(cases):
-        expected, loader = reference_loader_value(ref.calc_accuracy_loader, model, inputs, labels, case)
-        what = f"calc_accuracy_loader on {describe_case(case)}"
-        value = as_number(got[index][0], what=what)
-        training_after = got[index][1]
-
-        def diagnose(value=value, loader=loader, num_batches=case[2], training_after=training_after):
-            if training_after is True:
-                return ("the model was in training mode (dropout on) and your function left it so: call "
-                        "model.eval() first.")
-            for mistake, description, fix in ACCURACY_MISTAKES:
-                candidate = accuracy_with(model, loader, num_batches, mistake)
-                if abs(float(value) - candidate) < 1e-6:
-                    return f"your accuracy is exactly what {description} gives: {fix}"
-            return ("for each batch, predicted = torch.argmax(model(input_batch)[:, -1, :], dim=-1); count how "
-                    "many equal the labels; divide by the number of examples.")
-
+                         inputs=inputs, targets=labels, cases=cases, device="cpu", train=True)
+    for result, (rows, batch_size, num_batches) in zip(got, cases):
+        loader = reference_loader((inputs[:rows], labels[:rows]), batch_size)
+        with torch.no_grad():
+            expected = ref.calc_accuracy_loader(loader, model, "cpu", num_batches)
+        what = f"calc_accuracy_loader on {describe_case((rows, batch_size, num_batches))}"
+        value = as_number(result.value, what=what, type_hint=NUMBER_TYPE_HINT)
         expect_close(value, torch.tensor(expected, dtype=torch.float64), what=what, atol=1e-6, rtol=0,
-                     hint=diagnose)
+                     hint=partial(accuracy_hint, value, result.training, model, loader, num_batches))
 
 
 def loss_with(model, inputs, labels, mistake=None):
@@ -717,54 +571,35 @@ def loss_with(model, inputs, labels, mistake=None):
 
 
 LOSS_MISTAKES = [
-    ("first token", "the logits of the first token", HINT_LAST_TOKEN),
-    ("every token", "the loss over every position", HINT_LAST_TOKEN),
-    ("mean over tokens", "logits averaged over the positions", HINT_LAST_TOKEN),
-    ("softmax first", "a softmax before cross_entropy", "cross_entropy applies log-softmax itself: pass it the raw "
-                                                         "logits."),
-    ("sum", "summing the losses of the batch", "use cross_entropy's default reduction (the mean over the batch)."),
+    Mistake("the logits of the first token", HINT_LAST_TOKEN, mistake="first token"),
+    Mistake("the loss over every position", HINT_LAST_TOKEN, mistake="every token"),
+    Mistake("logits averaged over the positions", HINT_LAST_TOKEN, mistake="mean over tokens"),
+    Mistake("a softmax before cross_entropy", "cross_entropy applies log-softmax itself: pass it the raw logits.",
+            mistake="softmax first"),
+    Mistake("summing the losses of the batch", "use cross_entropy's default reduction (the mean over the batch).",
+            mistake="sum"),
 ]
-
-
-def name_loss_mistake(model, inputs, labels, got):
-    for mistake, description, fix in LOSS_MISTAKES:
-        candidate = loss_with(model, inputs, labels, mistake).double()
-        if torch.allclose(got, candidate, atol=1e-4, rtol=1e-4):
-            return f"your loss is exactly what {description} gives: {fix}"
-    return None
 
 
 @pytest.mark.points(2)
 @pytest.mark.runs("calc_loss_batch")
 def test_calc_loss_batch(submission):
     """calc_loss_batch: the cross-entropy of the last token's logits and the labels, with its gradients."""
-    model = classifier(SMALL)
-    batches = [token_batches(1, 3, 6), token_batches(2, 4, 9)]
-    with explain_errors(error_mentions("Expected target size", "Expected input batch_size", hint=HINT_LAST_TOKEN)):
-        got = submission.run(batch_losses, cfg=SMALL, state=model.state_dict(), batches=batches)
-    for index, (inputs, labels) in enumerate(batches):
-        what = f"loss of a batch of shape {tuple(inputs.shape)}"
-        loss, gradient = got[index]
-        expect_true(isinstance(loss, torch.Tensor), what=what, problem=f"expected a tensor, got "
-                    f"{type(loss).__name__}.", hint="return the loss tensor itself (not loss.item()): training calls "
-                                                    "loss.backward() on it.")
-        expect_true(loss.numel() == 1, what=what, problem=f"expected a single number (the mean over the batch), got "
-                    f"a tensor of shape {tuple(loss.shape)}.", hint=HINT_LAST_TOKEN)
-        loss = loss.reshape(())
-        loss64 = loss.double()
+    check_calc_loss_batch(submission, ref, partial(classifier, SMALL), SMALL, [token_batches(1, 3, 6),
+                                                                            token_batches(2, 4, 9)],
+                          gradients_of=("out_head.weight",), loss_with=loss_with, mistakes=LOSS_MISTAKES,
+                          hint=HINT_LAST_TOKEN, mean_over="the batch",
+                          gradient_hint="compute the loss from model(input_batch) with cross_entropy.")
 
-        def diagnose(got=loss64, inputs=inputs, labels=labels):
-            return name_loss_mistake(model, inputs, labels, got) or HINT_LAST_TOKEN
 
-        expect_close(loss, loss_with(model, inputs, labels), what=what, hint=diagnose)
-        expect_true(gradient is not None, what=what, problem="the loss has no gradient: it is not connected to the "
-                    "model's weights.", hint="return the tensor cross_entropy gives, without .item(), .detach() or "
-                                             "torch.no_grad().")
-        reference = classifier(SMALL)
-        reference.zero_grad()
-        ref.calc_loss_batch(inputs, labels, reference, "cpu").backward()
-        expect_close(gradient, reference.out_head.weight.grad, what=f"{what}: gradient of out_head.weight",
-                     atol=1e-5, rtol=1e-4, hint="compute the loss from model(input_batch) with cross_entropy.")
+LOADER_MISTAKES = [
+    Mistake("dividing by num_batches when the loader has fewer batches",
+            "use min(num_batches, len(data_loader)) batches, and divide by that.", mistake="not capped"),
+    NUM_BATCHES_IGNORED,
+    Mistake("adding up every batch's loss but dividing by num_batches", "stop after the first num_batches batches.",
+            mistake="all added"),
+    Mistake("the sum of the batch losses", "divide the total by the number of batches.", mistake="sum"),
+]
 
 
 @pytest.mark.points(1)
@@ -776,34 +611,14 @@ def test_calc_loss_loader(submission):
     model = classifier(SMALL)
     inputs, labels, cases = loader_cases()
     cases = [*cases, (0, 2, None)]
-    with explain_errors(error_mentions("ZeroDivisionError", hint="an empty loader has no batches: return "
-                                       "float('nan') before dividing, as the book does.")):
+    with explain_errors(dividing_by_zero):
         got = submission.run(loader_values, name="calc_loss_loader", cfg=SMALL, state=model.state_dict(),
-                             inputs=inputs, labels=labels, cases=cases, device=None)
-    for index, case in enumerate(cases):
-        expected, loader = reference_loader_value(ref.calc_loss_loader, model, inputs, labels, case)
-        what = f"calc_loss_loader on {describe_case(case)}"
-        value = as_number(got[index][0], what=what)
-
-        def diagnose(value=value, loader=loader, num_batches=case[2]):
-            if len(loader) == 0:
-                return "an empty loader has no batches to average: return float('nan'), as the book does."
-            losses = [ref.calc_loss_batch(x, y, model, "cpu").item() for x, y in loader]
-            used = len(losses) if num_batches is None else min(num_batches, len(losses))
-            for candidate, description, fix in (
-                    (sum(losses[:used]) / (num_batches or len(losses)), "dividing by num_batches when the loader "
-                     "has fewer batches", "use min(num_batches, len(data_loader)) batches, and divide by that."),
-                    (sum(losses) / len(losses), "averaging over all batches whatever num_batches says",
-                     "stop after the first num_batches batches."),
-                    (sum(losses) / used, "adding up every batch's loss but dividing by num_batches",
-                     "stop after the first num_batches batches."),
-                    (sum(losses[:used]), "the sum of the batch losses", "divide the total by the number of batches.")):
-                if abs(float(value) - candidate) < 1e-4 * max(1.0, abs(candidate)):
-                    return f"your result is exactly what {description} gives: {fix}"
-            return "add calc_loss_batch(...).item() over the batches and divide by the number of batches used."
-
-        expect_close(value, torch.tensor(expected, dtype=torch.float64), what=what, atol=1e-5, rtol=1e-5,
-                     hint=diagnose)
+                             inputs=inputs, targets=labels, cases=cases, train=True)
+    for result, (rows, batch_size, num_batches) in zip(got, cases):
+        what = f"calc_loss_loader on {describe_case((rows, batch_size, num_batches))}"
+        expect_loader_loss(as_number(result.value, what=what, type_hint=NUMBER_TYPE_HINT), ref, model,
+                           reference_loader((inputs[:rows], labels[:rows]), batch_size), num_batches, what=what,
+                           mistakes=LOADER_MISTAKES)
 
 
 @pytest.mark.points(1)
@@ -811,44 +626,15 @@ def test_calc_loss_loader(submission):
 @pytest.mark.runs(*EVALUATE)
 def test_evaluate_model(submission):
     """evaluate_model: training and validation loss over eval_iter batches in eval mode; training mode restored."""
-    model = classifier(DROPOUT, seed=7)
-    train_data, val_data = token_batches(4, 8, 6), token_batches(5, 6, 6)
-    batch_size, eval_iter = 2, 3
-    first, second, training_after = submission.run(
-        evaluate_twice, name="evaluate_model", cfg=DROPOUT, state=model.state_dict(), train_data=train_data,
-        val_data=val_data, batch_size=batch_size, eval_iter=eval_iter)
-    train_loader = DataLoader(TensorDataset(*train_data), batch_size=batch_size, shuffle=False)
-    val_loader = DataLoader(TensorDataset(*val_data), batch_size=batch_size, shuffle=False)
-    expected = ref.evaluate_model(model, train_loader, val_loader, "cpu", eval_iter)
-    what = f"evaluate_model with eval_iter={eval_iter}"
-    expect_true(isinstance(first, list) and len(first) == 2, what=what, problem="expected a pair "
-                "(train_loss, val_loss).", hint="return train_loss, val_loss.")
-    values = [as_number(v, what=f"{what}: {name}") for v, name in zip(first, ("train_loss", "val_loss"))]
-    again = [as_number(v, what=what) for v in second] if isinstance(second, list) and len(second) == 2 else None
-
-    def diagnose():
-        if again is not None and any(abs(float(a) - float(b)) > 1e-6 for a, b in zip(values, again)):
-            return ("two calls gave different losses, so dropout was still on: call model.eval() before computing "
-                    "the losses.")
-        if all(abs(float(v) - e) < 1e-5 for v, e in zip(values, reversed(expected))):
-            return "your pair is the wrong way round: return train_loss, val_loss."
-        with torch.no_grad():
-            every_batch = [ref.calc_loss_loader(loader, model.eval(), "cpu") for loader in (train_loader, val_loader)]
-        if all(abs(float(v) - e) < 1e-5 for v, e in zip(values, every_batch)):
-            return "you averaged over every batch: pass num_batches=eval_iter to calc_loss_loader."
-        return "calc_loss_loader(..., num_batches=eval_iter) for each loader, under torch.no_grad(), in eval mode."
-
-    for name, value, expected_value in zip(("training loss", "validation loss"), values, expected):
-        expect_close(value, torch.tensor(expected_value, dtype=torch.float64), what=f"{what}: {name}", atol=1e-5,
-                     rtol=1e-5, hint=diagnose)
-    expect_true(training_after is True, what=what, problem="the model is left in eval mode after the evaluation.",
-                hint="call model.train() before returning: training goes on after each evaluation, with dropout.")
+    check_evaluate_model(submission, ref, classifier(DROPOUT, seed=7), DROPOUT, token_batches(4, 8, 6),
+                         token_batches(5, 6, 6), type_hint=NUMBER_TYPE_HINT)
 
 
 # -- section 6.7: finetuning -------------------------------------------------------------------------------------
 
 RUN = {"batch_size": 2, "lr": 1e-2, "seed": 123}
 RUN_ARGUMENTS = {"num_epochs": 2, "eval_freq": 2, "eval_iter": 2}
+RETURNED = ("train_losses", "val_losses", "train_accs", "val_accs", "examples_seen")
 
 
 def training_data():
@@ -887,30 +673,29 @@ def mistaken_loop(mistake):
     return train_classifier_simple
 
 
-def reference_run(loop, state, train_data, val_data):
-    """What training_run gives with `loop` as the student's train_classifier_simple (run here, on the CPU)."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        return training_run(SimpleNamespace(train_classifier_simple=loop), "train_classifier_simple", TRAINING,
-                            state, train_data, val_data, RUN, RUN_ARGUMENTS)
+def run_with(loop, state, train_data, val_data, mistake=None):
+    """What training_run gives with `loop` (or, with a `mistake`, mistaken_loop's) as train_classifier_simple,
+    run here on the CPU."""
+    loop = loop if mistake is None else mistaken_loop(mistake)
+    return train_here(loop, "train_classifier_simple", TRAINING, state, train_data, val_data, RUN, RUN_ARGUMENTS,
+                      finetune=True)
 
 
 TRAINING_MISTAKES = [
-    ("no zero_grad", "training without optimizer.zero_grad()",
-     "call optimizer.zero_grad() at every step: otherwise the gradients of all earlier steps add up."),
-    ("train once", "calling model.train() once before the loop (calc_accuracy_loader leaves the model in eval "
-                   "mode, so later epochs train without dropout)",
-     "call model.train() at the start of every epoch."),
-    ("steps from 1", "counting the steps from 1 (evaluating after steps 1, 3, ...)",
-     "global_step starts at -1 and is increased after each step, so the first evaluation is after step 0."),
-    ("tokens counted", "counting tokens instead of examples", "examples_seen += input_batch.shape[0]."),
-    ("accuracy on every batch", "measuring the accuracies on every batch",
-     "after each epoch, calc_accuracy_loader(..., num_batches=eval_iter) for each loader."),
+    ZERO_GRAD_FORGOTTEN,
+    Mistake("calling model.train() once before the loop (calc_accuracy_loader leaves the model in eval mode, so "
+            "later epochs train without dropout)", "call model.train() at the start of every epoch.",
+            mistake="train once"),
+    STEPS_FROM_ONE,
+    Mistake("counting tokens instead of examples", "examples_seen += input_batch.shape[0].", mistake="tokens counted"),
+    Mistake("measuring the accuracies on every batch", "after each epoch, calc_accuracy_loader(..., "
+            "num_batches=eval_iter) for each loader.", mistake="accuracy on every batch"),
 ]
 
 
-def same_run(candidate, got) -> bool:
-    """Whether the student's five results are those of `candidate` (a training_run result)."""
-    expected = candidate[0]
+def same_run(got, candidate) -> bool:
+    """Whether the student's five results are those of `candidate` (a run)."""
+    expected = candidate.result
     try:
         if int(got[4]) != expected[4]:
             return False
@@ -934,35 +719,24 @@ def test_train_classifier_simple(submission):
     """
     state = classifier(TRAINING, seed=9).state_dict()
     train_data, val_data = training_data()
-    got, final_head, _ = submission.run(training_run, name="train_classifier_simple", cfg=TRAINING, state=state,
-                                        train_data=train_data, val_data=val_data, settings=RUN,
-                                        arguments=RUN_ARGUMENTS)
-    expected, expected_head, _ = reference_run(ref.train_classifier_simple, state, train_data, val_data)
+    got = submission.run(training_run, function="train_classifier_simple", cfg=TRAINING, state=state,
+                         train_data=train_data, val_data=val_data, settings=RUN, arguments=RUN_ARGUMENTS,
+                         finetune=True)
+    expected = run_with(ref.train_classifier_simple, state, train_data, val_data)
     what = "train_classifier_simple (2 epochs of 3 batches, evaluating every 2 steps)"
-    expect_true(isinstance(got, list) and len(got) == 5, what=what, problem="expected five results (train_losses, "
-                "val_losses, train_accs, val_accs, examples_seen).",
-                hint="return train_losses, val_losses, train_accs, val_accs, examples_seen.")
+    result = expect_returned(got.result, RETURNED, what=what, kind="results", lists=False)
 
     def diagnose():
-        for mistake, description, fix in TRAINING_MISTAKES:
-            if same_run(reference_run(mistaken_loop(mistake), state, train_data, val_data), got):
-                return f"your run is exactly what {description} gives: {fix}"
-        return ("one optimizer step per batch (zero_grad, loss, backward, step) with the model in training mode, an "
-                "evaluation after steps 0, eval_freq, 2 * eval_freq, ..., and the accuracies on eval_iter batches "
-                "after every epoch.")
+        return name_mistake(result, TRAINING_MISTAKES, partial(run_with, None, state, train_data, val_data),
+                            matches=same_run, yours="your run is") or (
+            "one optimizer step per batch (zero_grad, loss, backward, step) with the model in training mode, an "
+            "evaluation after steps 0, eval_freq, 2 * eval_freq, ..., and the accuracies on eval_iter batches "
+            "after every epoch.")
 
-    examples_seen = got[4].item() if isinstance(got[4], torch.Tensor) else got[4]
-    expect_equal(examples_seen, expected[4], what=f"{what}: examples_seen", hint=diagnose)
-    for index, name in enumerate(("train_losses", "val_losses", "train_accs", "val_accs")):
-        value = got[index]
-        expect_true(isinstance(value, list), what=f"{what}: {name}", problem=f"expected a list, got "
-                    f"{type(value).__name__}.", hint=None)
-        numbers = torch.stack([as_number(v, what=f"{what}: {name}") for v in value]) if value else \
-            torch.zeros(0, dtype=torch.float64)
-        expect_close(numbers, torch.tensor(expected[index], dtype=torch.float64), what=f"{what}: {name}",
-                     atol=1e-4, rtol=1e-4, hint=diagnose)
-    expect_close(final_head, expected_head, what=f"{what}: out_head.weight after training", atol=1e-4, rtol=1e-4,
-                 hint=diagnose)
+    examples_seen = result[4].item() if isinstance(result[4], torch.Tensor) else result[4]
+    expect_equal(examples_seen, expected.result[4], what=f"{what}: examples_seen", hint=diagnose)
+    expect_trained(got, expected, RETURNED[:4], what=what, type_hint=NUMBER_TYPE_HINT, hint=diagnose,
+                   weights="out_head.weight")
 
 
 # -- section 6.8: using the classifier ---------------------------------------------------------------------------
@@ -979,41 +753,39 @@ REVIEW_TEXTS = [
 REVIEW_SETTINGS = [{"max_length": 24}, {"max_length": 9}, {"max_length": 16, "pad_token_id": 0}]
 
 
-def review_cases():
-    return [{"text": text, "kwargs": kwargs} for kwargs in REVIEW_SETTINGS for text in REVIEW_TEXTS]
-
-
 def describe_review(case):
     arguments = ", ".join(f"{key}={value}" for key, value in case["kwargs"].items())
     return f"classify_review({case['text'][:30]!r}..., {arguments})"
 
 
 def review_input(text, max_length, pad_token_id=PAD, mistake=None):
-    """The token ids the reference's classify_review gives the model, or what a classic mistake gives."""
-    ids = get_gpt2_tokenizer().encode(text)
-    if mistake == "no padding":
-        return ids[:max_length]
-    if mistake == "padding at the start":
-        ids = ids[:max_length]
-        return [pad_token_id] * (max_length - len(ids)) + ids
-    if mistake == "last tokens kept":
-        ids = ids[-max_length:]
-        return ids + [pad_token_id] * (max_length - len(ids))
-    if mistake == "padding with 50256":
-        ids = ids[:max_length]
-        return ids + [PAD] * (max_length - len(ids))
-    ids = ids[:max_length]
-    return ids + [pad_token_id] * (max_length - len(ids))
+    """The token ids the reference's classify_review gives the model (as SpamDataset pads them), or what a
+    classic mistake gives."""
+    return padded({"Text": [text]}, {"max_length": max_length, "pad_token_id": pad_token_id}, mistake)[0]
 
 
 REVIEW_MISTAKES = [
-    ("no padding", "no padding", "pad the message with pad_token_id up to max_length, as SpamDataset does: the "
-                                 "classifier learned to read its answer after exactly that much padding."),
-    ("padding at the start", "padding at the start", "pad at the end: input_ids + [pad_token_id] * (max_length - "
-                                                     "len(input_ids))."),
-    ("last tokens kept", "keeping the last tokens of a long message", "truncate with input_ids[:max_length]."),
-    ("padding with 50256", "padding with 50256 whatever pad_token_id says", "pad with the pad_token_id argument."),
+    Mistake("no padding", "pad the message with pad_token_id up to max_length, as SpamDataset does: the classifier "
+            "learned to read its answer after exactly that much padding.", mistake="no padding"),
+    Mistake("padding at the start", "pad at the end: input_ids + [pad_token_id] * (max_length - len(input_ids)).",
+            mistake="at the start"),
+    Mistake("keeping the last tokens of a long message", "truncate with input_ids[:max_length].",
+            mistake="last tokens"),
+    Mistake("padding with 50256 whatever pad_token_id says", "pad with the pad_token_id argument.",
+            mistake="with 50256"),
 ]
+
+
+def review_hint(seen, case):
+    if isinstance(seen, torch.Tensor) and seen.dim() == 2:
+        correct = review_input(case["text"], **case["kwargs"])
+        named = name_mistake(seen, REVIEW_MISTAKES, partial(review_input, case["text"], **case["kwargs"]),
+                             matches=lambda got, mistaken: got[0].tolist() == mistaken and mistaken != correct,
+                             yours="the input you gave the model is")
+        if named:
+            return named
+    return ("encode the text, keep the first max_length tokens, pad at the end with pad_token_id up to max_length, "
+            "and add a batch dimension: torch.tensor(input_ids).unsqueeze(0).")
 
 
 @pytest.mark.points(2)
@@ -1028,29 +800,18 @@ def test_classify_review(submission):
         model.out_head.weight.mul_(40.0)  # large logits: the answers change with the input ids
     state = model.state_dict()
     model.eval()
-    cases = review_cases()
+    cases = [{"text": text, "kwargs": kwargs} for kwargs in REVIEW_SETTINGS for text in REVIEW_TEXTS]
     got = submission.run(classified, name="classify_review", cfg=GPT2_VOCAB, state=state, cases=cases)
-    for index, case in enumerate(cases):
+    for result, case in zip(got, cases):
         what = describe_review(case)
-        answer, seen, training_after = got[index]
-        kwargs = case["kwargs"]
-        expected_ids = torch.tensor([review_input(case["text"], **kwargs)])
-
-        def diagnose(seen=seen, case=case, kwargs=kwargs):
-            if isinstance(seen, torch.Tensor) and seen.dim() == 2:
-                for mistake, description, fix in REVIEW_MISTAKES:
-                    candidate = review_input(case["text"], **kwargs, mistake=mistake)
-                    if seen[0].tolist() == candidate and candidate != review_input(case["text"], **kwargs):
-                        return f"the input you gave the model is exactly what {description} gives: {fix}"
-            return ("encode the text, keep the first max_length tokens, pad at the end with pad_token_id up to "
-                    "max_length, and add a batch dimension: torch.tensor(input_ids).unsqueeze(0).")
-
-        expect_true(seen is not None, what=what, problem="the model was never called.", hint=None)
-        expect_equal(seen, expected_ids, what=f"{what}: the token ids given to the model", hint=diagnose)
-        expect_true(training_after is False, what=what, problem="the model was in training mode (dropout on) and "
-                    "your function left it so.", hint="call model.eval() first: a prediction must not be random.")
+        expected_ids = torch.tensor([review_input(case["text"], **case["kwargs"])])
+        expect_true(result.seen is not None, what=what, problem="the model was never called.", hint=None)
+        expect_equal(result.seen, expected_ids, what=f"{what}: the token ids given to the model",
+                     hint=partial(review_hint, result.seen, case))
+        expect_true(result.training_after is False, what=what, problem="the model was in training mode (dropout on) "
+                    "and your function left it so.", hint="call model.eval() first: a prediction must not be random.")
         with torch.no_grad():
             expected = "spam" if model(expected_ids)[:, -1, :].argmax(dim=-1).item() == 1 else "not spam"
-        expect_equal(answer, expected, what=f"{what}: the answer",
+        expect_equal(result.answer, expected, what=f"{what}: the answer",
                      hint='the class is the argmax of the last token\'s logits; class 1 is "spam", class 0 '
                           '"not spam".')

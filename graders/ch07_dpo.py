@@ -18,9 +18,9 @@ Edge cases where the book and the course differ, and what is accepted:
   the book's "+2" does; that is the graded contract.
 """
 
-import json
 import math
-from pathlib import Path
+import operator
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
@@ -28,16 +28,37 @@ import torch
 import torch.nn.functional as F
 
 from checks.ch07_dpo import INTERFACE as INTERFACE  # what the tests' @pytest.mark.runs name (public)
-from course.grading import ListOf, expect_close, expect_count, expect_equal, expect_tensor, expect_true, probe
-from course.grading.diagnosis import explain_errors
+from course.grading import (
+    ListOf,
+    Mistake,
+    as_number,
+    error_mentions,
+    expect_close,
+    expect_equal,
+    expect_tensor,
+    expect_true,
+    explain_errors,
+    name_mistake,
+    probe,
+)
+from course.grading.contracts import Fields
 from course.grading.imports import plain_imports
-from course.grading.inputs import rand, randint, randn, reference_module
-from course.worker.runtime.records import ErrorKind
+from course.grading.inputs import rand, randint, randn
+from course.grading.probes import run_here
+from graders.shared.finetuning import (
+    compact_tokenizer,
+    compact_vocabulary,
+    course_data,
+    expect_dataset,
+    expect_losses,
+    hint_naming,
+    numbers_match,
+    tensors_match,
+    tiny_config,
+    tiny_gpt,
+)
 
 with plain_imports():
-    import tiktoken  # noqa: F401 - imported here once, without rewriting, for the probes run on this side
-    from torch.utils.data import DataLoader  # noqa: F401 - the same
-
     from reference import dpo as ref
     from reference.gpt import GPTModel
     from reference.instruction import RESPONSE_HEADER, format_input
@@ -48,40 +69,22 @@ with plain_imports():
 BATCH_LOSS = ("compute_dpo_loss_batch", "compute_dpo_loss", "compute_logprobs")
 LOADER_LOSS = ("compute_dpo_loss_loader", *BATCH_LOSS)
 
-DATA = json.loads((Path(__file__).resolve().parents[1] / "data" / "preference_data.json").read_text("utf-8"))
+DATA = course_data("preference_data.json")
 PAD = 50256
 LN2 = math.log(2)
 KEYS = ("chosen", "rejected")
+MASKS = ("chosen_mask", "rejected_mask")
 HINT_FROZEN = ("the reference model must not be trained: compute its log-probabilities inside `with torch.no_grad():`, "
                "so that no gradient reaches it.")
-
-
-def error_mentions(*phrases, hint):
-    """A diagnosis: `hint` for an error raised in the student's code whose text contains one of `phrases`."""
-
-    def diagnose(record):
-        raised = record.kind is ErrorKind.RAISED
-        return hint if raised and any(p in f"{record.type}: {record.message}" for p in phrases) else None
-
-    return diagnose
-
-
-def as_number(value, *, what, hint=None):
-    """A student's number as a float64 tensor of shape () (Python numbers and one-element tensors accepted)."""
-    if isinstance(value, torch.Tensor):
-        expect_true(value.numel() == 1, what=what, problem=f"expected one number, got a tensor of shape "
-                    f"{tuple(value.shape)}.", hint=hint or "average over the batch with .mean().")
-        return value.detach().reshape(()).double()
-    expect_true(type(value) in (int, float), what=what, problem=f"expected a number, got {type(value).__name__}.",
-                hint=hint)
-    return torch.tensor(float(value), dtype=torch.float64)
+HINT_MEAN = "average over the batch with .mean()."  # for a loss or reward that is not one number
 
 
 # -- probes: run in the worker against the student's module ---------------------------------------------------
 
-@probe(returns=ListOf(length=3))
+@probe(returns=Fields("encoded_texts", "items", "length"))
 def preference_dataset(student, class_name, entries):
-    """[encoded_texts, [dataset[i] for each i], len(dataset)] with GPT-2's tokenizer; token ids as ints."""
+    """PreferenceDataset with GPT-2's tokenizer: .encoded_texts, .items (dataset[i] for each i) and .length
+    (len(dataset)); token ids as ints."""
     import tiktoken
 
     def plain(item):
@@ -90,8 +93,8 @@ def preference_dataset(student, class_name, entries):
         return {str(key): [int(token) for token in value] for key, value in item.items()}
 
     dataset = getattr(student, class_name)(entries, tiktoken.get_encoding("gpt2"))
-    return [[plain(item) for item in dataset.encoded_texts], [plain(dataset[i]) for i in range(len(entries))],
-            len(dataset)]
+    return {"encoded_texts": [plain(item) for item in dataset.encoded_texts],
+            "items": [plain(dataset[i]) for i in range(len(entries))], "length": len(dataset)}
 
 
 @probe(returns=ListOf(length="cases"))
@@ -107,14 +110,15 @@ def collate_batches(student, name, cases):
     return results
 
 
-@probe(returns=ListOf(length=2))
+@probe(returns=Fields("placed", "items"))
 def collate_on_device(student, name, items, device):
-    """[{key: [device type, dtype] of each returned tensor}, the items afterwards] for device=`device`."""
+    """The student's collate function with device=`device`: .placed, {key: [device type, dtype]} of each returned
+    tensor (None for a result that is not a dict), and .items, what the items look like afterwards."""
     batch = [{key: list(value) for key, value in item.items()} for item in items]
     result = getattr(student, name)(batch, device=device)
-    described = {str(key): [str(value.device.type), str(value.dtype)] if isinstance(value, torch.Tensor)
-                 else type(value).__name__ for key, value in result.items()} if isinstance(result, dict) else None
-    return [described, batch]
+    placed = {str(key): [str(value.device.type), str(value.dtype)] if isinstance(value, torch.Tensor)
+              else type(value).__name__ for key, value in result.items()} if isinstance(result, dict) else None
+    return {"placed": placed, "items": batch}
 
 
 @probe(returns=ListOf(length="cases"))
@@ -129,10 +133,11 @@ def logprobs(student, name, cases):
     return results
 
 
-@probe(returns=ListOf(length="cases"))
+@probe(returns=ListOf(Fields("returned", "has_gradient"), length="cases"))
 def dpo_losses(student, name, cases):
-    """compute_dpo_loss for each (four log-probability tensors, beta or None for the default): [loss, chosen
-    rewards, rejected rewards, whether the loss has a gradient], detached."""
+    """compute_dpo_loss for each (four log-probability tensors, beta or None for the default): .returned, what it
+    returned as a list, detached (loss, chosen rewards, rejected rewards), and .has_gradient, whether the loss has
+    a gradient."""
     results = []
     for logprobs, beta in cases:
         logprobs = [t.clone().requires_grad_(True) for t in logprobs]
@@ -142,15 +147,16 @@ def dpo_losses(student, name, cases):
             result = getattr(student, name)(*logprobs, beta=beta)
         result = list(result) if isinstance(result, (tuple, list)) else [result]
         has_gradient = isinstance(result[0], torch.Tensor) and result[0].requires_grad
-        results.append([r.detach() if isinstance(r, torch.Tensor) else r for r in result] + [has_gradient])
+        results.append({"returned": [r.detach() if isinstance(r, torch.Tensor) else r for r in result],
+                        "has_gradient": has_gradient})
     return results
 
 
-@probe(returns=ListOf(length=2))
+@probe(returns=Fields("losses", "gradient"))
 def loss_landscape(student, name, chosen, rejected, offsets):
     """compute_dpo_loss with the reference's log-probabilities `chosen`, `rejected` and the policy's the same
-    except for its chosen ones raised by each offset: [the losses, d loss / d policy's chosen log-probabilities
-    at offset 0]."""
+    except for its chosen ones raised by each offset: .losses, and .gradient, d loss / d policy's chosen
+    log-probabilities at offset 0."""
     losses, gradient = [], None
     for offset in offsets:
         policy_chosen = (chosen + offset).clone().requires_grad_(True)
@@ -159,15 +165,18 @@ def loss_landscape(student, name, chosen, rejected, offsets):
             loss.backward()
             gradient = policy_chosen.grad
         losses.append(loss.detach() if isinstance(loss, torch.Tensor) else loss)
-    return [losses, gradient]
+    return {"losses": losses, "gradient": gradient}
 
 
-@probe(returns=ListOf(length="cases"))
+@probe(returns=ListOf(Fields("loss", "chosen_rewards", "rejected_rewards", "gradients", "touched"), length="cases"))
 def batch_losses(student, name, cfg, policy_state, reference_state, batch, cases):
     """compute_dpo_loss_batch for each (beta, policy is a copy of the reference) with tiny GPTs on the CPU, then
-    backward through the loss: [loss, chosen reward, rejected reward, {policy parameter: gradient}, names of the
-    reference's parameters that got a gradient]."""
+    backward through the loss: .loss, .chosen_rewards, .rejected_rewards, .gradients ({policy parameter:
+    gradient}) and .touched (names of the reference's parameters that got a gradient)."""
     from reference.gpt import GPTModel
+
+    def detached(value):
+        return value.detach() if isinstance(value, torch.Tensor) else value
 
     results = []
     for beta, same in cases:
@@ -181,10 +190,8 @@ def batch_losses(student, name, cfg, policy_state, reference_state, batch, cases
             loss.backward()
         gradients = {key: p.grad for key, p in policy.named_parameters() if p.grad is not None}
         touched = [key for key, p in reference.named_parameters() if p.grad is not None]
-        results.append([loss.detach() if isinstance(loss, torch.Tensor) else loss,
-                        chosen_rewards.detach() if isinstance(chosen_rewards, torch.Tensor) else chosen_rewards,
-                        rejected_rewards.detach() if isinstance(rejected_rewards, torch.Tensor) else rejected_rewards,
-                        gradients, touched])
+        results.append({"loss": detached(loss), "chosen_rewards": detached(chosen_rewards),
+                        "rejected_rewards": detached(rejected_rewards), "gradients": gradients, "touched": touched})
     return results
 
 
@@ -213,10 +220,10 @@ def loader_losses(student, name, cfg, policy_state, reference_state, batches, ca
     return results
 
 
-@probe(returns=ListOf(length=3))
+@probe(returns=Fields("first", "second", "training_after"))
 def evaluation(student, name, cfg, policy_state, reference_state, train_batches, val_batches, eval_iter):
-    """evaluate_dpo_loss_loader on a policy in training mode (with dropout), twice after different seeds:
-    [first result, second result, the policy's training flag after the first call]."""
+    """evaluate_dpo_loss_loader on a policy in training mode (with dropout), twice after different seeds: .first
+    and .second results, and .training_after, the policy's training flag after the first call."""
     from torch.utils.data import DataLoader
 
     from reference.gpt import GPTModel
@@ -234,58 +241,26 @@ def evaluation(student, name, cfg, policy_state, reference_state, train_batches,
         results.append(getattr(student, name)(policy, reference, train_loader, val_loader, 0.1, eval_iter))
         if seed == 1:
             training_after = policy.training
-    return [results[0], results[1], training_after]
+    return {"first": results[0], "second": results[1], "training_after": training_after}
 
 
-@probe(returns=ListOf(length=4))
+@probe(returns=Fields("tracking", "printed", "unchanged", "touched"))
 def dpo_training_run(student, name, cfg, policy_state, reference_state, vocabulary, train_batches, val_batches,
                      settings):
     """The student's DPO training loop on the CPU with tiny GPTs, an Adam optimizer over the policy's parameters
-    and ready-made batches: [the tracking dict, the printed lines, whether the reference model is unchanged,
-    names of the reference's parameters that got a gradient]. The book's loop samples from a global `model`
-    (the policy in the book's notebook): while it runs, `model` names the policy model. The grader runs this very
-    function with the reference's loop to get the expected values."""
+    and ready-made batches: .tracking (the dict it returns), .printed (the lines it prints), .unchanged (whether
+    the reference model is unchanged) and .touched (names of the reference's parameters that got a gradient).
+    The book's loop samples from a global `model` (the policy in the book's notebook): while it runs, `model`
+    names the policy model. The grader runs this very function with the reference's loop to get the expected
+    values."""
     import contextlib
     import io
 
-    import tiktoken
+    from probe_kit.optim import Adam
+    from probe_kit.text import CompactTokenizer
     from torch.utils.data import DataLoader
 
     from reference.gpt import GPTModel
-
-    class CompactTokenizer:
-        def __init__(self, gpt2_ids):
-            self.gpt2 = tiktoken.get_encoding("gpt2")
-            self.gpt2_ids = list(gpt2_ids)
-            self.compact_ids = {gpt2_id: i for i, gpt2_id in enumerate(self.gpt2_ids)}
-
-        def encode(self, text, allowed_special=frozenset()):
-            return [self.compact_ids[i] for i in self.gpt2.encode(text, allowed_special=allowed_special)]
-
-        def decode(self, ids):
-            return self.gpt2.decode([self.gpt2_ids[i] for i in ids])
-
-    class Adam:
-        """Adam written out: torch.optim's would import torch._dynamo, seconds of work in the worker."""
-
-        def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8):
-            self.params, self.lr, self.betas, self.eps, self.steps = list(params), lr, betas, eps, 0
-            self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
-
-        def zero_grad(self, set_to_none=True):
-            for param in self.params:
-                param.grad = None
-
-        @torch.no_grad()
-        def step(self):
-            self.steps += 1
-            beta1, beta2 = self.betas
-            for param, (mean, square) in zip(self.params, self.moments):
-                if param.grad is not None:
-                    mean.mul_(beta1).add_(param.grad, alpha=1 - beta1)
-                    square.mul_(beta2).addcmul_(param.grad, param.grad, value=1 - beta2)
-                    denominator = (square / (1 - beta2 ** self.steps)).sqrt_().add_(self.eps)
-                    param.addcdiv_(mean, denominator, value=-self.lr / (1 - beta1 ** self.steps))
 
     policy, reference = GPTModel(cfg), GPTModel(cfg)
     policy.load_state_dict(policy_state)
@@ -313,7 +288,8 @@ def dpo_training_run(student, name, cfg, policy_state, reference_state, vocabula
     touched = [key for key, p in reference.named_parameters() if p.grad is not None]
     if isinstance(tracking, dict):
         tracking = {str(key): [float(v) for v in values] for key, values in tracking.items()}
-    return [tracking, printed.getvalue().splitlines(), unchanged, touched]
+    return {"tracking": tracking, "printed": printed.getvalue().splitlines(), "unchanged": unchanged,
+            "touched": touched}
 
 
 # -- the data of the tests (trusted side) -------------------------------------------------------------------
@@ -322,37 +298,14 @@ def full_text(entry, key):
     return format_input(entry) + RESPONSE_HEADER + entry[key]
 
 
-class CompactTokenizer:
-    """GPT-2's tokenizer with the ids of `vocabulary` renumbered from 0 (the probes build the same)."""
-
-    def __init__(self, vocabulary):
-        self.gpt2 = get_gpt2_tokenizer()
-        self.gpt2_ids = list(vocabulary)
-        self.compact_ids = {gpt2_id: i for i, gpt2_id in enumerate(self.gpt2_ids)}
-
-    def encode(self, text, allowed_special=frozenset()):
-        return [self.compact_ids[i] for i in self.gpt2.encode(text, allowed_special=allowed_special)]
-
-    def decode(self, ids):
-        return self.gpt2.decode([self.gpt2_ids[i] for i in ids])
-
-
-def compact_vocabulary():
-    """GPT-2's token ids of the course's preference texts, sorted, with the end-of-text token last."""
-    tokenizer = get_gpt2_tokenizer()
-    ids = {token for entry in DATA for key in KEYS for token in tokenizer.encode(full_text(entry, key))}
-    return sorted(ids - {PAD}) + [PAD]
-
-
-VOCABULARY = compact_vocabulary()
+# The tiny GPTs' vocabulary: GPT-2's tokens of the course's preference texts (at most 70 tokens: they fit).
+VOCABULARY = compact_vocabulary(full_text(entry, key) for entry in DATA for key in KEYS)
 EOT = len(VOCABULARY) - 1  # the compact id of the end-of-text token, the padding of the tiny models' batches
-# Tiny GPTs: every preference text (at most 70 tokens) fits their context.
-TINY = {"vocab_size": len(VOCABULARY), "context_length": 96, "emb_dim": 32, "n_heads": 2, "n_layers": 2,
-        "drop_rate": 0.0, "qkv_bias": False}
+TINY = tiny_config(VOCABULARY)
 
 
 def tiny_state(seed, **overrides):
-    return reference_module(GPTModel, seed, cfg=dict(TINY, **overrides)).state_dict()
+    return tiny_gpt(VOCABULARY, seed, **overrides).state_dict()
 
 
 def tiny_models(cfg, policy_state, reference_state):
@@ -364,7 +317,7 @@ def tiny_models(cfg, policy_state, reference_state):
 
 def compact_batches(entries, batch_size):
     """Batches of the reference's collate function over compact-encoded entries (padding with EOT)."""
-    items = list(ref.PreferenceDataset(entries, CompactTokenizer(VOCABULARY)))
+    items = list(ref.PreferenceDataset(entries, compact_tokenizer(VOCABULARY)))
     return [ref.custom_collate_fn(items[i:i + batch_size], pad_token_id=EOT)
             for i in range(0, len(items), batch_size)]
 
@@ -396,31 +349,49 @@ def describe_items(items, kwargs):
 def expect_batch_dict(got, *, what):
     expect_true(isinstance(got, dict), what=what, problem=f"expected a dict, got {type(got).__name__}.",
                 hint="return batch_data, a dict with the keys prompt, chosen, rejected, chosen_mask, rejected_mask.")
-    missing = [key for key in ("prompt", "chosen", "rejected", "chosen_mask", "rejected_mask") if key not in got]
+    missing = [key for key in ("prompt", *KEYS, *MASKS) if key not in got]
     expect_true(not missing, what=what, problem=f"has no key {missing[0]!r}." if missing else "",
                 hint="the dict holds prompt, chosen, rejected, chosen_mask and rejected_mask.")
 
 
-def as_mask(got, expected, *, what, hint):
-    """A student's mask as a bool tensor (bool, or 0/1 of any dtype, is accepted)."""
-    got = expect_tensor(got, what=what, shape=tuple(expected.shape), hint=hint)
-    if got.dtype != torch.bool:
-        expect_true(bool(((got == 0) | (got == 1)).all()), what=what, problem="holds values other than True/False "
-                    "(or 1/0).", hint=hint)
-        got = got != 0
-    return got
+def expect_keys(got, keys, *, what, hint):
+    expect_true(isinstance(got, dict) and sorted(got) == sorted(keys), what=what,
+                problem="expected a dict with the keys " + ", ".join(keys) + ".", hint=hint)
+
+
+def expect_masks(batch, expected, *, what, hint):
+    """The student's chosen_mask and rejected_mask equal the reference's (bool, or 0/1 of any dtype, is accepted)."""
+    for key in MASKS:
+        mask = expect_tensor(batch[key], what=f"{what}: batch[{key!r}]", shape=tuple(expected[key].shape), hint=hint)
+        if mask.dtype != torch.bool:
+            expect_true(bool(((mask == 0) | (mask == 1)).all()), what=f"{what}: batch[{key!r}]",
+                        problem="holds values other than True/False (or 1/0).", hint=hint)
+            mask = mask != 0
+        expect_equal(mask, expected[key], what=f"{what}: batch[{key!r}]", hint=hint)
 
 
 # -- PreferenceDataset -------------------------------------------------------------------------------------------
 
+def item_with(entry, swapped=False, header_in_prompt=False, header=RESPONSE_HEADER):
+    """PreferenceDataset's item of `entry`, or what it is with one classic mistake."""
+    encode, prompt = get_gpt2_tokenizer().encode, format_input(entry)
+    chosen, rejected = ("rejected", "chosen") if swapped else KEYS
+    return {"prompt": encode(prompt + (RESPONSE_HEADER if header_in_prompt else "")),
+            "chosen": encode(prompt + header + entry[chosen]), "rejected": encode(prompt + header + entry[rejected])}
+
+
 DATASET_MISTAKES = [
-    ("chosen and rejected swapped", lambda e: {"chosen": full_text(e, "rejected"), "rejected": full_text(e, "chosen")},
-     "the chosen answer is entry['chosen']; entry['rejected'] is the answer not preferred."),
-    ("a prompt that includes the response header", lambda e: {"prompt": format_input(e) + RESPONSE_HEADER},
-     "the prompt is format_input(entry) alone; the header opens the chosen and rejected texts."),
-    ("answers without the response header", lambda e: {key: format_input(e) + e[key] for key in KEYS},
-     "chosen_full_text = f'{prompt}\\n\\n### Response:\\n{chosen_response}' (and the same for rejected)."),
+    Mistake("chosen and rejected swapped",
+            "the chosen answer is entry['chosen']; entry['rejected'] is the answer not preferred.", swapped=True),
+    Mistake("a prompt that includes the response header",
+            "the prompt is format_input(entry) alone; the header opens the chosen and rejected texts.",
+            header_in_prompt=True),
+    Mistake("answers without the response header",
+            "chosen_full_text = f'{prompt}\\n\\n### Response:\\n{chosen_response}' (and the same for rejected).",
+            header=""),
 ]
+HINT_ITEM = ("{'prompt': tokenizer.encode(format_input(entry)), 'chosen': tokenizer.encode(prompt + "
+             "'\\n\\n### Response:\\n' + entry['chosen']), 'rejected': the same with entry['rejected']}.")
 
 
 @pytest.mark.points(2)
@@ -429,28 +400,13 @@ def test_preference_dataset(submission):
     """PreferenceDataset: prompt, prompt + chosen answer and prompt + rejected answer as GPT-2 token ids."""
     entries = DATA[:6]
     with explain_errors(error_mentions("disallowed special token", hint="encode the texts with tokenizer.encode.")):
-        encoded, items, length = submission.run(preference_dataset, class_name="PreferenceDataset", entries=entries)
-    tokenizer = get_gpt2_tokenizer()
-    expected = ref.PreferenceDataset(entries, tokenizer).encoded_texts
-    expect_count(length, len(entries), what="len(dataset)", hint="__len__ returns the number of entries.")
-    expect_true(isinstance(encoded, list) and len(encoded) == len(entries), what="dataset.encoded_texts",
-                problem="expected a list with one dict per entry.",
-                hint="tokenize every entry in __init__ and append a dict to self.encoded_texts.")
-
-    def diagnose(index):
-        for description, change, fix in DATASET_MISTAKES:
-            candidate = dict(expected[index])
-            candidate.update({key: tokenizer.encode(text) for key, text in change(entries[index]).items()})
-            if encoded[index] == candidate:
-                return f"your item is exactly what {description} gives: {fix}"
-        return ("{'prompt': tokenizer.encode(format_input(entry)), 'chosen': tokenizer.encode(prompt + "
-                "'\\n\\n### Response:\\n' + entry['chosen']), 'rejected': the same with entry['rejected']}.")
-
-    for index in range(len(entries)):
-        expect_equal(encoded[index], expected[index], what=f"dataset.encoded_texts[{index}]",
-                     hint=lambda index=index: diagnose(index))
-        expect_equal(items[index], expected[index], what=f"dataset[{index}]",
-                     hint="__getitem__ returns self.encoded_texts[index].")
+        got = submission.run(preference_dataset, class_name="PreferenceDataset", entries=entries)
+    expect_dataset(got, ref.PreferenceDataset(entries, get_gpt2_tokenizer()).encoded_texts,
+                   problem="expected a list with one dict per entry.",
+                   hint="tokenize every entry in __init__ and append a dict to self.encoded_texts.",
+                   entry_hint=lambda index: name_mistake(got.encoded_texts[index], DATASET_MISTAKES,
+                                                         partial(item_with, entries[index]), matches=operator.eq,
+                                                         yours="your item is") or HINT_ITEM)
 
 
 # -- the collate function ----------------------------------------------------------------------------------------
@@ -484,55 +440,61 @@ def collate_with(items, pad_token_id=PAD, allowed_max_length=None, mask_prompt_t
 
 
 MASK_MISTAKES = [
-    ("prompt kept", "masks that keep the prompt", "set the mask to False on the prompt's tokens and the two newlines "
-     "after it: mask[:prompt.shape[0] + 2] = False (when mask_prompt_tokens)."),
-    ("no +2", "masks that keep the two newline tokens after the prompt",
-     "the prompt is followed by the two '\\n' tokens of '\\n\\n### Response:\\n': mask[:prompt.shape[0] + 2] = False."),
-    ("header left out", "masks that leave out the whole '\\n\\n### Response:\\n' header",
-     "the book's masks keep '### Response:\\n' in the answer and skip only the two newline tokens before it: "
-     "mask[:prompt.shape[0] + 2] = False."),
-    ("padding kept", "masks that keep the padding", "set the mask to False on the padding: mask[len(sequence):] = "
-     "False."),
+    Mistake("masks that keep the prompt", "set the mask to False on the prompt's tokens and the two newlines after "
+            "it: mask[:prompt.shape[0] + 2] = False (when mask_prompt_tokens).", mistake="prompt kept"),
+    Mistake("masks that keep the two newline tokens after the prompt", "the prompt is followed by the two '\\n' "
+            "tokens of '\\n\\n### Response:\\n': mask[:prompt.shape[0] + 2] = False.", mistake="no +2"),
+    Mistake("masks that leave out the whole '\\n\\n### Response:\\n' header",
+            "the book's masks keep '### Response:\\n' in the answer and skip only the two newline tokens before it: "
+            "mask[:prompt.shape[0] + 2] = False.", mistake="header left out"),
+    Mistake("masks that keep the padding", "set the mask to False on the padding: mask[len(sequence):] = False.",
+            mistake="padding kept"),
 ]
 ID_MISTAKES = [
-    ("padded separately", "padding chosen and rejected to two different lengths",
-     "chosen and rejected share one length: 1 + the longest chosen OR rejected sequence of the batch."),
-    ("no extra pad", "padding to the longest sequence without one extra pad token",
-     "the common length is max(len(item[key]) + 1 ...): every sequence ends with at least one pad token."),
+    Mistake("padding chosen and rejected to two different lengths",
+            "chosen and rejected share one length: 1 + the longest chosen OR rejected sequence of the batch.",
+            mistake="padded separately"),
+    Mistake("padding to the longest sequence without one extra pad token",
+            "the common length is max(len(item[key]) + 1 ...): every sequence ends with at least one pad token.",
+            mistake="no extra pad"),
 ]
 
 
-def name_batch_mistake(items, kwargs, got, keys, mistakes):
-    if not isinstance(got, dict):
-        return None
-    for mistake, description, fix in mistakes:
-        candidate = collate_with(items, **kwargs, mistake=mistake)
-        same = all(isinstance(got.get(key), torch.Tensor) and got[key].shape == candidate[key].shape
-                   and torch.equal(got[key].long(), candidate[key].long()) for key in keys)
-        if same:
-            return f"your batch is exactly what {description} gives: {fix}"
-    return None
+def same_batch(keys):
+    """A `matches` for batches: the student's dict holds the mistake's tensors under `keys` (values compared as
+    integers, so 0/1 masks count as bool ones)."""
+    return lambda got, mistaken: isinstance(got, dict) and all(
+        isinstance(got.get(key), torch.Tensor) and got[key].shape == mistaken[key].shape
+        and torch.equal(got[key].long(), mistaken[key].long()) for key in keys)
+
+
+def batch_hint(items, kwargs, got, keys, mistakes, otherwise):
+    """The hint for a wrong batch: the classic mistake it is exactly, else `otherwise` (computed on failure)."""
+    return hint_naming(got, mistakes, lambda **change: collate_with(items, **kwargs, **change),
+                       matches=same_batch(keys), yours="your batch is", otherwise=otherwise)
+
+
+def collated(submission, cases):
+    """The student's custom_collate_fn on each (items, kwargs) of `cases`, checked to be a dict of the five keys:
+    (items, kwargs, the student's batch, what it is, the reference's batch) for each."""
+    got = submission.run(collate_batches, name="custom_collate_fn", cases=cases)
+    for (items, kwargs), batch in zip(cases, got):
+        what = f"custom_collate_fn on {describe_items(items, kwargs)}"
+        expect_batch_dict(batch, what=what)
+        yield items, kwargs, batch, what, collate_with(items, **kwargs)
 
 
 @pytest.mark.points(2)
 @pytest.mark.runs("custom_collate_fn")
 def test_collate_token_ids(submission):
     """custom_collate_fn: chosen and rejected padded to one common length, and the prompts as a list."""
-    cases = collate_cases()
-    got = submission.run(collate_batches, name="custom_collate_fn", cases=cases)
-    for index, (items, kwargs) in enumerate(cases):
-        what = f"custom_collate_fn on {describe_items(items, kwargs)}"
-        expect_batch_dict(got[index], what=what)
-        expected = collate_with(items, **kwargs)
-        hint = ("pad each chosen and rejected sequence with pad_token_id to max_length_common = 1 + the longest "
-                "chosen or rejected sequence of the batch; the prompts stay a list of 1-d tensors.")
-
-        def diagnose(items=items, kwargs=kwargs, result=got[index], hint=hint):
-            return name_batch_mistake(items, kwargs, result, KEYS, ID_MISTAKES) or hint
-
+    hint = ("pad each chosen and rejected sequence with pad_token_id to max_length_common = 1 + the longest "
+            "chosen or rejected sequence of the batch; the prompts stay a list of 1-d tensors.")
+    for items, kwargs, batch, what, expected in collated(submission, collate_cases()):
         for key in KEYS:
-            expect_equal(got[index][key], expected[key], what=f"{what}: batch[{key!r}]", hint=diagnose)
-        expect_equal(got[index]["prompt"], [torch.tensor(item["prompt"]) for item in items],
+            expect_equal(batch[key], expected[key], what=f"{what}: batch[{key!r}]",
+                         hint=batch_hint(items, kwargs, batch, KEYS, ID_MISTAKES, hint))
+        expect_equal(batch["prompt"], [torch.tensor(item["prompt"]) for item in items],
                      what=f"{what}: batch['prompt']",
                      hint="batch['prompt'] is the list of torch.tensor(item['prompt']).")
 
@@ -542,22 +504,10 @@ def test_collate_token_ids(submission):
 @pytest.mark.runs("custom_collate_fn")
 def test_collate_masks(submission):
     """custom_collate_fn: chosen_mask and rejected_mask are True on the answer's tokens only (no prompt, no padding)."""
-    cases = collate_cases()
-    got = submission.run(collate_batches, name="custom_collate_fn", cases=cases)
-    for index, (items, kwargs) in enumerate(cases):
-        what = f"custom_collate_fn on {describe_items(items, kwargs)}"
-        expect_batch_dict(got[index], what=what)
-        expected = collate_with(items, **kwargs)
-        hint = ("start from a mask of True, set it to False from len(sequence) on (the padding) and, with "
-                "mask_prompt_tokens, on the first prompt.shape[0] + 2 tokens (the prompt and the two newlines).")
-
-        def diagnose(items=items, kwargs=kwargs, result=got[index], hint=hint):
-            masks = ("chosen_mask", "rejected_mask")
-            return name_batch_mistake(items, kwargs, result, masks, MASK_MISTAKES) or hint
-
-        for key in ("chosen_mask", "rejected_mask"):
-            mask = as_mask(got[index][key], expected[key], what=f"{what}: batch[{key!r}]", hint=diagnose)
-            expect_equal(mask, expected[key], what=f"{what}: batch[{key!r}]", hint=diagnose)
+    hint = ("start from a mask of True, set it to False from len(sequence) on (the padding) and, with "
+            "mask_prompt_tokens, on the first prompt.shape[0] + 2 tokens (the prompt and the two newlines).")
+    for items, kwargs, batch, what, expected in collated(submission, collate_cases()):
+        expect_masks(batch, expected, what=what, hint=batch_hint(items, kwargs, batch, MASKS, MASK_MISTAKES, hint))
 
 
 @pytest.mark.points(1)
@@ -566,15 +516,9 @@ def test_collate_masks(submission):
 def test_collate_without_prompt_masking(submission):
     """custom_collate_fn with mask_prompt_tokens=False: the masks leave out the padding only."""
     cases = [(items, dict(kwargs, mask_prompt_tokens=False)) for items, kwargs in collate_cases()[::2]]
-    got = submission.run(collate_batches, name="custom_collate_fn", cases=cases)
-    for index, (items, kwargs) in enumerate(cases):
-        what = f"custom_collate_fn on {describe_items(items, kwargs)}"
-        expect_batch_dict(got[index], what=what)
-        expected = collate_with(items, **kwargs)
-        for key in ("chosen_mask", "rejected_mask"):
-            hint = "with mask_prompt_tokens=False only the padding is masked out: the prompt stays True."
-            mask = as_mask(got[index][key], expected[key], what=f"{what}: batch[{key!r}]", hint=hint)
-            expect_equal(mask, expected[key], what=f"{what}: batch[{key!r}]", hint=hint)
+    hint = "with mask_prompt_tokens=False only the padding is masked out: the prompt stays True."
+    for _, _, batch, what, expected in collated(submission, cases):
+        expect_masks(batch, expected, what=what, hint=hint)
 
 
 @pytest.mark.points(1)
@@ -598,20 +542,19 @@ def test_collate_truncation_and_device(submission):
         for key in KEYS:
             expect_equal(got[index][key], expected[key], what=f"{what}: batch[{key!r}]", hint=hint)
         if isinstance(full, dict):  # the masks are compared with your own, cut: their content is another test's
-            for key in ("chosen_mask", "rejected_mask"):
+            for key in MASKS:
                 if isinstance(full.get(key), torch.Tensor):
                     expect_equal(got[index][key], full[key][:, :kwargs["allowed_max_length"]],
                                  what=f"{what}: batch[{key!r}] compared with your mask without allowed_max_length, "
                                       "cut", hint=hint)
-    described, items_after = submission.run(collate_on_device, name="custom_collate_fn", items=HAND_ITEMS,
-                                            device="meta")
+    got = submission.run(collate_on_device, name="custom_collate_fn", items=HAND_ITEMS, device="meta")
     what = "custom_collate_fn(batch, device='meta')"
-    expect_true(isinstance(described, dict), what=what, problem="did not return a dict.", hint=None)
-    for key in ("chosen", "rejected", "chosen_mask", "rejected_mask"):
-        expect_true(isinstance(described.get(key), list) and described[key][0] == "meta", what=f"{what}: "
-                    f"batch[{key!r}]", problem=f"is not on the meta device ({described.get(key)}).",
+    expect_true(isinstance(got.placed, dict), what=what, problem="did not return a dict.", hint=None)
+    for key in (*KEYS, *MASKS):
+        expect_true(isinstance(got.placed.get(key), list) and got.placed[key][0] == "meta", what=f"{what}: "
+                    f"batch[{key!r}]", problem=f"is not on the meta device ({got.placed.get(key)}).",
                     hint="move each stacked tensor with .to(device) before returning the batch.")
-    expect_equal(items_after, HAND_ITEMS, what=f"{what}: the items after the call",
+    expect_equal(got.items, HAND_ITEMS, what=f"{what}: the items after the call",
                  hint="build new lists (sequence + [pad_token_id] * n): the items belong to the dataset.")
 
 
@@ -649,16 +592,21 @@ def logprobs_with(logits, labels, mask=None, mistake=None):
 
 
 LOGPROB_MISTAKES = [
-    ("not shifted", "log-probabilities of the labels at their own positions (no shift)",
-     "the logits at position j predict token j + 1: labels[:, 1:] against logits[:, :-1, :]."),
-    ("logits cut at the front", "logits[:, 1:] against labels[:, 1:]",
-     "drop the LAST position of the logits (it predicts beyond the sequence): logits[:, :-1, :]."),
-    ("mask not shifted", "a mask that is not shifted like the labels", "shift the mask as well: "
-     "selection_mask[:, 1:]."),
-    ("sum", "a sum over the tokens instead of a mean", "divide by the number of selected tokens, mask.sum(-1)."),
-    ("mask ignored in the mean", "the masked sum divided by every position",
-     "average over the selected tokens only: (selected_log_probs * mask).sum(-1) / mask.sum(-1)."),
-    ("probabilities", "probabilities instead of log-probabilities", "use F.log_softmax(logits, dim=-1)."),
+    Mistake("log-probabilities of the labels at their own positions (no shift)",
+            "the logits at position j predict token j + 1: labels[:, 1:] against logits[:, :-1, :].",
+            mistake="not shifted"),
+    Mistake("logits[:, 1:] against labels[:, 1:]",
+            "drop the LAST position of the logits (it predicts beyond the sequence): logits[:, :-1, :].",
+            mistake="logits cut at the front"),
+    Mistake("a mask that is not shifted like the labels", "shift the mask as well: selection_mask[:, 1:].",
+            mistake="mask not shifted"),
+    Mistake("a sum over the tokens instead of a mean", "divide by the number of selected tokens, mask.sum(-1).",
+            mistake="sum"),
+    Mistake("the masked sum divided by every position",
+            "average over the selected tokens only: (selected_log_probs * mask).sum(-1) / mask.sum(-1).",
+            mistake="mask ignored in the mean"),
+    Mistake("probabilities instead of log-probabilities", "use F.log_softmax(logits, dim=-1).",
+            mistake="probabilities"),
 ]
 
 
@@ -675,21 +623,14 @@ def test_compute_logprobs(submission):
                                                       "picks each next token's log-probability; labels must be "
                                                       "shifted to labels[:, 1:] first.")):
         got = submission.run(logprobs, name="compute_logprobs", cases=cases)
-    for index, (logits, labels, mask) in enumerate(cases):
-        expected = ref.compute_logprobs(logits, labels, mask)
+    for (logits, labels, mask), result in zip(cases, got):
         what = (f"compute_logprobs on logits of shape {tuple(logits.shape)} "
                 + ("with a selection mask" if mask is not None else "without a mask"))
-
-        def diagnose(got=got[index], logits=logits, labels=labels, mask=mask, expected=expected):
-            if isinstance(got, torch.Tensor) and got.shape == expected.shape:
-                for mistake, description, fix in LOGPROB_MISTAKES:
-                    if torch.allclose(got.double(), logprobs_with(logits, labels, mask, mistake).double(),
-                                      atol=1e-5, rtol=1e-5):
-                        return f"your result is exactly what {description} gives: {fix}"
-            return ("log_softmax over the vocabulary, gather the log-probability of labels[:, 1:] from "
-                    "logits[:, :-1], then average each row over the positions where selection_mask[:, 1:] is True.")
-
-        expect_close(got[index], expected, what=what, hint=diagnose)
+        expect_close(result, ref.compute_logprobs(logits, labels, mask), what=what, hint=hint_naming(
+            result, LOGPROB_MISTAKES, partial(logprobs_with, logits, labels, mask),
+            matches=tensors_match(1e-5), yours="your result is",
+            otherwise="log_softmax over the vocabulary, gather the log-probability of labels[:, 1:] from "
+                      "logits[:, :-1], then average each row over the positions where selection_mask[:, 1:] is True."))
 
 
 def logprob_sets(seed, batch=6):
@@ -720,21 +661,28 @@ def dpo_loss_with(pc, pr, rc, rr, beta, mistake=None):
 
 
 LOSS_MISTAKES = [
-    ("no beta", "a loss without beta", "multiply the difference of the log-ratios by beta before logsigmoid."),
-    ("sign flipped", "a loss with the log-ratios the wrong way round",
-     "logits = (policy chosen - policy rejected) - (reference chosen - reference rejected)."),
-    ("no minus", "logsigmoid without the minus sign", "the loss is -F.logsigmoid(beta * logits): minimising it "
-     "raises the chosen answer's log-ratio."),
-    ("sum", "a sum over the batch", "average over the batch: losses.mean()."),
-    ("ratios added", "the reference's log-ratio added instead of subtracted",
-     "subtract the reference's log-ratio: model_logratios - reference_logratios."),
-    ("sigmoid", "-sigmoid instead of -logsigmoid", "take the log: -F.logsigmoid(beta * logits)."),
+    Mistake("a loss without beta", "multiply the difference of the log-ratios by beta before logsigmoid.",
+            mistake="no beta"),
+    Mistake("a loss with the log-ratios the wrong way round",
+            "logits = (policy chosen - policy rejected) - (reference chosen - reference rejected).",
+            mistake="sign flipped"),
+    Mistake("logsigmoid without the minus sign", "the loss is -F.logsigmoid(beta * logits): minimising it raises the "
+            "chosen answer's log-ratio.", mistake="no minus"),
+    Mistake("a sum over the batch", "average over the batch: losses.mean().", mistake="sum"),
+    Mistake("the reference's log-ratio added instead of subtracted",
+            "subtract the reference's log-ratio: model_logratios - reference_logratios.", mistake="ratios added"),
+    Mistake("-sigmoid instead of -logsigmoid", "take the log: -F.logsigmoid(beta * logits).", mistake="sigmoid"),
 ]
 
 
-def describe_loss_case(logprobs, beta):
-    return f"compute_dpo_loss on a batch of {logprobs[0].shape[0]} " + ("(default beta)" if beta is None
+def dpo_loss_results(got, logprobs, beta):
+    """What compute_dpo_loss returned, after checking it returned three results; and the case's description."""
+    what = f"compute_dpo_loss on a batch of {logprobs[0].shape[0]} " + ("(default beta)" if beta is None
                                                                       else f"with beta={beta}")
+    expect_true(len(got.returned) == 3, what=what,
+                problem="expected three results (loss, chosen_rewards, rejected_rewards).",
+                hint="return losses.mean(), chosen_rewards.mean(), rejected_rewards.mean().")
+    return got.returned, what
 
 
 @pytest.mark.points(2)
@@ -742,22 +690,24 @@ def describe_loss_case(logprobs, beta):
 def test_dpo_loss(submission):
     """compute_dpo_loss: -logsigmoid(beta * (policy log-ratio - reference log-ratio)), averaged over the batch."""
     got = submission.run(dpo_losses, name="compute_dpo_loss", cases=LOSS_CASES)
-    for index, (logprobs, beta) in enumerate(LOSS_CASES):
-        what = describe_loss_case(logprobs, beta)
-        expect_true(isinstance(got[index], list) and len(got[index]) == 4, what=what,
-                    problem="expected three results (loss, chosen_rewards, rejected_rewards).",
-                    hint="return losses.mean(), chosen_rewards.mean(), rejected_rewards.mean().")
-        loss = as_number(got[index][0], what=f"{what}: the loss")
+    for (logprobs, beta), result in zip(LOSS_CASES, got):
+        returned, what = dpo_loss_results(result, logprobs, beta)
+        loss = as_number(returned[0], what=f"{what}: the loss", shape_hint=HINT_MEAN)
         expected = ref.compute_dpo_loss(*logprobs, **({} if beta is None else {"beta": beta}))[0]
+        expect_close(loss, expected.double(), what=f"{what}: the loss", atol=1e-5, rtol=1e-5, hint=hint_naming(
+            loss, LOSS_MISTAKES, partial(dpo_loss_with, *logprobs, 0.1 if beta is None else beta),
+            matches=tensors_match(1e-5), yours="your loss is",
+            otherwise="logits = (model_chosen - model_rejected) - (reference_chosen - reference_rejected); "
+                      "losses = -F.logsigmoid(beta * logits); the loss is losses.mean() (beta defaults to 0.1)."))
 
-        def diagnose(loss=loss, logprobs=logprobs, beta=0.1 if beta is None else beta):
-            for mistake, description, fix in LOSS_MISTAKES:
-                if torch.allclose(loss, dpo_loss_with(*logprobs, beta, mistake).double(), atol=1e-5, rtol=1e-5):
-                    return f"your loss is exactly what {description} gives: {fix}"
-            return ("logits = (model_chosen - model_rejected) - (reference_chosen - reference_rejected); "
-                    "losses = -F.logsigmoid(beta * logits); the loss is losses.mean() (beta defaults to 0.1).")
 
-        expect_close(loss, expected.double(), what=f"{what}: the loss", atol=1e-5, rtol=1e-5, hint=diagnose)
+def rewards_hint(reward, difference, beta, name):
+    """The hint for a wrong reward: whether it is the book's reward multiplied by beta."""
+    if torch.allclose(reward, (beta * difference).mean().double(), atol=1e-6, rtol=1e-5):
+        return ("your rewards are multiplied by beta: the book tracks the rewards without it, "
+                f"({name} log-probabilities of the policy - those of the reference).mean().")
+    return (f"the {name} reward is (model_{name}_logprobs - reference_{name}_logprobs), detached and averaged over "
+            "the batch.")
 
 
 @pytest.mark.points(1)
@@ -765,26 +715,14 @@ def test_dpo_loss(submission):
 def test_dpo_rewards(submission):
     """compute_dpo_loss: the chosen and rejected rewards, policy minus reference log-probabilities (no beta)."""
     got = submission.run(dpo_losses, name="compute_dpo_loss", cases=LOSS_CASES)
-    for index, (logprobs, beta) in enumerate(LOSS_CASES):
-        what = describe_loss_case(logprobs, beta)
-        expect_true(isinstance(got[index], list) and len(got[index]) == 4, what=what,
-                    problem="expected three results (loss, chosen_rewards, rejected_rewards).",
-                    hint="return losses.mean(), chosen_rewards.mean(), rejected_rewards.mean().")
+    hint = "average the rewards over the batch with .mean()."
+    for (logprobs, beta), result in zip(LOSS_CASES, got):
+        returned, what = dpo_loss_results(result, logprobs, beta)
         pc, pr, rc, rr = logprobs
-        for position, name, expected in ((1, "chosen", pc - rc), (2, "rejected", pr - rr)):
-            reward = as_number(got[index][position], what=f"{what}: {name} rewards",
-                               hint="average the rewards over the batch with .mean().")
-            factor = 0.1 if beta is None else beta
-
-            def diagnose(reward=reward, expected=expected, factor=factor, name=name):
-                if torch.allclose(reward, (factor * expected).mean().double(), atol=1e-6, rtol=1e-5):
-                    return ("your rewards are multiplied by beta: the book tracks the rewards without it, "
-                            f"({name} log-probabilities of the policy - those of the reference).mean().")
-                return (f"the {name} reward is (model_{name}_logprobs - reference_{name}_logprobs), detached and "
-                        "averaged over the batch.")
-
-            expect_close(reward, expected.mean().double(), what=f"{what}: {name} rewards", atol=1e-5, rtol=1e-5,
-                         hint=diagnose)
+        for name, value, difference in (("chosen", returned[1], pc - rc), ("rejected", returned[2], pr - rr)):
+            reward = as_number(value, what=f"{what}: {name} rewards", type_hint=hint, shape_hint=hint)
+            expect_close(reward, difference.mean().double(), what=f"{what}: {name} rewards", atol=1e-5, rtol=1e-5,
+                         hint=partial(rewards_hint, reward, difference, 0.1 if beta is None else beta, name))
 
 
 @pytest.mark.points(1)
@@ -794,11 +732,10 @@ def test_dpo_loss_properties(submission):
     """compute_dpo_loss: ln 2 when the policy equals the reference; falls as the chosen log-probability rises."""
     chosen, rejected = -rand(110, 5) * 5, -rand(111, 5) * 5
     offsets = [-2.0, -1.0, -0.5, 0, 0.5, 1.0, 2.0]
-    losses, gradient = submission.run(loss_landscape, name="compute_dpo_loss", chosen=chosen, rejected=rejected,
-                                      offsets=offsets)
+    got = submission.run(loss_landscape, name="compute_dpo_loss", chosen=chosen, rejected=rejected, offsets=offsets)
     what = "compute_dpo_loss"
-    values = [as_number(loss, what=f"{what} (policy's chosen log-probabilities + {offset})")
-              for loss, offset in zip(losses, offsets)]
+    values = [as_number(loss, what=f"{what} (policy's chosen log-probabilities + {offset})", shape_hint=HINT_MEAN)
+              for loss, offset in zip(got.losses, offsets)]
     expect_close(values[offsets.index(0)], torch.tensor(LN2, dtype=torch.float64), atol=1e-6, rtol=1e-6,
                  what=f"{what} with the policy's log-probabilities equal to the reference's",
                  hint="when the policy equals the reference, the difference of the log-ratios is 0 and the loss is "
@@ -808,8 +745,8 @@ def test_dpo_loss_properties(submission):
                 problem="the loss does not fall at every step: " + ", ".join(f"{float(v):.4f}" for v in values) + ".",
                 hint="raising the chosen answer's log-probability must lower the loss: -logsigmoid(beta * logits) "
                      "with logits = (chosen - rejected) - (reference chosen - reference rejected).")
-    expect_true(isinstance(gradient, torch.Tensor) and gradient.shape == chosen.shape
-                and bool((gradient < 0).all()), what=f"{what}: the gradient of the loss with respect to the "
+    expect_true(isinstance(got.gradient, torch.Tensor) and got.gradient.shape == chosen.shape
+                and bool((got.gradient < 0).all()), what=f"{what}: the gradient of the loss with respect to the "
                 "policy's chosen log-probabilities", problem="is missing or not negative everywhere.",
                 hint="return the loss as a tensor connected to its inputs (no .item(), .detach() or torch.no_grad()): "
                      "training backpropagates through it.")
@@ -818,13 +755,13 @@ def test_dpo_loss_properties(submission):
 # -- batches, loaders and training with tiny GPTs -------------------------------------------------------------------
 
 BATCH = compact_batches(DATA[:4], 4)[0]
+RESULTS = (("loss", "loss"), ("chosen_rewards", "chosen rewards"), ("rejected_rewards", "rejected rewards"))
 
 
-def reference_batch_result(cfg, policy_state, reference_state, batch, beta, same=False):
-    policy, reference = tiny_models(cfg, reference_state if same else policy_state, reference_state)
-    loss, chosen_rewards, rejected_rewards = ref.compute_dpo_loss_batch(batch, policy, reference, beta)
-    loss.backward()
-    return loss.detach(), chosen_rewards, rejected_rewards, {k: p.grad for k, p in policy.named_parameters()}
+def batch_inputs(policy_state, reference_state, cases):
+    """The arguments of batch_losses for compute_dpo_loss_batch on BATCH."""
+    return dict(name="compute_dpo_loss_batch", cfg=TINY, policy_state=policy_state, reference_state=reference_state,
+                batch=BATCH, cases=cases)
 
 
 @pytest.mark.points(2)
@@ -833,19 +770,17 @@ def reference_batch_result(cfg, policy_state, reference_state, batch, beta, same
 def test_dpo_loss_batch(submission):
     """compute_dpo_loss_batch: the DPO loss and rewards of a batch from the masked log-probabilities of the
     policy and the reference model (tiny GPTs), and ln 2 when the policy is a copy of the reference."""
-    policy_state, reference_state = tiny_state(1), tiny_state(2)
-    cases = [(0.1, False), (0.5, False), (0.1, True)]
-    got = submission.run(batch_losses, name="compute_dpo_loss_batch", cfg=TINY, policy_state=policy_state,
-                         reference_state=reference_state, batch=BATCH, cases=cases)
+    inputs = batch_inputs(tiny_state(1), tiny_state(2), cases=[(0.1, False), (0.5, False), (0.1, True)])
+    got, expected = submission.run(batch_losses, **inputs), run_here(batch_losses, ref, **inputs)
     hint = ("compute_logprobs(logits=model(batch['chosen']), labels=batch['chosen'], "
             "selection_mask=batch['chosen_mask']) for the policy and the reference model, chosen and rejected, "
             "then compute_dpo_loss(...) with beta.")
-    for index, (beta, same) in enumerate(cases):
+    for (beta, same), result, reference in zip(inputs["cases"], got, expected):
         what = f"compute_dpo_loss_batch with beta={beta}" + (" (policy = reference)" if same else "")
-        expected = reference_batch_result(TINY, policy_state, reference_state, BATCH, beta, same)
-        for position, name in enumerate(("loss", "chosen rewards", "rejected rewards")):
-            value = as_number(got[index][position], what=f"{what}: {name}", hint=hint)
-            expect_close(value, expected[position].double(), what=f"{what}: {name}", atol=1e-5, rtol=1e-5, hint=hint)
+        for field, name in RESULTS:
+            value = as_number(getattr(result, field), what=f"{what}: {name}", type_hint=hint, shape_hint=hint)
+            expect_close(value, getattr(reference, field).double(), what=f"{what}: {name}", atol=1e-5, rtol=1e-5,
+                         hint=hint)
 
 
 @pytest.mark.points(2)
@@ -853,22 +788,20 @@ def test_dpo_loss_batch(submission):
 @pytest.mark.runs(*BATCH_LOSS)
 def test_dpo_batch_gradients(submission):
     """compute_dpo_loss_batch: backpropagating the loss trains the policy, and the frozen reference gets no gradient."""
-    policy_state, reference_state = tiny_state(3), tiny_state(4)
-    (result,) = submission.run(batch_losses, name="compute_dpo_loss_batch", cfg=TINY, policy_state=policy_state,
-                               reference_state=reference_state, batch=BATCH, cases=[(0.1, False)])
-    _, _, _, gradients, touched = result
+    inputs = batch_inputs(tiny_state(3), tiny_state(4), cases=[(0.1, False)])
+    (got,) = submission.run(batch_losses, **inputs)
     what = "after loss.backward() on compute_dpo_loss_batch's loss"
-    expect_true(touched == [], what=f"{what}: the reference model", problem=f"got gradients ({len(touched)} "
-                "parameters, e.g. " + (touched[0] if touched else "") + ").", hint=HINT_FROZEN)
-    expected = reference_batch_result(TINY, policy_state, reference_state, BATCH, 0.1)[3]
-    expect_true(isinstance(gradients, dict) and set(gradients) == set(expected), what=f"{what}: the policy model",
-                problem="some of its parameters got no gradient.",
+    expect_true(got.touched == [], what=f"{what}: the reference model", problem=f"got gradients ({len(got.touched)} "
+                "parameters, e.g. " + (got.touched[0] if got.touched else "") + ").", hint=HINT_FROZEN)
+    (expected,) = run_here(batch_losses, ref, **inputs)
+    expect_true(isinstance(got.gradients, dict) and set(got.gradients) == set(expected.gradients),
+                what=f"{what}: the policy model", problem="some of its parameters got no gradient.",
                 hint="the loss must come from the policy's log-probabilities with their graph (no torch.no_grad() or "
                      ".detach() around the policy model).")
     for key in ("out_head.weight", "tok_emb.weight", "trf_blocks.0.att.W_query.weight", "final_norm.scale"):
-        expect_close(gradients[key], expected[key], what=f"{what}: the gradient of the policy's {key}", atol=1e-6,
-                     rtol=1e-4, hint="the policy's log-probabilities of the chosen and rejected answers feed the loss "
-                                     "with their graph.")
+        expect_close(got.gradients[key], expected.gradients[key], what=f"{what}: the gradient of the policy's {key}",
+                     atol=1e-6, rtol=1e-4, hint="the policy's log-probabilities of the chosen and rejected answers "
+                                                "feed the loss with their graph.")
 
 
 LOADER_BATCHES = compact_batches(DATA[8:20], 4)
@@ -888,11 +821,11 @@ def loader_with(batches, policy, reference, num_batches, mistake=None):
 
 
 LOADER_MISTAKES = [
-    ("num_batches ignored", "averaging over every batch whatever num_batches says",
-     "stop after the first num_batches batches."),
-    ("not capped", "dividing by num_batches when the loader has fewer batches",
-     "use min(num_batches, len(data_loader)) batches and divide by that number."),
-    ("sum", "sums instead of averages", "divide the totals by the number of batches used."),
+    Mistake("averaging over every batch whatever num_batches says", "stop after the first num_batches batches.",
+            mistake="num_batches ignored"),
+    Mistake("dividing by num_batches when the loader has fewer batches",
+            "use min(num_batches, len(data_loader)) batches and divide by that number.", mistake="not capped"),
+    Mistake("sums instead of averages", "divide the totals by the number of batches used.", mistake="sum"),
 ]
 
 
@@ -907,30 +840,34 @@ def test_dpo_loss_loader(submission):
                          reference_state=reference_state, batches=LOADER_BATCHES, cases=cases)
     policy, reference = tiny_models(TINY, policy_state, reference_state)
     with torch.no_grad():
-        for index, num_batches in enumerate(cases):
+        for num_batches, result in zip(cases, got):
             what = (f"compute_dpo_loss_loader on {len(LOADER_BATCHES)} batches"
                     + ("" if num_batches is None else f" with num_batches={num_batches}"))
-            expect_true(isinstance(got[index], list) and len(got[index]) == 3, what=what,
+            expect_true(isinstance(result, list) and len(result) == 3, what=what,
                         problem="expected three numbers (loss, chosen reward, rejected reward).",
                         hint="return total_loss, total_chosen_rewards, total_rejected_rewards.")
-            values = [as_number(v, what=what) for v in got[index]]
+            values = [as_number(v, what=what, shape_hint=HINT_MEAN) for v in result]
             expected = loader_with(LOADER_BATCHES, policy, reference, num_batches)
-
-            def diagnose(values=values, num_batches=num_batches):
-                for mistake, description, fix in LOADER_MISTAKES:
-                    candidate = loader_with(LOADER_BATCHES, policy, reference, num_batches, mistake)
-                    if all(abs(float(v) - c) < 1e-5 * max(1.0, abs(c)) for v, c in zip(values, candidate)):
-                        return f"your result is exactly what {description} gives: {fix}"
-                return ("add loss.item(), chosen_rewards.item() and rejected_rewards.item() of compute_dpo_loss_batch "
-                        "over the batches used, and divide each by their number.")
-
+            hint = hint_naming(
+                values, LOADER_MISTAKES, partial(loader_with, LOADER_BATCHES, policy, reference, num_batches),
+                matches=numbers_match(1e-5), yours="your result is",
+                otherwise="add loss.item(), chosen_rewards.item() and rejected_rewards.item() of "
+                          "compute_dpo_loss_batch over the batches used, and divide each by their number.")
             for name, value, expected_value in zip(("loss", "chosen reward", "rejected reward"), values, expected):
                 expect_close(value, torch.tensor(expected_value, dtype=torch.float64), what=f"{what}: {name}",
-                             atol=1e-5, rtol=1e-5, hint=diagnose)
+                             atol=1e-5, rtol=1e-5, hint=hint)
 
 
 EVAL_KEYS = ("train_loss", "train_chosen_reward", "train_rejected_reward", "val_loss", "val_chosen_reward",
              "val_rejected_reward")
+
+
+def dropout_hint(first, second):
+    """The hint for a wrong evaluation: whether two calls differed (dropout on)."""
+    if isinstance(second, dict) and any(first.get(k) != second.get(k) for k in EVAL_KEYS):
+        return ("two calls gave different results, so dropout was on: call policy_model.eval() before computing the "
+                "losses.")
+    return "compute_dpo_loss_loader(..., num_batches=eval_iter) on each loader, under torch.no_grad()."
 
 
 @pytest.mark.points(1)
@@ -942,28 +879,21 @@ def test_evaluate_dpo_loss_loader(submission):
     cfg = dict(TINY, drop_rate=0.3)  # dropout: eval mode matters
     policy_state, reference_state = tiny_state(7, drop_rate=0.3), tiny_state(8, drop_rate=0.3)
     train_batches, val_batches = LOADER_BATCHES, compact_batches(DATA[40:48], 4)
-    first, second, training_after = submission.run(
-        evaluation, name="evaluate_dpo_loss_loader", cfg=cfg, policy_state=policy_state,
-        reference_state=reference_state, train_batches=train_batches, val_batches=val_batches, eval_iter=2)
+    got = submission.run(evaluation, name="evaluate_dpo_loss_loader", cfg=cfg, policy_state=policy_state,
+                         reference_state=reference_state, train_batches=train_batches, val_batches=val_batches,
+                         eval_iter=2)
     policy, reference = tiny_models(cfg, policy_state, reference_state)
     with torch.no_grad():
         train = loader_with(train_batches, policy, reference, 2)
         val = loader_with(val_batches, policy, reference, 2)
     expected = dict(zip(EVAL_KEYS, train + val))
     what = "evaluate_dpo_loss_loader(..., beta=0.1, eval_iter=2)"
-    expect_true(isinstance(first, dict) and sorted(first) == sorted(EVAL_KEYS), what=what,
-                problem="expected a dict with the keys " + ", ".join(EVAL_KEYS) + ".", hint=None)
-
-    def diagnose():
-        if isinstance(second, dict) and any(first.get(k) != second.get(k) for k in EVAL_KEYS):
-            return ("two calls gave different results, so dropout was on: call policy_model.eval() before "
-                    "computing the losses.")
-        return "compute_dpo_loss_loader(..., num_batches=eval_iter) on each loader, under torch.no_grad()."
-
+    expect_keys(got.first, EVAL_KEYS, what=what, hint=None)
     for key in EVAL_KEYS:
-        expect_close(as_number(first[key], what=f"{what}: {key}"), torch.tensor(expected[key], dtype=torch.float64),
-                     what=f"{what}: {key}", atol=1e-5, rtol=1e-5, hint=diagnose)
-    expect_true(training_after is True, what=what, problem="the policy model is left in eval mode.",
+        expect_close(as_number(got.first[key], what=f"{what}: {key}", shape_hint=HINT_MEAN),
+                     torch.tensor(expected[key], dtype=torch.float64), what=f"{what}: {key}", atol=1e-5, rtol=1e-5,
+                     hint=lambda: dropout_hint(got.first, got.second))
+    expect_true(got.training_after is True, what=what, problem="the policy model is left in eval mode.",
                 hint="call policy_model.train() before returning: training goes on after the evaluation.")
 
 
@@ -1001,22 +931,22 @@ def mistaken_dpo_loop(mistake):
 
 
 TRAINING_MISTAKES = [
-    ("no zero_grad", "training without optimizer.zero_grad()",
-     "call optimizer.zero_grad() at every step: otherwise the gradients of all earlier steps add up."),
-    ("steps from 1", "counting the steps from 1 (evaluating after steps 1, 3, ...)",
-     "global_step starts at -1 and is increased after each step, so the first evaluation is after step 0."),
-    ("both counted", "counting the rejected tokens as well", "tokens_seen += batch['chosen'].numel()."),
+    Mistake("training without optimizer.zero_grad()",
+            "call optimizer.zero_grad() at every step: otherwise the gradients of all earlier steps add up.",
+            mistake="no zero_grad"),
+    Mistake("counting the steps from 1 (evaluating after steps 1, 3, ...)",
+            "global_step starts at -1 and is increased after each step, so the first evaluation is after step 0.",
+            mistake="steps from 1"),
+    Mistake("counting the rejected tokens as well", "tokens_seen += batch['chosen'].numel().", mistake="both counted"),
 ]
 
 
-def training_batches():
-    return compact_batches(DATA[20:32], 4), compact_batches(DATA[48:52], 4)
-
-
-def reference_training(loop, state):
-    train_batches, val_batches = training_batches()
-    return dpo_training_run(SimpleNamespace(train_model_dpo_simple=loop), "train_model_dpo_simple", TINY, state,
-                            state, VOCABULARY, train_batches, val_batches, DPO_TRAINING)
+def training_with(inputs, mistake=None):
+    """The tracking dict of the reference's DPO loop on `inputs` (dpo_training_run's), or of the loop with one
+    classic mistake."""
+    loop = ref.train_model_dpo_simple if mistake is None else mistaken_dpo_loop(mistake)
+    with torch.enable_grad():  # mistakes are recomputed under torch.no_grad(): training needs gradients
+        return run_here(dpo_training_run, SimpleNamespace(train_model_dpo_simple=loop), **inputs).tracking
 
 
 @pytest.mark.points(3)
@@ -1026,29 +956,22 @@ def test_train_model_dpo_simple(submission):
     """train_model_dpo_simple: a short seeded DPO run gives the reference's losses, rewards and tokens seen, and
     leaves the reference model as it was (2 epochs of 3 batches of tiny GPTs, evaluating every 2 steps)."""
     state = tiny_state(9)  # the policy starts as a copy of the reference model, as in the book
-    train_batches, val_batches = training_batches()
-    tracking, _, unchanged, touched = submission.run(
-        dpo_training_run, name="train_model_dpo_simple", cfg=TINY, policy_state=state, reference_state=state,
-        vocabulary=VOCABULARY, train_batches=train_batches, val_batches=val_batches, settings=DPO_TRAINING)
-    expected = reference_training(ref.train_model_dpo_simple, state)[0]
+    inputs = dict(name="train_model_dpo_simple", cfg=TINY, policy_state=state, reference_state=state,
+                  vocabulary=VOCABULARY, train_batches=compact_batches(DATA[20:32], 4),
+                  val_batches=compact_batches(DATA[48:52], 4), settings=DPO_TRAINING)
+    got = submission.run(dpo_training_run, **inputs)
+    expected = training_with(inputs)
     what = "train_model_dpo_simple (2 epochs of 3 batches, evaluating every 2 steps)"
-    expect_true(unchanged is True and touched == [], what=f"{what}: the reference model",
+    expect_true(got.unchanged is True and got.touched == [], what=f"{what}: the reference model",
                 problem="changed or got gradients during training.", hint=HINT_FROZEN)
-    expect_true(isinstance(tracking, dict) and sorted(tracking) == sorted(TRACKING_KEYS), what=what,
-                problem="expected a dict with the keys " + ", ".join(TRACKING_KEYS) + ".",
+    expect_keys(got.tracking, TRACKING_KEYS, what=what,
                 hint="return the tracking dict, one list per key with one entry per evaluation.")
-
-    def diagnose():
-        for mistake, description, fix in TRAINING_MISTAKES:
-            candidate = reference_training(mistaken_dpo_loop(mistake), state)[0]
-            if all(len(candidate[k]) == len(tracking[k]) and all(abs(a - b) < 1e-4 * max(1.0, abs(b))
-                   for a, b in zip(tracking[k], candidate[k])) for k in TRACKING_KEYS):
-                return f"your run is exactly what {description} gives: {fix}"
-        return ("one optimizer step per batch (zero_grad, compute_dpo_loss_batch, backward, step); tokens_seen += "
-                "batch['chosen'].numel(); an evaluation after steps 0, eval_freq, 2 * eval_freq, ...")
-
-    expect_equal([int(t) for t in tracking["tokens_seen"]], [int(t) for t in expected["tokens_seen"]],
-                 what=f"{what}: tokens_seen", hint=diagnose)
+    hint = hint_naming(got.tracking, TRAINING_MISTAKES, partial(training_with, inputs),
+                       matches=numbers_match(1e-4), yours="your run is",
+                       otherwise="one optimizer step per batch (zero_grad, compute_dpo_loss_batch, backward, step); "
+                                 "tokens_seen += batch['chosen'].numel(); an evaluation after steps 0, eval_freq, "
+                                 "2 * eval_freq, ...")
+    expect_equal([int(t) for t in got.tracking["tokens_seen"]], [int(t) for t in expected["tokens_seen"]],
+                 what=f"{what}: tokens_seen", hint=hint)
     for key in TRACKING_KEYS[:-1]:
-        expect_close(torch.tensor(tracking[key], dtype=torch.float64), torch.tensor(expected[key], dtype=torch.float64),
-                     what=f"{what}: {key}", atol=1e-4, rtol=1e-4, hint=diagnose)
+        expect_losses(got.tracking[key], expected[key], what=f"{what}: {key}", hint=hint)

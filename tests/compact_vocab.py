@@ -6,6 +6,9 @@ distinct GPT-2 tokens, so the tests number just those tokens 0..V-1 (keeping GPT
 exactly) and build models with ``vocab_size = V``: the same texts, the same token boundaries, a small
 output layer. ``<|endoftext|>`` (50256) is always in the vocabulary, as its last id.
 
+The tokenizer is the one chapter 7's probes build (course/worker/runtime/probe_kit/text.py); here it is made
+from a corpus and knows its length and its end-of-text id.
+
 :func:`one_thread` runs such tiny models on one CPU thread: their matrices are so small that torch's
 intra-op threads cost more than they save, by a factor of 10 to 100 when other processes share the cores.
 """
@@ -18,46 +21,34 @@ from collections.abc import Iterable, Iterator
 import tiktoken
 import torch
 
-GPT2_END_OF_TEXT = 50256
+import course.grading.probes  # noqa: F401 - registers probe_kit, the package of the worker's probe helpers
+from graders.shared.finetuning import TINY_GPT
+
+# isort: split
+from probe_kit import text
+
+GPT2_END_OF_TEXT = text.GPT2_END_OF_TEXT
 
 
-class CompactTokenizer:
-    """``encode``/``decode`` like a tiktoken encoding, with ids renumbered to 0..len(self)-1.
+class CompactTokenizer(text.CompactTokenizer):
+    """``encode``/``decode`` like a tiktoken encoding, with the ids of the corpus's tokens renumbered to
+    0..len(self)-1.
 
     Text with a GPT-2 token that the corpus does not contain raises ``KeyError``.
     """
 
     def __init__(self, tokenizer: tiktoken.Encoding, corpus: Iterable[str]):
-        self.tokenizer = tokenizer
-        ids = set()
-        for text in corpus:
-            ids.update(tokenizer.encode(text))
-        ids.discard(GPT2_END_OF_TEXT)
-        self.gpt2_ids = sorted(ids) + [GPT2_END_OF_TEXT]  # compact id -> GPT-2 id
-        self.compact_ids = {gpt2_id: i for i, gpt2_id in enumerate(self.gpt2_ids)}  # GPT-2 id -> compact id
+        super().__init__(text.compact_vocabulary(corpus, tokenizer), tokenizer)
         self.eot_token = self.compact_ids[GPT2_END_OF_TEXT]
 
     def __len__(self) -> int:
         return len(self.gpt2_ids)
 
-    def encode(self, text: str, allowed_special=frozenset()) -> list[int]:
-        return [self.compact_ids[i] for i in self.tokenizer.encode(text, allowed_special=allowed_special)]
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode([self.gpt2_ids[i] for i in ids])
-
 
 def tiny_gpt_config(vocab_size: int, context_length: int = 96) -> dict:
-    """A GPT of the book's architecture, small enough that a training step takes milliseconds."""
-    return {
-        "vocab_size": vocab_size,
-        "context_length": context_length,
-        "emb_dim": 32,
-        "n_heads": 2,
-        "n_layers": 2,
-        "drop_rate": 0.0,
-        "qkv_bias": False,
-    }
+    """A GPT of the book's architecture, small enough that a training step takes milliseconds (the graders' tiny
+    GPT of chapter 7)."""
+    return dict(TINY_GPT, vocab_size=vocab_size, context_length=context_length)
 
 
 @contextlib.contextmanager

@@ -455,7 +455,7 @@ def test_template_and_workers_die_with_their_lane(level, tmp_path):
 def test_sysv_ipc_objects_left_in_the_sandbox_are_removed(tmp_path):
     """Native code can make SysV shared memory (memory no limit of a worker counts), message queues and
     semaphores that outlive it: the template's clean-up removes them from the sandbox's IPC namespace."""
-    from course.worker import bootstrap
+    from course.worker.runtime import bootstrap
     from course.worker.sandbox import bubblewrap_arguments
 
     (tmp_path / "bootstrap.py").write_bytes(Path(bootstrap.__file__).read_bytes())

@@ -488,19 +488,19 @@ def test_grader_training_probe_optimizer_is_adamw():
     """The AdamW written out in the grader's training probe trains as torch.optim.AdamW does."""
     from types import SimpleNamespace
 
-    from graders.ch05_pretraining import training_run
+    from graders.shared.gpt_training import training_run
 
     get_gpt2_tokenizer()  # the probe asks tiktoken for GPT-2's tokenizer
     torch.manual_seed(1)
     state = GPTModel(TINY).state_dict()
     train_data, val_data = _loader(3).dataset.tensors, _loader(1, seed=1).dataset.tensors
     settings = {"batch_size": 2, "lr": 5e-3, "seed": 123}
-    got, records, _ = training_run(SimpleNamespace(train=_steps), "train", TINY, state, train_data, val_data,
-                                   settings, {"num_epochs": 2})
+    run = training_run(SimpleNamespace(train=_steps), "train", TINY, state, train_data, val_data, settings,
+                       {"num_epochs": 2})
     model = GPTModel(TINY)
     model.load_state_dict(state)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.1)
     torch.manual_seed(123)
     expected = _steps(model, _loader(3), None, optimizer, "cpu", 2)
-    torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=1e-5, atol=1e-5)
-    assert [lr for lr, _ in records] == [5e-3] * 6
+    torch.testing.assert_close(torch.tensor(run["result"]), torch.tensor(expected), rtol=1e-5, atol=1e-5)
+    assert [lr for lr, _ in run["records"]] == [5e-3] * 6

@@ -63,3 +63,15 @@ def error_mentions(*phrases: str, hint: str) -> Diagnosis:
         return hint if raised and any(p in f"{record.type}: {record.message}" for p in phrases) else None
 
     return diagnose
+
+
+def output_shape(shape: tuple[int, ...]) -> Diagnosis:
+    """For a probe that computes with the student's output (e.g. (output * upstream).sum() for the gradients)
+    and fails on an output of the wrong shape: the shape it must have."""
+
+    def diagnose(record: ErrorRecord) -> str | None:
+        if record.kind is ErrorKind.UNUSABLE and "must match the size" in record.message:
+            return f"the output must have the shape {shape}, one vector per input position."
+        return None
+
+    return diagnose

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch  # probes run with the worker's own torch; imported here for readers and linters
 
-from course.grading.contracts import Anything, Fields, ListOf, Spec
+from course.grading.contracts import Anything, Fields, ListOf, Spec, check_result
 
 # The names a probe finds in the worker besides the built-ins (see course/worker/runtime/bootstrap.py, op_call).
 WORKER_NAMES = frozenset({"torch", "nn", "F", "DEVICE"})
@@ -178,3 +178,11 @@ def count_parameters(student, class_name, init):
     module = getattr(student, class_name)(**init)
     shapes = {name: list(tensor.shape) for name, tensor in module.state_dict().items()}
     return {"count": sum(p.numel() for p in module.parameters()), "shapes": shapes}
+
+
+def run_here(probe_function, module, **kwargs):
+    """A probe run on this side with `module` in the student's place (the reference, or code with a classic
+    mistake), its result checked and read as the worker's is (named values): the expected values of the same
+    probe. Gradients are on: a training run may be asked for inside a mistake search, which computes without."""
+    with torch.enable_grad():
+        return check_result(probe_function.probe_returns, probe_function(module, **kwargs), kwargs)

@@ -1,4 +1,5 @@
-"""Checks shared by chapters: a module's outputs against the reference, causality, dropout in training only.
+"""Checks shared by chapters: a module's outputs (and gradients) against the reference, causality, dropout in
+training only.
 
 Each check runs generic probes (course/grading/probes.py) against the student's class, loaded with the weights
 of a seeded reference module, and compares on the trusted side. Property checks (causality, dropout) compare
@@ -13,43 +14,113 @@ that take token ids.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
+from course.grading import compare
 from course.grading.compare import expect_close, expect_finite, expect_tensor, expect_true
-from course.grading.diagnosis import Diagnosis, explain_errors, state_dict_mismatch
-from course.grading.probes import run_eval_twice, run_module, run_train_and_eval
+from course.grading.diagnosis import Diagnosis, explain_errors, output_shape, state_dict_mismatch
+from course.grading.inputs import randn
+from course.grading.mistakes import Mistake
+from course.grading.probes import run_eval_twice, run_module, run_module_with_gradients, run_train_and_eval
 
 HINT_MASK = ("a token must not attend to later tokens: fill the scores above the diagonal with -inf BEFORE the "
              "softmax, using self.mask cut to the number of tokens.")
 HINT_EVAL_DROPOUT = ("your module gives different outputs for the same input in eval mode, so dropout is still on: "
                      "use self.dropout (an nn.Dropout, which is off in eval mode), not F.dropout(..., training=True) "
                      "or dropout you switch on yourself.")
+HINT_GRADIENT = ("the output matches within the tolerance but a gradient does not: a small difference in the formula "
+                 "shows more in the gradients; also avoid in-place changes and .detach() in the forward pass.")
 HINT_MIXING = ("each output must be a weighted sum over this token and all earlier tokens (attention weights @ "
                "values), so changing an earlier token changes the later outputs.")
 
 
 def expect_module_outputs(submission, model: torch.nn.Module, class_name: str, init: dict, inputs: list, *,
-                          what: str, hint: str | None = None, name_mistake: Callable | None = None,
-                          errors: tuple[Diagnosis, ...] = ()) -> None:
+                          what: str, hint: str | None = None, mistakes: list[Mistake] | tuple = (),
+                          mistaken: Callable | None = None, errors: tuple[Diagnosis, ...] = ()) -> None:
     """The student's `class_name(**init)`, loaded with `model`'s weights, gives model(x) for each input (eval mode).
 
-    On a failure the hint is, in this order: what `name_mistake(x, got)` names (a classic mistake recomputed on
-    the trusted side), dropout left on in eval mode (checked with one more run), else `hint`. `errors` are
-    diagnoses for errors raised while running (see course/grading/diagnosis.py).
+    On a failure the hint is, in this order: the first of `mistakes` (course/grading/mistakes.py) whose output,
+    `mistaken(x, **mistake.change)` recomputed on the trusted side, the student's equals; dropout left on in eval
+    mode (checked with one more run); else `hint`. `errors` are diagnoses for errors raised while running (see
+    course/grading/diagnosis.py).
     """
     state = model.state_dict()
     with explain_errors(state_dict_mismatch, *errors):
         got = submission.run(run_module, class_name=class_name, init=init, state=state, inputs=inputs)
-    for index, x in enumerate(inputs):
+    for x, out in zip(inputs, got):
         with torch.no_grad():
             expected = model(x)
+        expect_close(out, expected, what=f"{what}, input of shape {tuple(x.shape)}",
+                     hint=partial(_eval_dropout_or, hint, submission, class_name, init, state, x),
+                     mistakes=mistakes, mistaken=mistaken and partial(mistaken, x))
 
-        def diagnose(x=x, candidate=got[index]):
-            return ((name_mistake(x, candidate) if name_mistake else None)
-                    or eval_dropout_left_on(submission, class_name, init, state, x) or hint)
 
-        expect_close(got[index], expected, what=f"{what}, input of shape {tuple(x.shape)}", hint=diagnose)
+def _eval_dropout_or(hint, submission, class_name, init, state, x) -> str | None:
+    return eval_dropout_left_on(submission, class_name, init, state, x) or hint
+
+
+def reference_gradients(model: torch.nn.Module, x: torch.Tensor, upstream: torch.Tensor):
+    """What run_module_with_gradients returns for the reference: (output, {parameter: gradient}, input gradient)."""
+    x = x.clone().requires_grad_(True) if x.is_floating_point() else x
+    output = model(x)
+    named = list(model.named_parameters())
+    inputs = [p for _, p in named] + ([x] if x.is_floating_point() else [])
+    grads = torch.autograd.grad((output * upstream).sum(), inputs, allow_unused=True)
+    param_grads = {name: g for (name, _), g in zip(named, grads) if g is not None}
+    x_grad = grads[-1] if x.is_floating_point() else None
+    return output.detach(), param_grads, x_grad
+
+
+def expect_module_gradients(submission, model: torch.nn.Module, class_name: str, init: dict, inputs: list, *,
+                            what: str, hint: str | None, seed: int, mistakes: list[Mistake] | tuple = (),
+                            mistaken: Callable | None = None, errors: tuple[Diagnosis, ...] = (),
+                            gradient_floor: float | None = None) -> None:
+    """The student's `class_name(**init)`, loaded with `model`'s weights, gives the reference's output, parameter
+    gradients and input gradient for each input (eval mode; loss = (output * upstream).sum(), with `upstream`
+    seeded from `seed` plus the input's index).
+
+    A wrong output is explained as in expect_module_outputs (a classic mistake, `mistaken(x, **change)`; dropout
+    left on in eval mode, asked only about finite outputs; else `hint`). `gradient_floor`: the least atol and rtol
+    for the gradients, for a module built from other graded modules, so that a part slightly off (a LayerNorm
+    that gets eps a hair wrong) fails its own test and not, by a hair, every test built on it.
+    """
+    state = model.state_dict()
+    tolerance = {}
+    if gradient_floor is not None:
+        atol, rtol = compare.TOLERANCES.get(compare._device, compare.TOLERANCES["cuda"])
+        tolerance = {"atol": max(atol, gradient_floor), "rtol": max(rtol, gradient_floor)}
+    for index, x in enumerate(inputs):
+        with torch.no_grad():
+            upstream = randn(seed + index, *model(x).shape)
+        expected, expected_grads, expected_x_grad = reference_gradients(model, x, upstream)
+        with explain_errors(state_dict_mismatch, output_shape(tuple(expected.shape)), *errors):
+            got = submission.run(run_module_with_gradients, class_name=class_name, init=init, state=state, x=x,
+                                 upstream=upstream)
+        label = f"{what}, input of shape {tuple(x.shape)}"
+        expect_close(got.output, expected, what=label,
+                     hint=partial(_finite_eval_dropout_or, hint, submission, class_name, init, state, x, got.output),
+                     mistakes=mistakes, mistaken=mistaken and partial(mistaken, x))
+        grads = got.gradients if isinstance(got.gradients, dict) else {}
+        missing = [name for name in expected_grads if name not in grads]
+        expect_true(not missing, what=f"{label}: gradients",
+                    problem=f"no gradient reached {', '.join(missing[:3])} after backward().",
+                    hint="every parameter must take part in the forward pass, and the computation must stay in "
+                         "torch (no .item(), .detach() or numpy in between).")
+        for name, expected_grad in expected_grads.items():
+            expect_close(grads[name], expected_grad, what=f"{label}: gradient of {name}", hint=HINT_GRADIENT,
+                         **tolerance)
+        if expected_x_grad is not None:
+            expect_close(got.input_gradient, expected_x_grad, what=f"{label}: gradient of the input",
+                         hint=HINT_GRADIENT, **tolerance)
+
+
+def _finite_eval_dropout_or(hint, submission, class_name, init, state, x, got) -> str | None:
+    """Two NaN outputs are unequal without any dropout: dropout left on is asked about finite outputs only."""
+    if isinstance(got, torch.Tensor) and got.is_floating_point() and not bool(torch.isfinite(got).all()):
+        return hint
+    return _eval_dropout_or(hint, submission, class_name, init, state, x)
 
 
 def eval_dropout_left_on(submission, class_name: str, init: dict, state: dict, x) -> str | None:
