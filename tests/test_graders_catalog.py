@@ -14,8 +14,8 @@ from course import batch
 from course.config import load_course
 from course.grading.runner import collect_points
 from tests.conftest import REPO
-from tests.submissions.build import with_edits
 from tests.submissions.catalog import MUTANTS, VARIANTS
+from tests.submissions.snapshot import catalogue_items
 
 ASSIGNMENTS = [a.id for a in load_course(REPO).assignments]
 
@@ -23,20 +23,7 @@ ASSIGNMENTS = [a.id for a in load_course(REPO).assignments]
 @pytest.fixture(scope="module")
 def graded(course, tmp_path_factory):
     """Every solution, release, mutant and variant, graded in one batch: {(assignment, name): report}."""
-    folder = tmp_path_factory.mktemp("catalogue")
-    items = []
-    for assignment_id in ASSIGNMENTS:
-        assignment = course.assignment(assignment_id)
-        solution = course.solution_notebook(assignment)
-        notebooks = {"solution": solution, "release": course.release_notebook(assignment)}
-        for mutant in (m for m in MUTANTS if m.assignment == assignment_id):
-            notebooks[mutant.name] = with_edits(
-                solution, folder / assignment_id / mutant.name / assignment.notebook,
-                replace={mutant.cell: list(mutant.edits)} if mutant.edits else None, sources=mutant.sources)
-        for variant in (v for v in VARIANTS if v.assignment == assignment_id):
-            notebooks[variant.name] = with_edits(solution, folder / assignment_id / variant.name / assignment.notebook,
-                                                 sources=variant.sources)
-        items += [batch.BatchItem(name, assignment_id, notebook) for name, notebook in notebooks.items()]
+    items = catalogue_items(course, tmp_path_factory.mktemp("catalogue"))
     results = batch.grade_batch(course, items, jobs=2, device="cpu")
     return {(r.item.assignment, r.item.student): r.report for r in results}
 
@@ -116,3 +103,18 @@ def test_mistake_oracle_without_mistakes_is_the_reference():
         x = torch.rand(*shape)
         with torch.no_grad():
             torch.testing.assert_close(attention_with(model, x, causal=causal), model(x), atol=1e-6, rtol=1e-5)
+
+
+def test_the_snapshot_comparison_names_every_changed_result():
+    """tests/submissions/snapshot.py: what a maintainer runs before and after a refactoring of the graders."""
+    from tests.submissions.snapshot import compare
+
+    old = {"ch03/solution": [["test_a", "passed", 1.0, 1.0, ""], ["test_b", "failed", 0.0, 2.0, "off by 1"]],
+           "ch03/mutant": [["test_a", "passed", 1.0, 1.0, ""]]}
+    assert compare(old, old) == []
+    new = {"ch03/solution": [["test_a", "passed", 1.0, 1.0, ""], ["test_b", "failed", 0.0, 2.0, "off by 2"]]}
+    lines = compare(old, new)
+    assert lines[0] == "ch03/mutant: only in the old snapshot"
+    assert lines[1].startswith("ch03/solution test_b:")
+    assert "off by 2" in lines[1]
+    assert len(lines) == 2
