@@ -133,19 +133,22 @@ PROBE_SOURCE = '''def inspect_worker(student, names):
 
 
 def test_worker_sees_support_modules_only(course):
-    assignment = course.assignment(CH03)
+    """Chapter 4's support (computed from its notebook and checks) is chapter 3's attention and the offline
+    tokenizer; its own reference, other chapters' modules, the graders and the course are out of reach."""
+    assignment = course.assignment("ch04_gpt")
+    assert sorted(assignment.support) == ["reference.attention", "reference.tiktoken_offline"]
     support = {str(course.module_path(m).relative_to(course.root)): course.module_path(m) for m in assignment.support}
     client = WorkerClient(cells=[], support_files=support)
     client.start()
     try:
-        names = ["reference.text_data", "reference.tiktoken_offline", "reference.attention", "graders",
-                 "graders.ch03_attention", "course", "course.worker.client"]
+        names = ["reference.attention", "reference.tiktoken_offline", "reference.gpt", "reference.text_data",
+                 "graders", "graders.ch04_gpt", "course", "course.worker.client"]
         value = client.call("inspect_worker", PROBE_SOURCE, {"names": names}, timeout=60)
     finally:
         workdir = client.worker.folder
         client.close()
     found = value["found"]
-    assert found["reference.text_data"] == "imported"
+    assert found["reference.attention"] == "imported"
     assert found["reference.tiktoken_offline"] == "imported"
     for blocked in names[2:]:
         assert "not available to submissions" in found[blocked], (blocked, found[blocked])
