@@ -122,3 +122,10 @@ class GradeReport:
                    device=data.get("device", "cpu"), duration=data.get("duration", 0.0),
                    notes=list(data.get("notes", [])), sandbox=dict(data.get("sandbox", {})),
                    kind=data.get("kind", "grade"))
+
+
+def describe_test(docstring: str | None) -> str:
+    """What a grader test checks, for reports: the first paragraph of its docstring on one line (a sentence that
+    runs over two lines is kept whole), "" without a docstring."""
+    paragraph = (docstring or "").strip().split("\n\n")[0]
+    return " ".join(paragraph.split())

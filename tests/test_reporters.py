@@ -153,3 +153,17 @@ def test_progress_table_says_what_is_left_and_what_to_fix_first():
     assert "1 of 3 checks pass (1 of 6 points); 2 left." in text
     assert "Next to fix: test_1: what 1 checks." in text
     assert "    Hint: look at `line 1`." in text
+
+
+def test_a_tests_description_is_its_docstrings_first_paragraph_whole():
+    """A first sentence that runs over two lines was cut at the line's end ("... tokens seen, and")."""
+    from course.results import describe_test
+
+    doc = """train_model_dpo_simple: gives the reference's losses, rewards and tokens seen, and
+    leaves the reference model as it was.
+
+    Details that reports leave out."""
+    assert describe_test(doc) == ("train_model_dpo_simple: gives the reference's losses, rewards and tokens seen, "
+                                  "and leaves the reference model as it was.")
+    assert describe_test(None) == ""
+    assert describe_test("   ") == ""

@@ -23,6 +23,7 @@ from course.gradebook import late as late_rules
 from course.gradebook.overrides import FileOverride
 from course.gradebook.records import LATE_PENALTY, MISSING, TOTAL, Entry, Late, Override, Row
 from course.gradebook.roster import RosterStudent, join
+from course.results import describe_test
 
 
 @dataclass
@@ -88,8 +89,8 @@ def _known(course: Course | None, assignment: str) -> bool:
 
 @cache
 def grader_tests(grader: Path) -> dict[str, str]:
-    """The test functions of a grader module, in order, with the first line of each docstring: read from its
-    source (a trusted file of the course), never imported."""
+    """The test functions of a grader module, in order, with what each checks (the first paragraph of its
+    docstring, results.describe_test): read from its source (a trusted file of the course), never imported."""
     try:
         tree = ast.parse(grader.read_text(encoding="utf-8"))
     except (OSError, SyntaxError, ValueError):
@@ -97,8 +98,7 @@ def grader_tests(grader: Path) -> dict[str, str]:
     tests = {}
     for node in tree.body:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test_"):
-            doc = (ast.get_docstring(node) or "").strip()
-            tests[node.name] = doc.splitlines()[0] if doc else ""
+            tests[node.name] = describe_test(ast.get_docstring(node))
     return tests
 
 

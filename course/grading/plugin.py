@@ -52,7 +52,7 @@ from course.grading import compare
 from course.grading.contracts import BadResult, check_result
 from course.grading.interface import Class
 from course.grading.session import Deadline, GradingSession, course_fault
-from course.results import Status, TestResult
+from course.results import Status, TestResult, describe_test
 from course.worker.client import GraderBug, StudentCodeError, StudentTimeout
 from course.worker.runtime.records import ErrorKind, ErrorRecord
 
@@ -426,4 +426,4 @@ def _is_points(value) -> bool:
 
 def _describe(item) -> str:
     doc = getattr(item, "function", None).__doc__ if hasattr(item, "function") else None
-    return (doc or "").strip().splitlines()[0] if doc and doc.strip() else item.name
+    return describe_test(doc) or item.name
