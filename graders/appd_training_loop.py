@@ -277,32 +277,33 @@ def test_train_model_schedule(submission, request):
     expected = expected_schedule()
     track_lrs = rates(result[3], what=f"{WHAT_RUN}: track_lrs")
     in_effect = torch.tensor([record[0] for record in got.records], dtype=torch.float64)
-
-    def diagnose_returned():
-        peak, rates_seen = TRAINING["lr"], []
-        for step in range(TOTAL_STEPS):  # the peak read again from the optimizer at every step
-            peak = ref.learning_rate_at(step, TOTAL_STEPS, WARMUP, peak, TRAINING_ARGUMENTS["initial_lr"],
-                                        TRAINING_ARGUMENTS["min_lr"])
-            rates_seen.append(peak)
-        if track_lrs.shape[0] == TOTAL_STEPS and torch.allclose(track_lrs, torch.tensor(rates_seen,
-                                                                                         dtype=torch.float64)):
-            return ("your rates are exactly what reading peak_lr from the optimizer at every step gives: read it "
-                    "once, before the loop, since the loop overwrites the optimizer's rate.")
-        return ("one rate per step: learning_rate_at(global_step, len(train_loader) * n_epochs, warmup_steps, "
-                "peak_lr, initial_lr, min_lr), with peak_lr read from optimizer.param_groups[0]['lr'] before the loop.")
-
     tolerance = SCHEDULE_RTOL * TRAINING["lr"]
     expect_close(track_lrs, expected, what=f"{WHAT_RUN}: the returned track_lrs", atol=tolerance, rtol=SCHEDULE_RTOL,
-                 hint=diagnose_returned)
-
-    def diagnose_in_effect():
-        if in_effect.shape[0] == TOTAL_STEPS and torch.allclose(in_effect[1:], expected[:-1], rtol=1e-5):
-            return ("each optimizer step used the rate of the step before: set the rate of every param_group "
-                    "before optimizer.step() (the book sets it right after zero_grad).")
-        return "set param_group['lr'] = lr for every group of optimizer.param_groups before optimizer.step()."
-
+                 hint=partial(returned_rates_hint, track_lrs))
     expect_close(in_effect, expected, what=f"{WHAT_RUN}: the learning rate in effect at each optimizer.step()",
-                 atol=tolerance, rtol=SCHEDULE_RTOL, hint=diagnose_in_effect)
+                 atol=tolerance, rtol=SCHEDULE_RTOL, hint=partial(rates_in_effect_hint, in_effect, expected))
+
+
+def returned_rates_hint(track_lrs: torch.Tensor) -> str:
+    """The hint for wrong returned rates: the peak read again from the optimizer at every step, else the recipe."""
+    peak, rates_seen = TRAINING["lr"], []
+    for step in range(TOTAL_STEPS):  # the peak read again from the optimizer at every step
+        peak = ref.learning_rate_at(step, TOTAL_STEPS, WARMUP, peak, TRAINING_ARGUMENTS["initial_lr"],
+                                    TRAINING_ARGUMENTS["min_lr"])
+        rates_seen.append(peak)
+    if track_lrs.shape[0] == TOTAL_STEPS and torch.allclose(track_lrs, torch.tensor(rates_seen, dtype=torch.float64)):
+        return ("your rates are exactly what reading peak_lr from the optimizer at every step gives: read it "
+                "once, before the loop, since the loop overwrites the optimizer's rate.")
+    return ("one rate per step: learning_rate_at(global_step, len(train_loader) * n_epochs, warmup_steps, "
+            "peak_lr, initial_lr, min_lr), with peak_lr read from optimizer.param_groups[0]['lr'] before the loop.")
+
+
+def rates_in_effect_hint(in_effect: torch.Tensor, expected: torch.Tensor) -> str:
+    """The hint for wrong rates in effect at each step: one step late, else where to set them."""
+    if in_effect.shape[0] == TOTAL_STEPS and torch.allclose(in_effect[1:], expected[:-1], rtol=1e-5):
+        return ("each optimizer step used the rate of the step before: set the rate of every param_group "
+                "before optimizer.step() (the book sets it right after zero_grad).")
+    return "set param_group['lr'] = lr for every group of optimizer.param_groups before optimizer.step()."
 
 
 @pytest.mark.points(2)
