@@ -41,6 +41,7 @@ from course.grading import (
     name_mistake,
     probe,
 )
+from course.grading.compare import with_mistakes
 from course.grading.contracts import Fields
 from course.grading.imports import plain_imports
 from course.grading.inputs import rand, randint, randn
@@ -51,7 +52,6 @@ from graders.shared.finetuning import (
     course_data,
     expect_dataset,
     expect_losses,
-    hint_naming,
     numbers_match,
     tensors_match,
     tiny_config,
@@ -470,8 +470,8 @@ def same_batch(keys):
 
 def batch_hint(items, kwargs, got, keys, mistakes, otherwise):
     """The hint for a wrong batch: the classic mistake it is exactly, else `otherwise` (computed on failure)."""
-    return hint_naming(got, mistakes, lambda **change: collate_with(items, **kwargs, **change),
-                       matches=same_batch(keys), yours="your batch is", otherwise=otherwise)
+    return with_mistakes(got, mistakes, lambda **change: collate_with(items, **kwargs, **change),
+                       matches=same_batch(keys), yours="your batch is", hint=otherwise)
 
 
 def collated(submission, cases):
@@ -626,11 +626,12 @@ def test_compute_logprobs(submission):
     for (logits, labels, mask), result in zip(cases, got):
         what = (f"compute_logprobs on logits of shape {tuple(logits.shape)} "
                 + ("with a selection mask" if mask is not None else "without a mask"))
-        expect_close(result, ref.compute_logprobs(logits, labels, mask), what=what, hint=hint_naming(
-            result, LOGPROB_MISTAKES, partial(logprobs_with, logits, labels, mask),
-            matches=tensors_match(1e-5), yours="your result is",
-            otherwise="log_softmax over the vocabulary, gather the log-probability of labels[:, 1:] from "
-                      "logits[:, :-1], then average each row over the positions where selection_mask[:, 1:] is True."))
+        expect_close(result, ref.compute_logprobs(logits, labels, mask), what=what, mistakes=LOGPROB_MISTAKES,
+                     mistaken=partial(logprobs_with, logits, labels, mask), matches=tensors_match(1e-5),
+                     yours="your result is",
+                     hint="log_softmax over the vocabulary, gather the log-probability of labels[:, 1:] from "
+                          "logits[:, :-1], then average each row over the positions where selection_mask[:, 1:] is "
+                          "True.")
 
 
 def logprob_sets(seed, batch=6):
@@ -694,11 +695,11 @@ def test_dpo_loss(submission):
         returned, what = dpo_loss_results(result, logprobs, beta)
         loss = as_number(returned[0], what=f"{what}: the loss", shape_hint=HINT_MEAN)
         expected = ref.compute_dpo_loss(*logprobs, **({} if beta is None else {"beta": beta}))[0]
-        expect_close(loss, expected.double(), what=f"{what}: the loss", atol=1e-5, rtol=1e-5, hint=hint_naming(
-            loss, LOSS_MISTAKES, partial(dpo_loss_with, *logprobs, 0.1 if beta is None else beta),
-            matches=tensors_match(1e-5), yours="your loss is",
-            otherwise="logits = (model_chosen - model_rejected) - (reference_chosen - reference_rejected); "
-                      "losses = -F.logsigmoid(beta * logits); the loss is losses.mean() (beta defaults to 0.1)."))
+        expect_close(loss, expected.double(), what=f"{what}: the loss", atol=1e-5, rtol=1e-5, mistakes=LOSS_MISTAKES,
+                     mistaken=partial(dpo_loss_with, *logprobs, 0.1 if beta is None else beta),
+                     matches=tensors_match(1e-5), yours="your loss is",
+                     hint="logits = (model_chosen - model_rejected) - (reference_chosen - reference_rejected); "
+                          "losses = -F.logsigmoid(beta * logits); the loss is losses.mean() (beta defaults to 0.1).")
 
 
 def rewards_hint(reward, difference, beta, name):
@@ -848,10 +849,10 @@ def test_dpo_loss_loader(submission):
                         hint="return total_loss, total_chosen_rewards, total_rejected_rewards.")
             values = [as_number(v, what=what, shape_hint=HINT_MEAN) for v in result]
             expected = loader_with(LOADER_BATCHES, policy, reference, num_batches)
-            hint = hint_naming(
+            hint = with_mistakes(
                 values, LOADER_MISTAKES, partial(loader_with, LOADER_BATCHES, policy, reference, num_batches),
                 matches=numbers_match(1e-5), yours="your result is",
-                otherwise="add loss.item(), chosen_rewards.item() and rejected_rewards.item() of "
+                hint="add loss.item(), chosen_rewards.item() and rejected_rewards.item() of "
                           "compute_dpo_loss_batch over the batches used, and divide each by their number.")
             for name, value, expected_value in zip(("loss", "chosen reward", "rejected reward"), values, expected):
                 expect_close(value, torch.tensor(expected_value, dtype=torch.float64), what=f"{what}: {name}",
@@ -966,9 +967,9 @@ def test_train_model_dpo_simple(submission):
                 problem="changed or got gradients during training.", hint=HINT_FROZEN)
     expect_keys(got.tracking, TRACKING_KEYS, what=what,
                 hint="return the tracking dict, one list per key with one entry per evaluation.")
-    hint = hint_naming(got.tracking, TRAINING_MISTAKES, partial(training_with, inputs),
+    hint = with_mistakes(got.tracking, TRAINING_MISTAKES, partial(training_with, inputs),
                        matches=numbers_match(1e-4), yours="your run is",
-                       otherwise="one optimizer step per batch (zero_grad, compute_dpo_loss_batch, backward, step); "
+                       hint="one optimizer step per batch (zero_grad, compute_dpo_loss_batch, backward, step); "
                                  "tokens_seen += batch['chosen'].numel(); an evaluation after steps 0, eval_freq, "
                                  "2 * eval_freq, ...")
     expect_equal([int(t) for t in got.tracking["tokens_seen"]], [int(t) for t in expected["tokens_seen"]],

@@ -39,6 +39,7 @@ from course.grading import (
     probe,
     which_mistake,
 )
+from course.grading.compare import with_mistakes
 from course.grading.contracts import Fields
 from course.grading.imports import plain_imports
 from course.grading.probes import run_here
@@ -48,7 +49,6 @@ from graders.shared.finetuning import (
     course_data,
     expect_dataset,
     expect_losses,
-    hint_naming,
     numbers_match,
     tiny_config,
     tiny_gpt,
@@ -394,9 +394,9 @@ def test_collate_fn_targets(submission):
     for (batch, kwargs), result in zip(cases, got):
         what = f"custom_collate_fn on {describe_case(batch, kwargs)}"
         expect_pair(result, what=what)
-        hint = hint_naming(result, COLLATE_MISTAKES, partial(collate_with, batch, **kwargs), matches=same_pair,
+        hint = with_mistakes(result, COLLATE_MISTAKES, partial(collate_with, batch, **kwargs), matches=same_pair,
                            yours="your batch is",
-                           otherwise="pad as in draft 2; then, in each row of targets, find the positions equal to "
+                           hint="pad as in draft 2; then, in each row of targets, find the positions equal to "
                                      "pad_token_id and set all but the first to ignore_index.")
         for part, got_part, expected_part in zip(("inputs", "targets"), result, collate_with(batch, **kwargs)):
             expect_equal(got_part, expected_part, what=f"{what}: {part}", hint=hint)
@@ -604,9 +604,9 @@ def test_f1_score(submission):
     got = submission.run(call_each, name="f1_score", inputs=[list(pair) for pair in ANSWER_PAIRS])
     values = [as_float(value, what=f"f1_score{pair}", hint="return a float between 0 and 1.")
               for value, pair in zip(got, ANSWER_PAIRS)]
-    hint = hint_naming(values, F1_MISTAKES, lambda **change: [f1_with(*pair, **change) for pair in ANSWER_PAIRS],
+    hint = with_mistakes(values, F1_MISTAKES, lambda **change: [f1_with(*pair, **change) for pair in ANSWER_PAIRS],
                        matches=numbers_match(1e-9), yours="your scores are",
-                       otherwise="precision = shared words / predicted words, recall = shared words / reference "
+                       hint="precision = shared words / predicted words, recall = shared words / reference "
                                  "words, F1 = 2 * precision * recall / (precision + recall); an empty answer scores "
                                  "1.0 only against an empty answer.")
     for value, (prediction, truth) in zip(values, ANSWER_PAIRS):

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from course.grading.mistakes import Mistake, name_mistake
+from course.grading.mistakes import Mistake, name_mistake, same_values
 from course.worker.client import StudentCodeError, StudentTimeout
 
 # (atol, rtol) for float32 results by device: CPU is tight; GPUs may use TF32 matmuls.
@@ -73,28 +73,29 @@ def expect_tensor(got, *, what: str, shape: tuple[int, ...] | torch.Size, hint: 
     return got
 
 
-def with_mistakes(got, hint, mistakes, mistaken, yours: str = "your output is"):
-    """The hint of a failed comparison: the mistake `got` matches (course/grading/mistakes.py), else `hint`;
-    computed only if the comparison fails."""
+def with_mistakes(got, mistakes, mistaken, *, hint, matches=same_values, yours: str = "your output is"):
+    """The hint of a failed check: the mistake `got` matches (course/grading/mistakes.py; `matches` compares the
+    student's result with a mistake's), else `hint`; computed only if the check fails."""
     if not mistakes:
         return hint
 
     def named():
-        return name_mistake(got, mistakes, mistaken, yours=yours) or (hint() if callable(hint) else hint)
+        return (name_mistake(got, mistakes, mistaken, matches=matches, yours=yours)
+                or (hint() if callable(hint) else hint))
 
     return named
 
 
 def expect_close(got, expected: torch.Tensor, *, what: str, hint: str | None = None,
                  atol: float | None = None, rtol: float | None = None, mistakes: tuple[Mistake, ...] | list = (),
-                 mistaken=None, yours: str = "your output is") -> None:
+                 mistaken=None, matches=same_values, yours: str = "your output is") -> None:
     """`got` must be a float tensor of `expected`'s shape with values within atol + rtol * |expected|.
 
     Where `expected` is not finite, `got` must hold the same value (NaN where NaN, an infinity of the same sign);
     where `expected` is finite, so must `got` be. On failure, the first of `mistakes` whose result
     (`mistaken(**mistake.change)`) equals `got` is named in place of `hint`.
     """
-    hint = with_mistakes(got, hint, mistakes, mistaken, yours)
+    hint = with_mistakes(got, mistakes, mistaken, hint=hint, matches=matches, yours=yours)
     default_atol, default_rtol = TOLERANCES.get(_device, TOLERANCES["cuda"])
     atol = default_atol if atol is None else atol
     rtol = default_rtol if rtol is None else rtol

@@ -19,7 +19,6 @@ from probe_kit import text  # registered by course.grading (probes.py): the file
 from course.grading.compare import expect_close, expect_count, expect_equal, expect_true
 from course.grading.imports import plain_imports
 from course.grading.inputs import reference_module
-from course.grading.mistakes import name_mistake
 
 with plain_imports():
     import tiktoken  # noqa: F401 - imported here once, without rewriting, for the probes run on this side
@@ -76,12 +75,6 @@ def expect_dataset(got, expected, *, problem: str, hint: str, entry_hint) -> Non
 
 
 # -- naming mistakes in results that are not one float tensor ------------------------------------------------------
-
-def hint_naming(got, mistakes, mistaken, *, matches, yours: str, otherwise: str):
-    """A hint computed only on failure: the classic mistake whose result `got` is exactly (course/grading/
-    mistakes.py's search, with `matches` for the comparison), else `otherwise`."""
-    return lambda: name_mistake(got, mistakes, mistaken, matches=matches, yours=yours) or otherwise
-
 
 def numbers_match(tolerance: float):
     """A `matches` for numbers: the student's list (or dict of lists) has the mistake's length and every number
