@@ -6,7 +6,8 @@ the declarations complete and the blocking right, for every assignment in course
 solution notebook:
 
 - Complete, without running anything: whatever a declared function or class of the solution names of the
-  student's code (its static call graph) is declared too. What a probe reaches directly is checked at grading
+  student's code (its static call graph) is declared too, unless the test runs a correct stand-in for it
+  (@pytest.mark.stand_ins). What a probe reaches directly is checked at grading
   time by the plugin (a grader bug otherwise), and every solution is graded by tests/test_graders_catalog.py.
 - Blocking, by hanging: the solution is graded with stubs made to hang (an endless loop, asleep, at the top of a
   function, or of each method of a class), and each stub that hangs costs at most one timeout (exactly one when
@@ -153,13 +154,20 @@ def write_hanging(solution: Path, target: Path, group: list[Unit]) -> Path:
 
 # -- the grader's declarations ----------------------------------------------------------------------------------
 
-def declarations(course: Course, assignment_id: str) -> dict[str, tuple[str, ...]]:
-    """Each test of the grader -> what it declares it runs (@pytest.mark.runs), read as grading reads it."""
+def collected(course: Course, assignment_id: str) -> GradingPlugin:
+    """The grader's tests and markers, read as grading reads them."""
     assignment = course.assignment(assignment_id)
     plugin = GradingPlugin(None, device="cpu", timeout=assignment.timeout)
     run_grader_module(course.grader_path(assignment), plugin, "--collect-only")
     assert not plugin.collection_errors, plugin.collection_errors
-    return {nodeid.split("::")[-1]: plugin.runs.get(nodeid, ()) for nodeid in plugin.points}
+    return plugin
+
+
+def declarations(course: Course, assignment_id: str, marker: str = "runs") -> dict[str, tuple[str, ...]]:
+    """Each test of the grader -> what it declares it runs (@pytest.mark.runs), or with marker="stand_ins", the
+    parts it replaces with stand-ins."""
+    plugin = collected(course, assignment_id)
+    return {nodeid.split("::")[-1]: getattr(plugin, marker).get(nodeid, ()) for nodeid in plugin.points}
 
 
 def declaring(runs: dict[str, tuple[str, ...]], name: str) -> set[str]:
@@ -223,11 +231,14 @@ def declared(course):
 
 @pytest.mark.parametrize("assignment_id", ASSIGNMENTS)
 def test_declarations_include_what_the_declared_code_calls(course, declared, assignment_id):
-    """Whatever the solution's code of a declared name names of the student's code is declared by that test too."""
+    """Whatever the solution's code of a declared name names of the student's code is declared by that test too,
+    or replaced by a stand-in."""
     graph = call_graph(json.loads(course.solution_notebook(course.assignment(assignment_id)).read_text("utf-8")))
+    stand_ins = declarations(course, assignment_id, "stand_ins")
     missing = {}
     for test, names in declared[assignment_id].items():
-        called = {callee for name in names for callee in graph.get(name, ())}
+        called = {callee for name in names for callee in graph.get(name, ())
+                  if not any(overlaps(callee, part) for part in stand_ins[test])}
         if lacking := sorted(c for c in called if not any(overlaps(c, name) for name in names)):
             missing[test] = lacking
     assert missing == {}

@@ -21,6 +21,11 @@ Markers (registered here, checked when the grader is collected; a bad marker nam
                                         or one method, "BPETokenizerSimple.train") or of its HELPERS (solution
                                         code that the graded names call, e.g. ch02_bpe's merge_pair); required
                                         on every test of a grader that has an INTERFACE
+    @pytest.mark.stand_ins("LayerNorm", ...)
+                                        parts of the student's that the declared code would call, but that this
+                                        test replaces with correct stand-ins while it runs (probe_kit.parts
+                                        .replaced): a bug in a part then costs only the part's own tests. Names
+                                        as for `runs`, none of them declared there
 
 A hanging function costs one timeout, not one per test that reaches it. When a test's call into the worker runs
 out of time (a hang, not a failed load), the code it declares with `runs` that no passing test has yet shown to
@@ -60,6 +65,7 @@ MARKERS = (
     "points(n): the points a grader test is worth (one positive number)",
     "depends_on(*tests): earlier tests of the same grader whose code this test uses",
     "runs(*names): the student's functions, classes or Class.methods this test runs (directly or not)",
+    "stand_ins(*names): parts of the student's that the declared code calls, replaced by correct stand-ins here",
 )
 
 
@@ -197,6 +203,7 @@ class GradingPlugin:
         self.points: dict[str, float] = {}
         self.depends_on: dict[str, list[str]] = {}
         self.runs: dict[str, tuple[str, ...]] = {}  # each test of a grader with an INTERFACE -> what it runs
+        self.stand_ins: dict[str, tuple[str, ...]] = {}  # each test -> the student's parts it runs stand-ins for
         self.declarable: dict[str, frozenset[str]] = {}  # each test -> the names its grader may declare
         self.finished: set[str] = set()  # the names that passing tests declared: shown to finish
         self.results: dict[str, TestResult] = {}
@@ -264,6 +271,20 @@ class GradingPlugin:
                         "grader's INTERFACE nor one of its HELPERS")
         self.runs[item.nodeid] = tuple(dict.fromkeys(names))
         self.declarable[item.nodeid] = declarable
+        return self._read_stand_ins(item, declarable)
+
+    def _read_stand_ins(self, item, declarable: frozenset[str]) -> str | None:
+        """@pytest.mark.stand_ins: declarable names that the test's `runs` does not name."""
+        markers = list(item.iter_markers("stand_ins"))
+        names = [name for marker in markers for name in marker.args]
+        if any(marker.kwargs for marker in markers):
+            return "@pytest.mark.stand_ins takes names only"
+        for name in names:
+            if not isinstance(name, str) or name not in declarable:
+                return f"@pytest.mark.stand_ins names {name!r}, which is not a name @pytest.mark.runs could declare"
+            if any(overlaps(name, mine) for mine in self.runs[item.nodeid]):
+                return f"@pytest.mark.stand_ins names {name!r}, which the test declares it runs"
+        self.stand_ins[item.nodeid] = tuple(dict.fromkeys(names))
         return None
 
     # -- the fixture -----------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
     python -m tests.submissions.snapshot grades OUT.json      # grade the whole catalogue (about 6 min, 2 cores)
     python -m tests.submissions.snapshot checks OUT.json      # `course check` on every catalogue notebook
     python -m tests.submissions.snapshot compare OLD.json NEW.json
+    python -m tests.submissions.snapshot agree GRADES.json CHECKS.json   # public checks vs the hidden grader
     ... --only ch04_gpt --only appe_lora                       # some assignments only (compare: those keys)
 
 A snapshot holds, for every (assignment, submission) of tests/submissions/catalog (solution, release, mutants,
@@ -81,9 +82,23 @@ def compare(old: dict, new: dict) -> list[str]:
     return lines
 
 
+def agreement(grades: dict, checks: dict) -> dict[str, tuple[int, list[str]]]:
+    """Per assignment: (the mutants, those for which no public check of a failing hidden test fails)."""
+    found: dict[str, tuple[int, list[str]]] = {}
+    for key, tests in sorted(grades.items()):
+        assignment, name = key.split("/", 1)
+        hidden = {t[0] for t in tests if t[1] != "passed"}
+        if name in ("solution", "release") or not hidden:
+            continue
+        public = {t[0] for t in checks.get(key, []) if t[1] != "passed"}
+        count, missed = found.get(assignment, (0, []))
+        found[assignment] = (count + 1, missed + ([] if hidden & public else [name]))
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("grades", "checks", "compare"))
+    parser.add_argument("what", choices=("grades", "checks", "compare", "agree"))
     parser.add_argument("paths", nargs="+", type=Path)
     parser.add_argument("--only", action="append", default=[], metavar="ASSIGNMENT")
     args = parser.parse_args(argv)
@@ -94,6 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(lines) or f"the same: {len(old)} submissions, "
                                    f"{sum(len(v) for v in old.values())} test results")
         return 1 if lines else 0
+    if args.what == "agree":
+        grades_, checks_ = (json.loads(p.read_text()) for p in args.paths[:2])
+        for assignment, (count, missed) in agreement(grades_, checks_).items():
+            if not args.only or assignment in args.only:
+                print(f"{assignment}: {count - len(missed)}/{count} mutants caught by a public check of a failing "
+                      f"hidden test" + (f"; missed: {', '.join(missed)}" if missed else ""))
+        return 0
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
