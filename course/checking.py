@@ -28,14 +28,14 @@ from pathlib import Path
 
 from course.config import Assignment, Course, SandboxConfig, StudentRepository
 from course.grading.contracts import Anything
-from course.grading.feedback import exception_text, where
+from course.grading.feedback import exception_text, loading_failure, where
 from course.grading.probes import probe
 from course.grading.session import Deadline, GradingSession, build_worker_spec, support_files
 from course.results import GradeReport, Status, TestResult
 from course.worker.client import GraderBug, StudentCodeError, StudentTimeout
 
 # What a public check may report itself (see checks/__init__.py); a timeout is the session's to say.
-CHECK_STATUSES = (Status.PASSED, Status.FAILED, Status.ERROR)
+CHECK_STATUSES = (Status.PASSED, Status.FAILED, Status.ERROR, Status.TODO)
 
 
 @dataclass
@@ -96,11 +96,18 @@ def run_public_check(student, module, name):
     return importlib.import_module(module).CHECKS.run(name, vars(student))
 
 
-def run_checks(target: CheckTarget, notebook: Path, isolation: str | None = None) -> GradeReport:
-    """Run every public check of `target` on `notebook` in a sandboxed worker; one result per grader test."""
+def check_worker_spec(target: CheckTarget, isolation: str | None = None):
+    """What the workers that run `target`'s checks share (the support modules and the public checks, on the CPU)."""
+    return build_worker_spec(target.support_files(), target.tiktoken, target.sandbox, "cpu", isolation)
+
+
+def run_checks(target: CheckTarget, notebook: Path, isolation: str | None = None, launcher=None) -> GradeReport:
+    """Run every public check of `target` on `notebook` in a sandboxed worker; one result per grader test.
+    launcher: one made from check_worker_spec(target) and shared by many notebooks (left open), or None for a
+    worker of this call's own."""
     started = time.monotonic()
-    spec = build_worker_spec(target.support_files(), target.tiktoken, target.sandbox, "cpu", isolation)
-    session = GradingSession(notebook, spec, Deadline(target.timeout), kind="check")
+    session = GradingSession(notebook, launcher or check_worker_spec(target, isolation), Deadline(target.timeout),
+                             kind="check")
     with session:  # the worker starts while the grader's points are collected (resolve_tests)
         if session.load_problem is not None:
             tests = [_result(target, name, Status.ERROR, f"Your notebook could not be checked: {session.load_problem}")
@@ -131,6 +138,9 @@ def _run_one(session: GradingSession, target: CheckTarget, name: str) -> TestRes
                                                    "a built-in or library function?", clock.used)
     message = outcome["message"]
     missing = outcome.get("missing_name")
+    cell_errors = session.cell_errors()
+    if isinstance(missing, str) and cell_errors:  # a cell that failed to load comes first: it is the likely cause
+        message = f"{loading_failure(cell_errors)} {message}"
     if isinstance(missing, str) and missing in session.demo_definitions:
         message += (f" `{missing}` is defined only in {session.demo_definitions[missing]}, a demo cell: demo cells "
                     "are not run when grading, so define it inside your solution cell.")
