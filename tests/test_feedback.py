@@ -133,3 +133,17 @@ def test_a_hint_function_is_called_only_when_the_check_fails():
     assert calls == []
     assert "Hint: the named mistake." in failure(expect_close, torch.zeros(2), torch.ones(2), what="x", hint=hint)
     assert calls == [1]
+
+
+def test_a_cell_that_failed_to_load_leads_the_message_of_a_missing_name():
+    """After a SyntaxError in the cell that defines GELU, a test that misses GELU says so first, not last."""
+    from course.grading.feedback import student_error_message
+    from course.worker.runtime.records import ErrorKind, ErrorRecord
+
+    broken = ErrorRecord(ErrorKind.RAISED, "invalid syntax", "SyntaxError", cell="gelu", line=10, code="return 0.5 +*")
+    missing = student_error_message(ErrorRecord(ErrorKind.MISSING, name="GELU"), cell_errors=[broken])
+    assert missing.startswith("Cell 'gelu' failed when your notebook was loaded"), missing
+    assert "SyntaxError: invalid syntax" in missing and missing.index("SyntaxError") < missing.index("`GELU`")
+    raised = student_error_message(ErrorRecord(ErrorKind.RAISED, "shapes differ", "ValueError", cell="block", line=3),
+                                   cell_errors=[broken])
+    assert raised.startswith("Your code raised ValueError") and "Note: Cell 'gelu' failed" in raised

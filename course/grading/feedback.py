@@ -80,10 +80,19 @@ def student_error_message(record: ErrorRecord, *, hint: str | None = None,
     if record.name and record.name in demo_definitions and kind in (ErrorKind.MISSING, ErrorKind.RAISED):
         message += (f" `{record.name}` is defined only in {demo_definitions[record.name]}, a demo cell: demo "
                     "cells are not run when grading, so define it inside your solution cell.")
-    if cell_errors and kind in (ErrorKind.MISSING, ErrorKind.RAISED, ErrorKind.UNUSABLE):
-        first = cell_errors[0]
-        message += f" Note: while loading your notebook, cell '{first.cell}' failed: {exception_text(first)} " \
-                   f"({where(first)})."
-        if len(cell_errors) > 1:
-            message += f" ({len(cell_errors) - 1} more cell(s) failed too.)"
+    name_missing = kind is ErrorKind.MISSING or (kind is ErrorKind.RAISED and record.type == "NameError")
+    if cell_errors and name_missing:  # most likely the failed cell would have defined it: the cause comes first
+        message = f"{loading_failure(cell_errors)} {message}"
+    elif cell_errors and kind in (ErrorKind.RAISED, ErrorKind.UNUSABLE):
+        message += f" Note: {loading_failure(cell_errors)}"
     return message + (f" Hint: {hint}" if hint else "")
+
+
+def loading_failure(cell_errors: list[ErrorRecord]) -> str:
+    """What failed while the notebook was loaded, to be fixed first: the first failed cell, and how many more."""
+    first = cell_errors[0]
+    text = (f"Cell '{first.cell}' failed when your notebook was loaded, so what it defines is missing: "
+            f"{exception_text(first)} ({where(first)}). Fix that first.")
+    if len(cell_errors) > 1:
+        text += f" ({len(cell_errors) - 1} more cell(s) failed too.)"
+    return text
