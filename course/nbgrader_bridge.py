@@ -41,7 +41,7 @@ from traitlets import Bool, Unicode
 from course.notebook import NotebookError, read_notebook
 from course.safe_text import safe_text
 
-STATUS_NAMES = {"failed": "TestFailed", "error": "TestError", "timeout": "TestTimeout"}
+STATUS_NAMES = {"failed": "TestFailed", "error": "TestError", "timeout": "TestTimeout", "todo": "NotImplementedYet"}
 # Metadata of a notebook that stands in for a submission the course could not read: why it could not be read.
 # Only `SubmissionReader` writes it; a student who writes it into a notebook only gets their own 0 and message.
 UNREADABLE = "course_unreadable"

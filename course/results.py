@@ -29,6 +29,7 @@ class Status(StrEnum):
     FAILED = "failed"  # a comparison failed: the student's result is wrong
     ERROR = "error"  # the student's code raised, crashed, is missing or returned something unusable; or no result
     TIMEOUT = "timeout"  # the student's code ran past its time limit (the test's, or the whole submission's)
+    TODO = "todo"  # a public check found the stub not written yet (NotImplementedError): not started, not a bug
 
 
 @dataclass

@@ -104,6 +104,23 @@ def test_result_json_identity_from_github_outside_classroom50():
         ("course-org", "ch09_demo", "alice", "main", "https://github.com/course-org/ch09-alice/commit/abc123")
 
 
+def test_result_json_release_link_exists_on_a_plain_push():
+    """On a push to a branch no release tag exists: the link shows the commit's files; on a pushed tag, its release."""
+    pushed = classroom50_result(report("passed"), env={**GITHUB_ENV, "GITHUB_REF_TYPE": "branch"}, now=0)
+    assert pushed["release"] == "https://github.com/course-org/ch09-alice/tree/abc123"
+    tagged = classroom50_result(report("passed"), env={**GITHUB_ENV, "GITHUB_REF_TYPE": "tag", "GITHUB_REF_NAME": "v1"},
+                                now=0)
+    assert tagged["release"] == "https://github.com/course-org/ch09-alice/releases/tag/v1"
+
+
+def test_untouched_stubs_are_to_do_not_errors_in_every_report():
+    """A first push with nothing written shows "to do" rows, not red errors."""
+    untouched = report("todo", "todo")
+    summary, progress = render_markdown(untouched), render_progress(untouched)
+    assert ("⬜ to do" in summary, "❌" in summary) == (True, False)
+    assert ("TO DO" in progress, "ERROR" in progress) == (True, False)
+
+
 def test_result_json_identity_from_classroom50s_runner():
     env = {**GITHUB_ENV, "CLASSROOM": "llm-2027", "ASSIGNMENT": "attention", "OWNER": "bob", "ASSIGNMENT_TYPE": "group",
            "SUBMISSION_TAG": "submit/1", "COMMIT_URL": "c", "RELEASE_URL": "r", "REVIEW_URL": "v"}
@@ -167,3 +184,14 @@ def test_a_tests_description_is_its_docstrings_first_paragraph_whole():
                                   "and leaves the reference model as it was.")
     assert describe_test(None) == ""
     assert describe_test("   ") == ""
+
+
+@pytest.mark.parametrize("message", ["```<img src=x onerror=alert(1)>`", "a\\`<img src=x>` b", "``<script>x</script>``",
+                                     "`a``<img src=x>`", "ok `x.sum()` then <b>bold</b> `y`"])
+def test_no_markup_from_a_message_survives_a_commonmark_reader(message):
+    """Code spans stay code spans, or the whole text is escaped: no student text becomes an HTML tag."""
+    markdown_it = pytest.importorskip("markdown_it")
+    from course.reporters.markdown import inline
+
+    html = markdown_it.MarkdownIt("commonmark").render(inline(message))
+    assert [tag for tag in ("<img", "<script", "<b>") if tag in html] == [], html

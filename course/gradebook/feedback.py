@@ -29,8 +29,8 @@ from course.reporters.markdown import escape as md_escape
 from course.reporters.markdown import inline as md_inline
 from course.results import TestResult
 
-LABELS = {"passed": "pass", "failed": "fail", "error": "error", "timeout": "timeout"}
-ICONS = {"passed": "✅", "failed": "❌", "error": "❌", "timeout": "⏱️"}
+LABELS = {"passed": "pass", "failed": "fail", "error": "error", "timeout": "timeout", "todo": "to do"}
+ICONS = {"passed": "✅", "failed": "❌", "error": "❌", "timeout": "⏱️", "todo": "⬜"}
 
 
 class Redactor:

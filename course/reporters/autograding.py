@@ -21,7 +21,7 @@ from pathlib import Path
 from course.results import GradeReport
 
 # Our statuses -> the reporter's: a test that ran and did not pass "fails"; one that ran out of time "errors".
-TEST_STATUS = {"passed": "pass", "failed": "fail", "error": "fail", "timeout": "error"}
+TEST_STATUS = {"passed": "pass", "failed": "fail", "error": "fail", "timeout": "error", "todo": "fail"}
 OUTPUT_NAME = "result"  # the step output the workflow hands to the reporter
 
 

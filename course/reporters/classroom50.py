@@ -63,8 +63,15 @@ def classroom50_result(report: GradeReport, env: Mapping[str, str] | None = None
     repository = env.get("GITHUB_REPOSITORY", "")
     submission = env.get("SUBMISSION_TAG") or env.get("GITHUB_REF_NAME") or "local"
     commit = env.get("COMMIT_URL") or (f"{server}/{repository}/commit/{sha}" if repository and sha else sha or "local")
-    release = env.get("RELEASE_URL") or (
-        f"{server}/{repository}/releases/tag/{urllib.parse.quote(submission, safe='')}" if repository else commit)
+    # A release page exists for a tag only (Classroom 50's submission tag, or a workflow run on a pushed tag); on a
+    # plain push to a branch, the link points at the commit's files instead of a tag that does not exist.
+    tag = env.get("SUBMISSION_TAG") or (env.get("GITHUB_REF_NAME") if env.get("GITHUB_REF_TYPE") == "tag" else None)
+    if env.get("RELEASE_URL"):
+        release = env["RELEASE_URL"]
+    elif repository and tag:
+        release = f"{server}/{repository}/releases/tag/{urllib.parse.quote(tag, safe='')}"
+    else:
+        release = f"{server}/{repository}/tree/{sha}" if repository and sha else commit
     tests = [{"test-name": test.name, "passed": test.status == "passed", "score": _number(test.score),
               "max-score": _number(test.max_score), "message": test.message} for test in report.tests]
     return {

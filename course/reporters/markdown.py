@@ -12,21 +12,26 @@ from pathlib import Path
 from course.reporters.terminal import PUBLIC_CHECKS_CAVEAT
 from course.results import GradeReport
 
-ICONS = {"passed": "✅", "failed": "❌", "error": "❌", "timeout": "⏱️"}
-LABELS = {"passed": "pass", "failed": "fail", "error": "error", "timeout": "timeout"}
+ICONS = {"passed": "✅", "failed": "❌", "error": "❌", "timeout": "⏱️", "todo": "⬜"}
+LABELS = {"passed": "pass", "failed": "fail", "error": "error", "timeout": "timeout", "todo": "to do"}
 
 
 def escape(text: str) -> str:
     """Text safe inside a Markdown table cell or paragraph: no HTML, no table breaks, no stray emphasis."""
-    replacements = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "`": "\\`", "*": "\\*", "_": "\\_",
-                    "[": "\\[", "]": "\\]", "#": "\\#"}
+    replacements = {"\\": "\\\\", "&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "`": "\\`", "*": "\\*",
+                    "_": "\\_", "[": "\\[", "]": "\\]", "#": "\\#"}
     return "".join(replacements.get(character, character) for character in text)
 
 
 def inline(text: str) -> str:
-    """Escaped text in which `code` spans of the message stay code spans (their content needs no escaping)."""
+    """Escaped text in which `code` spans of the message stay code spans (their content needs no escaping).
+
+    Spans are kept only where each one is sure to be a code span to any CommonMark reader: an even number of
+    backticks, no empty span (two backticks in a row make a longer run, which can leave a span unclosed and its
+    content read as raw HTML), text between every two spans; otherwise the whole text is escaped."""
     parts = text.split("`")
-    if len(parts) % 2 == 0:  # an odd number of backticks: no spans at all
+    spans, between = parts[1::2], parts[2:-1:2]
+    if len(parts) % 2 == 0 or not all(spans) or not all(between):
         return escape(text)
     return "".join(f"`{part}`" if index % 2 else escape(part) for index, part in enumerate(parts))
 

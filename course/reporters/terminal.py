@@ -7,7 +7,7 @@ import textwrap
 
 from course.results import GradeReport
 
-SYMBOLS = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "timeout": "TIMEOUT"}
+SYMBOLS = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "timeout": "TIMEOUT", "todo": "TO DO"}
 
 
 def render_table(report: GradeReport, width: int | None = None) -> str:
