@@ -380,13 +380,19 @@ def cmd_release(args) -> int:
     if args.out is not None:
         if not args.ids and not args.all:
             raise UsageError("name the assignment to write a student repository of, or --all for one folder each")
-        from course.student_repo import write_student_repository
+        from course.student_repo import earlier_solutions, write_student_repository
 
         one = len(ids) == 1 and not args.all
         for assignment_id in ids:
             folder = args.out if one else args.out / assignment_id
             files = write_student_repository(course, course.assignment(assignment_id), folder)
             print(f"wrote the student repository of {assignment_id} to {folder} ({len(files)} files)")
+            solved = earlier_solutions(course, course.assignment(assignment_id))
+            if solved:
+                print(f"warning: {assignment_id}'s repository holds the complete solutions of "
+                      f"{', '.join(sorted(set(solved.values())))} (the support code it builds on: "
+                      f"{', '.join(m.replace('.', '/') + '.py' for m in solved)}): hand it out after their deadlines",
+                      file=sys.stderr)
         return 0
     if args.check:
         problems = release.stale_files(course, ids)

@@ -107,6 +107,16 @@ def shipped_modules(assignment: Assignment) -> list[str]:
     return modules
 
 
+def earlier_solutions(course: Course, assignment: Assignment) -> dict[str, str]:
+    """The shipped support modules that are another assignment's graded reference -> that assignment's id.
+
+    A later chapter builds on the earlier ones as the book's `previous_chapters.py` does, so its repository holds
+    their complete code (chapter 7's holds chapter 4's GPTModel in reference/gpt.py): anyone who has it can read
+    those solutions. The instructor hands it out after those assignments' deadlines, or accepts that."""
+    graded = {other.reference: other.id for other in course.assignments if other.id != assignment.id}
+    return {module: graded[module] for module in shipped_modules(assignment) if module in graded}
+
+
 def write_student_repository(course: Course, assignment: Assignment, out: Path,
                              tests: dict[str, float] | None = None) -> list[Path]:
     """Write the student repository of `assignment` into `out` (new or empty); returns the files written.

@@ -293,3 +293,21 @@ def test_course_check_runs_from_a_subfolder_of_a_student_repository(released, tm
     assert done.returncode == 0, done.stderr
     assert (result["kind"], result["score"], [t["name"] for t in result["tests"]]) == \
         ("check", 0, list(load_config(root).assignment.tests))
+
+
+def test_a_later_chapters_repository_names_the_solutions_it_ships():
+    """Chapter 7's repository holds chapter 4's GPTModel (its support code): `course release --out` warns."""
+    from course.config import load_course
+    from course.student_repo import earlier_solutions
+
+    course = load_course(REPO)
+    assert earlier_solutions(course, course.assignment("ch07_dpo"))["reference.gpt"] == "ch04_gpt"
+    assert earlier_solutions(course, course.assignment("ch02_text_data")) == {}
+
+
+def test_the_readme_gives_a_way_to_install_when_pytorchs_index_is_unreachable(released):
+    """The fallback drops requirements.txt's one index line; everything else in the file stays."""
+    readme = (released / "ch03_attention" / "README.md").read_text(encoding="utf-8")
+    assert "sed '/extra-index-url/d' requirements.txt > requirements-pypi.txt" in readme
+    requirements = (released / "ch03_attention" / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    assert [line for line in requirements if "extra-index-url" in line] == [f"--extra-index-url {TORCH_INDEX}"]
