@@ -1,12 +1,12 @@
 """What a grade depends on, as digests: a result is reused only while every part is the same.
 
-A class run (course/batch.py) keeps each student's result file and skips the student on the next run when
-nothing that can change the grade has changed. Besides the notebook itself, that is the course: its graders (a
-grader may import helpers of another, so the whole folder counts), the reference and support modules, the data
-files the graders read, the `course` package (the worker, the comparisons, the messages), course.yml's settings
-(points, limits; not deadlines, late policies or the cluster's address), the torch version, the device and the
-isolation level. A fix to reference/gpt.py therefore regrades the class of chapter 4 instead of keeping grades
-the old reference gave.
+A class run (course/batch.py) keeps each student's result file and skips the student on the next run when nothing
+that can change the grade has changed. Besides the notebook itself, that is the course: its graders (a grader may
+import helpers of another, so the whole folder counts), the reference and support modules, the data files the
+graders read, the public checks (each chapter's INTERFACE lives there), the `course` package (the worker, the
+comparisons, the messages), course.yml's settings (points, limits; not deadlines, late policies or the cluster's
+address), the torch version, the device and the isolation level. A fix to reference/gpt.py therefore regrades the
+class of chapter 4 instead of keeping grades the old reference gave.
 
 `course_parts` is computed once per run; `differences` names the parts that differ, for a message that says
 why two fingerprints disagree (e.g. between machines of a cluster).
@@ -23,8 +23,9 @@ import torch
 
 from course.config import Course
 
-# Folders of the course whose every file can change a grade; caches and editor files are left out.
-COURSE_FOLDERS = ("graders", "reference", "course", "data")
+# Folders of the course whose every file can change a grade; caches and editor files are left out. checks/ holds
+# each chapter's INTERFACE, which its grader imports.
+COURSE_FOLDERS = ("graders", "reference", "checks", "course", "data")
 IGNORED_PARTS = {"__pycache__", ".ipynb_checkpoints"}
 # Keys of course.yml that do not change what the graders find: deadlines and late policies (applied after grading,
 # course/gradebook/) and the cluster's address. Changing them regrades nothing; comments do not count either.

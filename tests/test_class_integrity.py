@@ -173,7 +173,7 @@ def test_a_change_to_the_reference_regrades_the_class(tmp_path):
     _, after = grade(load_course(root), tmp_path / "class", out)
     assert [r.skipped for r in after.values()] == [False, False]
     fingerprint = json.loads(batch.result_path(out, after["alice"].item).read_text())["course_fingerprint"]
-    assert set(fingerprint) >= {"graders", "reference", "course", "data", "course.yml", "torch", "device"}
+    assert set(fingerprint) >= {"graders", "reference", "checks", "course", "data", "course.yml", "torch", "device"}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -282,3 +282,15 @@ def test_a_killed_course_leaves_no_process_behind(course, tmp_path, isolation):
     run.kill()
     run.wait()
     assert all_gone_within(5, str(scratch))
+
+
+def test_a_change_to_the_checks_changes_the_fingerprint(tmp_path):
+    """Each grader imports its INTERFACE from checks/<id>.py: a change there regrades, as one to the grader does."""
+    from course.fingerprint import course_parts, differences
+
+    root = tmp_path / "course"
+    shutil.copytree(REPO, root, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info"))
+    before = course_parts(load_course(root), "cpu", "bubblewrap")
+    interface = root / "checks" / "ch03_attention.py"
+    interface.write_text(interface.read_text(encoding="utf-8") + "\n# a changed line\n", encoding="utf-8")
+    assert differences(before, course_parts(load_course(root), "cpu", "bubblewrap")) == ["checks"]
