@@ -256,10 +256,40 @@ MUTANTS = [
     mutant("openai_header_not_skipped", BPE, "bpe_tokenizer",
            [('if not line or line.startswith("#version"):', "if not line:")],
            GPT2_ALL),
+    # The class tests run correct stand-ins of the helpers: a helper's bug costs the helper's own test only.
     mutant("pretokenize_without_contractions", BPE, "pretokenize",
            [("return regex.findall(GPT2_SPLIT_PATTERN, text)",
              "return regex.findall(r\" ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+\", text)")],
-           {"test_gpt2_encode"}),
+           {"test_pretokenize"}, says="contractions first"),
+    # Overlapping pairs: after a merge the scan moves one ID on, so "a a a" merges twice.
+    mutant("merge_pair_steps_one_after_a_merge", BPE, "merge_pair",
+           [("merged.append(new_id)  # the pair becomes one token; skip both of its IDs\n            i += 2",
+             "merged.append(new_id)\n            i += 1")],
+           {"test_merge_pair"}, says="move past both IDs"),
+    mutant("most_frequent_pair_by_counter_order", BPE, "most_frequent_pair",
+           [("tied = {pair for pair, count in pair_counts.items() if count == top}",
+             "return max(pair_counts, key=pair_counts.get)")],
+           {"test_most_frequent_pair"}, says="the counts' own order is not the text's order"),
+    # The tokens used as a pattern unescaped: "|" in "<|endoftext|>" means "or".
+    mutant("split_without_escaping", BPE, "split_on_special_tokens",
+           [("re.escape(token) for token in longest_first", "token for token in longest_first")],
+           {"test_split_on_special_tokens"}, says="escape them"),
+    # `if allowed_special:` reads an explicit empty set as "not given" and skips the check.
+    mutant("encode_skips_the_check_for_an_empty_set", BPE, "bpe_tokenizer",
+           [("        if disallowed:\n            raise ValueError",
+             "        if disallowed and (allowed_special is None or allowed_special):\n            raise ValueError")],
+           {"test_special_tokens", "test_gpt2_encode"}, says="an empty set allows no special token"),
+    # The incremental count update counts a pair once per word, though "aaaa" holds (a, a) three times.
+    mutant("train_updates_each_pair_once_per_word", BPE, "bpe_tokenizer",
+           [("for old_pair in zip(token_ids, token_ids[1:]):", "for old_pair in set(zip(token_ids, token_ids[1:])):"),
+            ("for new_pair in zip(merged, merged[1:]):", "for new_pair in set(zip(merged, merged[1:])):")],
+           {"test_train_learns_merges"}, says="words such as aaaa and abab"),
+    # The update forgets the weights: a word that occurs 5 times changes its pairs' counts by 1.
+    mutant("train_updates_without_weights", BPE, "bpe_tokenizer",
+           [("pair_counts[old_pair] -= counts[index]", "pair_counts[old_pair] -= 1"),
+            ("pair_counts[new_pair] += counts[index]", "pair_counts[new_pair] += 1")],
+           {"test_train_learns_merges", "test_train_stops_at_vocab_size", "test_train_breaks_ties",
+            "test_encode_decode_trained", "test_special_tokens", "test_save_and_load"}, says="training stopped after"),
     rewrite("decode_with_spaces_for_g", BPE, {"bpe_tokenizer": RECOUNTING_TOKENIZER.replace(
         "bytes(CHAR_TO_BYTE[c] for c in token))", "token.replace(\"Ġ\", \" \").encode(\"utf-8\"))")},
         {"test_encode_decode_trained", "test_special_tokens", "test_gpt2_decode"}),
