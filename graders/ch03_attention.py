@@ -5,21 +5,30 @@ worker, where a generic probe loads them into the student's module of the same n
 come back and are compared here with the reference's. Causality and dropout are checked as properties of the
 student's own outputs (so einsum or scaled_dot_product_attention pass), together with the demand that every
 output depends on the earlier tokens, so that code without attention cannot earn them.
+
+MultiHeadAttentionWrapper is graded on correct CausalAttention heads (probe_kit/gpt_parts.py, declared with
+@pytest.mark.stand_ins): a bug in CausalAttention costs only CausalAttention's tests. Beyond the book's
+examples, the tests probe large attention scores (a softmax written by hand overflows), a single token, a
+batch of one, and inputs shorter than the context.
 """
 
 import pytest
 import torch
 
 from checks.ch03_attention import INTERFACE as INTERFACE  # what the tests' @pytest.mark.runs name (public)
-from course.grading import Mistake, expect_close
-from course.grading.diagnosis import shape_mismatch
+from course.grading import DEVICE, ListOf, Mistake, expect_close, probe
+from course.grading.diagnosis import explain_errors, shape_mismatch, state_dict_mismatch
 from course.grading.inputs import rand, reference_module
 from course.grading.probes import call_function
 from course.grading.properties import expect_causal, expect_dropout_in_training_only, expect_module_outputs
 from reference import attention as ref
 
-HINT_SCALE = "scale the attention scores by the square root of the key dimension (head_dim for several heads)."
-HINT_MASK_CUT = "cut the mask to the number of tokens: self.mask.bool()[:num_tokens, :num_tokens]."
+HINT_SCALE = ("divide the attention scores by the square root of the key dimension before the softmax (head_dim "
+              "for several heads): scaled dot-product attention, section 3.4.")
+HINT_MASK_CUT = ("the mask buffer is built for context_length tokens, and an input may have fewer: use only its "
+                 "top-left num_tokens x num_tokens corner (section 3.5).")
+HINT_OVERFLOW = ("for large scores, exp overflows to inf and inf / inf is NaN: use torch.softmax, which subtracts "
+                 "each row's maximum first (the book's softmax_naive is only for small scores).")
 
 
 # -- naming classic mistakes (trusted side) ---------------------------------------------------------------------
@@ -65,9 +74,10 @@ CLASSIC_MISTAKES = [
     Mistake("scores scaled by sqrt(d_out) instead of sqrt(head_dim)", "divide by self.head_dim ** 0.5.", scale="d_out"),
     Mistake("unscaled scores", "divide the scores by the square root of the key dimension before the softmax.",
             scale=None),
-    Mistake("a softmax over the wrong dimension (dim=-2)", "normalise each row: torch.softmax(..., dim=-1).",
-            softmax_dim=-2),
-    Mistake("attention without the output projection", "return self.out_proj(context_vec).", out_proj=False),
+    Mistake("a softmax over the wrong dimension (dim=-2)", "normalise each row of the scores (one query's scores "
+            "against every key): the softmax goes over the last dimension.", softmax_dim=-2),
+    Mistake("attention without the output projection", "pass the heads' combined context vectors through "
+            "self.out_proj before returning them.", out_proj=False),
 ]
 
 
@@ -79,6 +89,19 @@ def check_outputs(submission, cls, init, inputs, *, what, hint, seed=123, mistak
     expect_module_outputs(submission, model, cls.__name__, init, inputs, what=what, hint=hint, errors=errors,
                           mistakes=mistakes,
                           mistaken=lambda x, **change: attention_with(model, x, **{"causal": causal, **change}))
+
+
+@probe(returns=ListOf(length="inputs"))
+def run_module_on_parts(student, stand_ins, class_name, init, state, inputs):
+    """The student's class built with `init` while its parts `stand_ins` are replaced by correct ones
+    (probe_kit/gpt_parts.py), loaded with the reference's `state`, run on each input in eval mode."""
+    from probe_kit.gpt_parts import on_stand_ins
+
+    with on_stand_ins(student, stand_ins):
+        module = getattr(student, class_name)(**init).to(DEVICE).eval()
+        module.load_state_dict(state)
+        with torch.no_grad():
+            return [module(x) for x in inputs]
 
 
 def check_causal(submission, cls, init, *, what):
@@ -95,17 +118,25 @@ def check_dropout(submission, cls, init, *, what):
 
 # -- section 3.3: attention without trainable weights --------------------------------------------------------
 
+def overflow_or(hint, got):
+    """HINT_OVERFLOW for a result with NaN or infinite values (a softmax by hand on large scores), else `hint`."""
+    if isinstance(got, torch.Tensor) and got.is_floating_point() and not bool(torch.isfinite(got).all()):
+        return HINT_OVERFLOW
+    return hint
+
+
 @pytest.mark.points(1)
 @pytest.mark.runs("simplified_self_attention")
 def test_simplified_self_attention(submission):
-    """simplified_self_attention: context vectors from dot-product scores and a softmax."""
-    inputs = [rand(1, 6, 3), rand(2, 4, 5)]
+    """simplified_self_attention: context vectors from dot-product scores and a softmax, large scores included."""
+    inputs = [rand(1, 6, 3), rand(2, 4, 5), 2 * rand(3, 5, 4) + 4, rand(4, 1, 3)]  # scores over 64; one token
     got = submission.run(call_function, name="simplified_self_attention", inputs=inputs)
     for x, context in zip(inputs, got):
         expect_close(context, ref.simplified_self_attention(x),
                      what=f"context vectors for inputs of shape {tuple(x.shape)}",
-                     hint="scores = inputs @ inputs.T, weights = softmax over the last dim, "
-                          "context = weights @ inputs.")
+                     hint=overflow_or("section 3.3: the scores are the dot products of every token with every "
+                                      "token, the weights their softmax over each row (dim=-1), and the context "
+                                      "vectors the weights times the inputs.", context))
 
 
 # -- section 3.4: self-attention with trainable weights ------------------------------------------------------
@@ -116,7 +147,8 @@ def test_self_attention_v1(submission):
     """SelfAttention_v1: queries, keys and values from weight matrices, scaled dot-product attention."""
     check_outputs(submission, ref.SelfAttention_v1, {"d_in": 3, "d_out": 2}, [rand(3, 6, 3), rand(4, 3, 3)],
                   what="SelfAttention_v1 output",
-                  hint="scores = queries @ keys.T (one row per query); " + HINT_SCALE)
+                  hint="the scores pair every query (one row each) with every key (the keys transposed); "
+                       + HINT_SCALE)
 
 
 @pytest.mark.points(1)
@@ -171,15 +203,26 @@ def test_causal_attention_dropout_in_training(submission):
 # -- section 3.6: multi-head attention -----------------------------------------------------------------------
 
 @pytest.mark.points(2)
-@pytest.mark.depends_on("test_causal_attention_output")
-@pytest.mark.runs("MultiHeadAttentionWrapper", "CausalAttention")
+@pytest.mark.runs("MultiHeadAttentionWrapper")
+@pytest.mark.stand_ins("CausalAttention")
 def test_wrapper_output(submission):
-    """MultiHeadAttentionWrapper stacks the heads' outputs along the last dimension."""
+    """MultiHeadAttentionWrapper stacks the heads' outputs along the last dimension, for a batch and a batch of one.
+
+    Run with correct CausalAttention heads in place of yours."""
     init = {"d_in": 3, "d_out": 2, "context_length": 6, "dropout": 0.2, "num_heads": 3}
-    check_outputs(submission, ref.MultiHeadAttentionWrapper, init, [rand(9, 2, 6, 3)], mistakes=(),
-                  what="MultiHeadAttentionWrapper output (3 heads of width 2)",
-                  hint="run every head of self.heads and concatenate their outputs with torch.cat(..., dim=-1): "
-                       "(b, num_tokens, num_heads * d_out).")
+    model = reference_module(ref.MultiHeadAttentionWrapper, 123, **init)
+    inputs = [rand(9, 2, 6, 3), rand(16, 1, 4, 3)]
+    with explain_errors(state_dict_mismatch):
+        got = submission.run(run_module_on_parts, stand_ins=("CausalAttention",),
+                             class_name="MultiHeadAttentionWrapper", init=init, state=model.state_dict(),
+                             inputs=inputs)
+    for x, out in zip(inputs, got):
+        with torch.no_grad():
+            expected = model(x)
+        expect_close(out, expected, what=f"MultiHeadAttentionWrapper output (3 heads of width 2), input of shape "
+                     f"{tuple(x.shape)}", hint="section 3.6.1: run every head of self.heads on x, in order, and put "
+                     "their outputs side by side along the LAST dimension (the features): (b, num_tokens, num_heads "
+                     "* d_out).")
 
 
 MHA_CONFIGS = [
@@ -197,9 +240,9 @@ def test_mha_output(submission):
         x = rand(10 + index, 2, init["context_length"], init["d_in"])
         check_outputs(submission, ref.MultiHeadAttention, init, [x],
                       what=f"MultiHeadAttention output ({init['num_heads']} heads, d_out={init['d_out']})",
-                      hint="split d_out into num_heads heads of head_dim with .view(b, num_tokens, "
-                           "num_heads, head_dim).transpose(1, 2), and combine them back the same way before "
-                           "out_proj; " + HINT_SCALE)
+                      hint="section 3.6.2: split the last dimension (d_out) into num_heads heads of head_dim "
+                           "features, move the heads in front of the tokens so that each head attends on its own, "
+                           "and undo both steps before out_proj; " + HINT_SCALE)
 
 
 @pytest.mark.points(1)

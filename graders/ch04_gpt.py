@@ -17,6 +17,15 @@ sent by the grader (a model that refuses inputs longer than its context, and rec
 so a broken GPTModel does not hide a correct generation loop. The same probe, run here with the reference's
 generate_text_simple, gives the expected token ids. Greedy decoding is exact: the ids must be equal.
 
+A bug costs the points of its component: a composite runs on correct stand-ins of its parts
+(probe_kit/gpt_parts.py, declared with @pytest.mark.stand_ins): FeedForward and ExampleDeepNeuralNetwork on a
+stand-in GELU, TransformerBlock on stand-in LayerNorms and FeedForward, GPTModel on stand-in blocks and norms.
+Only the parameter count (PARTS_FIT) builds the student's whole model from the student's own parts.
+
+Beyond the book's examples, the tests probe a batch of one, a single token, inputs shorter than and exactly as
+long as the context, a prompt exactly as long as the context, and large activations (a LayerNorm whose variance
+loses its precision far from 0).
+
 The book's repository calls the shortcut dropout `drop_resid` in one edition and `drop_shortcut` in another:
 dropout layers have no weights, so the grader relies on neither name.
 """
@@ -36,7 +45,7 @@ from course.grading.contracts import Fields
 from course.grading.diagnosis import explain_errors, shape_mismatch, state_dict_mismatch
 from course.grading.inputs import randint, randn, reference_module
 from course.grading.mistakes import name_mistake
-from course.grading.probes import run_module, run_module_with_gradients
+from course.grading.probes import run_eval_twice, run_module, run_module_with_gradients
 from course.grading.properties import (
     HINT_GRADIENT,
     HINT_MASK,
@@ -52,26 +61,40 @@ CFG = {"vocab_size": 53, "context_length": 8, "emb_dim": 12, "n_heads": 3, "n_la
 CFG_BIAS = {"vocab_size": 40, "context_length": 6, "emb_dim": 8, "n_heads": 2, "n_layers": 1, "drop_rate": 0.0,
             "qkv_bias": True}
 
-# The student's code that a transformer block and a whole model run (@pytest.mark.runs): the attention comes
-# from the setup cell (chapter 3's reference), everything else is the student's.
-BLOCK = ("TransformerBlock", "LayerNorm", "FeedForward", "GELU")
-MODEL = ("GPTModel", *BLOCK)
+# The student's parts that a composite calls, replaced by correct stand-ins (probe_kit/gpt_parts.py) while the
+# test runs it: a bug in a part then costs only the part's own tests.
+FF_PARTS = ("GELU",)
+BLOCK_PARTS = ("LayerNorm", "FeedForward")
+MODEL_PARTS = ("TransformerBlock", "LayerNorm")
 
-HINT_NORM = ("subtract the mean and divide by sqrt(var + eps) over the last dimension (dim=-1, keepdim=True), "
-             "with the biased variance (unbiased=False), then return self.scale * norm_x + self.shift.")
-HINT_BLOCK = ("pre-LayerNorm with two shortcuts: shortcut = x; x = norm1(x); x = att(x); x = drop_shortcut(x); "
-              "x = x + shortcut; then the same with norm2 and ff.")
-HINT_MODEL = ("token embeddings plus position embeddings of positions 0..num_tokens-1, drop_emb, the transformer "
-              "blocks, final_norm, then out_head: return the logits.")
-HINT_POSITIONS = ("an input may be shorter than context_length: embed the positions of the input's own tokens, "
-                  "torch.arange(seq_len, device=in_idx.device).")
-HINT_MODEL_CAUSAL = ("the attention of chapter 3 is masked, so something else mixes the positions: LayerNorm must "
-                     "normalise each token over its own features (dim=-1), and nothing else in the block or the "
-                     "model may combine different tokens.")
-HINT_CROP = "feed the model only the last context_size tokens: idx[:, -context_size:]."
+# Tests that must run the student's own parts together, and why (tests/test_fairness.py).
+PARTS_FIT = {"test_gpt_model_size": "it counts the parameters of the whole model the student's __init__ builds, "
+                                    "blocks and LayerNorms included: whether the parts fit together"}
 
-POSITION_IDS = error_mentions("index out of range", hint="positions are counted from 0 to num_tokens - 1: "
-                              "torch.arange(seq_len, device=in_idx.device).")
+HINT_NORM = ("normalise each vector over its last dimension (its features, with keepdim=True so that the "
+             "statistics broadcast): subtract its mean, divide by the square root of its biased variance (divided "
+             "by n, as GPT-2 was trained) plus eps, then apply the trainable scale and shift (section 4.2, "
+             "listing 4.2).")
+HINT_BLOCK = ("pre-LayerNorm (section 4.5, listing 4.6): each of the two sub-blocks (norm1 then att, norm2 then "
+              "ff) works on a normalised copy of its input, its output goes through the dropout, and its "
+              "un-normalised input is added back (the shortcut) before the next sub-block starts.")
+HINT_MODEL = ("section 4.6, listing 4.7: embed the tokens, add the embeddings of their positions 0 .. num_tokens - 1, "
+              "apply drop_emb, run the transformer blocks, final_norm, then out_head; return its output, the logits "
+              "(batch, num_tokens, vocab_size). The blocks and LayerNorms were correct stand-ins here: the "
+              "difference comes from your forward.")
+HINT_POSITIONS = ("an input may be shorter than context_length: embed the positions of the input's own tokens "
+                  "(as many as it has, counted from 0, made on the input's device).")
+HINT_MODEL_CAUSAL = ("the blocks and LayerNorms were correct stand-ins here (their attention is masked), so something "
+                     "in your forward mixes the positions: nothing outside the blocks may combine different tokens.")
+HINT_GELU = ("GELU in the tanh approximation of section 4.3 (listing 4.3): 0.5 times x times (1 plus the tanh of "
+             "sqrt(2 / pi) times (x + 0.044715 x^3)); GELU(1) is about 0.8412 and GELU(-1) about -0.1588.")
+HINT_CROP = ("the model takes at most context_size tokens: at each step, feed it only the last context_size tokens "
+             "of the sequence so far (section 4.7).")
+HINT_DROPOUT_PLACE = ("dropout belongs on the output of each sub-block, before its input is added back: not on the "
+                      "sum, and not on the shortcut (section 4.5).")
+
+POSITION_IDS = error_mentions("index out of range", hint="positions are counted from 0 to num_tokens - 1, one per "
+                              "token of the input (there are context_length position embeddings).")
 CONTEXT_EXCEEDED = error_mentions("more than its context size", hint=HINT_CROP)
 # A block or a model is built from other graded modules: its gradients are compared with at least this tolerance
 # (see expect_module_gradients), so that a LayerNorm slightly off fails its own test, not every test built on it.
@@ -105,29 +128,94 @@ def gpt_model(cfg: dict, seed: int):
 
 # -- probes (run in the worker) ------------------------------------------------------------------------------
 
+@probe(returns=ListOf(length="inputs"))
+def run_module_on_parts(student, stand_ins, class_name, init, state, inputs, train=False):
+    """run_module (course/grading/probes.py) with the student's parts `stand_ins` replaced by correct ones."""
+    from probe_kit.gpt_parts import on_stand_ins
+
+    with on_stand_ins(student, stand_ins):
+        module = getattr(student, class_name)(**init).to(DEVICE)
+        module.load_state_dict(state)
+        module.train(train)
+        with torch.no_grad():
+            return [module(x) for x in inputs]
+
+
+@probe(returns=Fields("first", "second"))
+def run_eval_twice_on_parts(student, stand_ins, class_name, init, state, x):
+    """run_eval_twice (course/grading/probes.py) with the student's parts `stand_ins` replaced by correct ones."""
+    from probe_kit.gpt_parts import on_stand_ins
+
+    with on_stand_ins(student, stand_ins):
+        module = getattr(student, class_name)(**init).to(DEVICE).eval()
+        module.load_state_dict(state)
+        with torch.no_grad():
+            torch.manual_seed(1)
+            first = module(x)
+            torch.manual_seed(2)
+            second = module(x)
+    return {"first": first, "second": second}
+
+
+@probe(returns=Fields("output", "gradients", "input_gradient"))
+def run_module_with_gradients_on_parts(student, stand_ins, class_name, init, state, x, upstream):
+    """run_module_with_gradients (course/grading/probes.py) with the student's parts `stand_ins` replaced by
+    correct ones."""
+    from probe_kit.gpt_parts import on_stand_ins
+
+    with on_stand_ins(student, stand_ins):
+        module = getattr(student, class_name)(**init).to(DEVICE).eval()
+        module.load_state_dict(state)
+        if x.is_floating_point():
+            x = x.clone().requires_grad_(True)
+        output = module(x)
+        (output * upstream).sum().backward()
+    gradients = {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
+    return {"output": output.detach(), "gradients": gradients,
+            "input_gradient": x.grad if x.is_floating_point() else None}
+
+
+class OnStandIns:
+    """The submission as the shared checks (course/grading/properties.py) use it, but with the student's `parts`
+    replaced by correct stand-ins in every probe they run: the check then grades the composite's own code."""
+
+    PROBES = {run_module: run_module_on_parts, run_eval_twice: run_eval_twice_on_parts,
+              run_module_with_gradients: run_module_with_gradients_on_parts}
+
+    def __init__(self, submission, parts):
+        self.submission, self.parts = submission, tuple(parts)
+
+    def run(self, probe_function, **kwargs):
+        return self.submission.run(self.PROBES[probe_function], stand_ins=self.parts, **kwargs)
+
+
 @probe(returns=Fields("eval", "train", "replayed"))
-def train_mode_replayed(student, class_name, cfg, state, x):
-    """The student's TransformerBlock or GPTModel: .eval and .train outputs, and .replayed, the book's train-mode
-    forward replayed with the same random draws through the student's own submodules."""
-    module = getattr(student, class_name)(cfg).to(DEVICE)
-    module.load_state_dict(state)
-    p = cfg["drop_rate"]
-    with torch.no_grad():
-        out_eval = module.eval()(x)
-        module.train()
-        torch.manual_seed(5)
-        out_train = module(x)
-        torch.manual_seed(5)
-        if class_name == "TransformerBlock":  # dropout on each sub-block's output, before the shortcut
-            h = x + F.dropout(module.att(module.norm1(x)), p, training=True)
-            replayed = h + F.dropout(module.ff(module.norm2(h)), p, training=True)
-        else:  # GPTModel: dropout on the embeddings; the blocks draw their own
-            h = module.tok_emb(x) + module.pos_emb(torch.arange(x.shape[1], device=x.device))
-            h = F.dropout(h, p, training=True)
-            for block in module.trf_blocks:
-                h = block(h)
-            replayed = module.out_head(module.final_norm(h))
-    return {"eval": out_eval, "train": out_train, "replayed": replayed}
+def train_mode_replayed(student, stand_ins, class_name, cfg, state, x):
+    """The student's TransformerBlock or GPTModel, built on stand-ins of its parts: .eval and .train outputs, and
+    .replayed, the book's train-mode forward replayed with the same random draws through the module's own
+    submodules."""
+    from probe_kit.gpt_parts import on_stand_ins
+
+    with on_stand_ins(student, stand_ins):
+        module = getattr(student, class_name)(cfg).to(DEVICE)
+        module.load_state_dict(state)
+        p = cfg["drop_rate"]
+        with torch.no_grad():
+            out_eval = module.eval()(x)
+            module.train()
+            torch.manual_seed(5)
+            out_train = module(x)
+            torch.manual_seed(5)
+            if class_name == "TransformerBlock":  # dropout on each sub-block's output, before the shortcut
+                h = x + F.dropout(module.att(module.norm1(x)), p, training=True)
+                replayed = h + F.dropout(module.ff(module.norm2(h)), p, training=True)
+            else:  # GPTModel: dropout on the embeddings; the blocks draw their own
+                h = module.tok_emb(x) + module.pos_emb(torch.arange(x.shape[1], device=x.device))
+                h = F.dropout(h, p, training=True)
+                for block in module.trf_blocks:
+                    h = block(h)
+                replayed = module.out_head(module.final_norm(h))
+        return {"eval": out_eval, "train": out_train, "replayed": replayed}
 
 
 @probe(returns=Fields("count", "shapes", "logits_shape"))
@@ -179,13 +267,17 @@ def generate_with_toy_model(student, weights, cases):
 
 # -- section 4.2: layer normalization ------------------------------------------------------------------------
 
-def layer_norm_with(ln, x, *, unbiased=False, eps=None, eps_outside=False, dim=-1, affine=True, std=True):
+def layer_norm_with(ln, x, *, unbiased=False, eps=None, eps_outside=False, dim=-1, affine=True, std=True,
+                    one_pass=False):
     """LayerNorm of `x` with `ln`'s scale and shift, with one mistake switched on (none by default)."""
     if dim == 1 and x.dim() != 3:
         raise ValueError("only a 3-D input has a dimension of tokens to normalise over by mistake")
     eps = ln.eps if eps is None else eps
     mean = x.mean(dim=dim, keepdim=True)
-    var = x.var(dim=dim, keepdim=True, unbiased=unbiased)
+    if one_pass:  # the mean of the squares minus the square of the mean: cancels badly for large activations
+        var = (x * x).mean(dim=dim, keepdim=True) - mean ** 2
+    else:
+        var = x.var(dim=dim, keepdim=True, unbiased=unbiased)
     if eps_outside:
         norm_x = (x - mean) / (torch.sqrt(var) + eps)
     elif std:
@@ -197,30 +289,35 @@ def layer_norm_with(ln, x, *, unbiased=False, eps=None, eps_outside=False, dim=-
 
 LAYER_NORM_MISTAKES = [
     Mistake("LayerNorm with the unbiased variance (divided by n - 1)",
-            "GPT-2 uses the biased variance: x.var(dim=-1, keepdim=True, unbiased=False).", unbiased=True),
-    Mistake("LayerNorm without eps", "add self.eps to the variance inside the square root: a constant vector has "
+            "GPT-2 uses the biased variance, divided by n: in the line that computes var, ask x.var for "
+            "unbiased=False.", unbiased=True),
+    Mistake("LayerNorm without eps", "add self.eps to the variance, inside the square root: a constant vector has "
             "variance 0.", eps=0.0),
-    Mistake("LayerNorm with eps added to the standard deviation", "torch.sqrt(var + self.eps): eps goes inside the "
-            "square root.", eps_outside=True),
+    Mistake("LayerNorm with eps added to the standard deviation", "eps belongs inside the square root, added to "
+            "the variance, not to the standard deviation.", eps_outside=True),
     Mistake("LayerNorm that divides by the variance instead of the standard deviation",
-            "divide by torch.sqrt(var + self.eps).", std=False),
-    Mistake("LayerNorm without scale and shift", "return self.scale * norm_x + self.shift.", affine=False),
+            "divide by the square root of (variance + eps).", std=False),
+    Mistake("LayerNorm without scale and shift", "the last step multiplies the normalised x by self.scale and adds "
+            "self.shift (both trainable, of size emb_dim).", affine=False),
     Mistake("LayerNorm over dimension 1 (the tokens) instead of the last dimension (each token's features)",
-            "take the mean and the variance over dim=-1.", dim=1),
+            "take the mean and the variance over the last dimension, dim=-1.", dim=1),
+    Mistake("a variance computed as the mean of the squares minus the square of the mean", "for activations far "
+            "from 0 the two terms are large and nearly equal, and float32 loses the difference: take the "
+            "variance of x itself (x.var, which centres x first).", one_pass=True),
 ]
 
 
 @pytest.mark.points(2)
 @pytest.mark.runs("LayerNorm")
 def test_layer_norm(submission):
-    """LayerNorm: outputs and gradients on 2-D and 3-D inputs, a constant vector among them.
+    """LayerNorm: outputs and gradients on 2-D and 3-D inputs, a constant vector and large activations among them.
 
     Each vector is normalised over its last dimension (biased variance, eps), then scaled and shifted."""
     ln = randomise_norms(ref.LayerNorm(6), 40)
     flat = randn(41, 4, 6) * 2 + 0.5
     flat[1] = 0.7  # a constant vector: variance 0, only eps keeps the division finite
     flat[2] = 0.003 * randn(42, 6)  # a variance of the order of eps (around 0: no cancellation in x - mean)
-    inputs = [flat, randn(43, 2, 5, 6) * 1.5 - 0.4]
+    inputs = [flat, randn(43, 2, 5, 6) * 1.5 - 0.4, randn(45, 3, 4, 6) * 2 + 100]  # the last: far from 0
     expect_module_gradients(submission, ln, "LayerNorm", {"emb_dim": 6}, inputs, what="LayerNorm output",
                             hint=HINT_NORM, seed=44, mistakes=LAYER_NORM_MISTAKES,
                             mistaken=partial(layer_norm_with, ln))
@@ -239,11 +336,12 @@ def gelu_with(x, *, form="tanh", cubic=0.044715, half=0.5):
 
 
 GELU_MISTAKES = [
-    Mistake("the exact GELU (with erf)", "use the tanh approximation the book and GPT-2 use: 0.5 * x * (1 + "
-            "tanh(sqrt(2 / pi) * (x + 0.044715 * x**3))).", form="erf"),
-    Mistake("GELU without the cubic term", "the tanh's argument is sqrt(2 / pi) * (x + 0.044715 * x**3).", cubic=0.0),
-    Mistake("GELU without the factor 0.5", "GELU(x) = 0.5 * x * (1 + tanh(...)).", half=1.0),
-    Mistake("a ReLU", "GELU is smooth: 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3))).", form="relu"),
+    Mistake("the exact GELU (with erf)", "use the tanh approximation that the book and GPT-2 use (the formula of "
+            "section 4.3 in the notebook).", form="erf"),
+    Mistake("GELU without the cubic term", "inside the tanh, sqrt(2 / pi) multiplies x plus 0.044715 times x cubed.",
+            cubic=0.0),
+    Mistake("GELU without the factor 0.5", "the formula starts with 0.5 * x.", half=1.0),
+    Mistake("a ReLU", "GELU is smooth: use the tanh formula of section 4.3.", form="relu"),
 ]
 
 
@@ -258,8 +356,7 @@ def test_gelu(submission):
         got = submission.run(run_module_with_gradients, class_name="GELU", init={}, state={}, x=x, upstream=upstream)
         label = f"GELU output, input of shape {tuple(x.shape)}"
         expect_close(got.output, expected, what=label, atol=1e-5, rtol=1e-5, mistakes=GELU_MISTAKES,
-                     mistaken=partial(gelu_with, x), hint="0.5 * x * (1 + torch.tanh(sqrt(2 / pi) * (x + 0.044715 * "
-                     "x**3))).")
+                     mistaken=partial(gelu_with, x), hint=HINT_GELU)
         expect_close(got.input_gradient, expected_grad, what=f"{label}: gradient of the input", atol=1e-5,
                      rtol=1e-5, hint=HINT_GRADIENT)
 
@@ -271,15 +368,19 @@ def feed_forward_with(ff, x, *, activation=True):
 
 
 @pytest.mark.points(1)
-@pytest.mark.depends_on("test_gelu")
-@pytest.mark.runs("FeedForward", "GELU")
+@pytest.mark.runs("FeedForward")
+@pytest.mark.stand_ins(*FF_PARTS)
 def test_feed_forward(submission):
-    """FeedForward: Linear to 4 * emb_dim, GELU, Linear back to emb_dim; outputs and gradients."""
+    """FeedForward: Linear to 4 * emb_dim, GELU, Linear back to emb_dim; outputs and gradients.
+
+    Run with a correct GELU in place of yours."""
     ff = reference_module(ref.FeedForward, 60, cfg=CFG)
-    no_activation = Mistake("a feed-forward network without its activation", "run all three layers of self.layers "
-                            "(Linear, GELU, Linear): return self.layers(x).", activation=False)
-    expect_module_gradients(submission, ff, "FeedForward", {"cfg": CFG}, [randn(61, 2, 5, 12)],
-                            what="FeedForward output", hint="return self.layers(x).", seed=62,
+    no_activation = Mistake("a feed-forward network without its activation", "self.layers holds three layers "
+                            "(Linear, GELU, Linear): the input goes through all of them, in order.", activation=False)
+    inputs = [randn(61, 2, 5, 12), randn(63, 1, 1, 12)]  # a batch, and one token of a batch of one
+    expect_module_gradients(OnStandIns(submission, FF_PARTS), ff, "FeedForward", {"cfg": CFG}, inputs,
+                            what="FeedForward output", hint="the three layers of self.layers, applied in order "
+                            "(section 4.3, listing 4.4): (batch, num_tokens, emb_dim) in and out.", seed=62,
                             mistakes=[no_activation], mistaken=partial(feed_forward_with, ff))
 
 
@@ -295,24 +396,27 @@ def network_with(model, x, *, use_shortcut):
 
 
 @pytest.mark.points(1)
-@pytest.mark.depends_on("test_gelu")
-@pytest.mark.runs("ExampleDeepNeuralNetwork", "GELU")
+@pytest.mark.runs("ExampleDeepNeuralNetwork")
+@pytest.mark.stand_ins(*FF_PARTS)
 def test_example_deep_neural_network(submission):
     """ExampleDeepNeuralNetwork: outputs and gradients, with and without shortcut connections.
 
-    A layer's input is added to its output when use_shortcut is on and the shapes match."""
+    A layer's input is added to its output when use_shortcut is on and the shapes match (run with a correct
+    GELU in place of yours)."""
     cases = [([3, 3, 3, 3, 3, 1], True), ([3, 3, 3, 3, 3, 1], False), ([2, 4, 4, 4, 4, 4], True)]
     for index, (layer_sizes, use_shortcut) in enumerate(cases):
         init = {"layer_sizes": layer_sizes, "use_shortcut": use_shortcut}
         model = reference_module(ref.ExampleDeepNeuralNetwork, 70 + index, **init)
-        flipped = Mistake(f"the network with use_shortcut={not use_shortcut}", "add the shortcut (x = x + "
-                          "layer_output) only when self.use_shortcut is True.", use_shortcut=not use_shortcut)
-        expect_module_gradients(submission, model, "ExampleDeepNeuralNetwork", init,
+        flipped = Mistake(f"the network with use_shortcut={not use_shortcut}", "add a layer's input to its output "
+                          "only when self.use_shortcut is True (and the shapes match).",
+                          use_shortcut=not use_shortcut)
+        expect_module_gradients(OnStandIns(submission, FF_PARTS), model, "ExampleDeepNeuralNetwork", init,
                                 [randn(75 + index, 2, layer_sizes[0])],
                                 what=f"ExampleDeepNeuralNetwork(layer_sizes={layer_sizes}, "
                                      f"use_shortcut={use_shortcut}) output",
-                                hint="run the layers in order; with use_shortcut, x = x + layer_output where "
-                                     "x.shape == layer_output.shape, else x = layer_output.",
+                                hint="run the layers in order (section 4.4, listing 4.5); where use_shortcut is "
+                                     "on and a layer's output has the shape of its input, the next layer gets "
+                                     "their sum, else the output alone.",
                                 seed=78 + index, mistakes=[flipped], mistaken=partial(network_with, model))
 
 
@@ -336,46 +440,48 @@ def block_with(block, x, *, pre_norm=True, att_shortcut=True, ff_shortcut=True, 
 
 BLOCK_MISTAKES = [
     Mistake("a post-LayerNorm block (LayerNorm after adding the shortcut, as in the original transformer)",
-            "GPT-2 normalises BEFORE each sub-block: x = x + att(norm1(x)), then x = x + ff(norm2(x)).",
-            pre_norm=False),
-    Mistake("a block without shortcut connections", "add the input of each sub-block back to its output: "
-            "x = x + shortcut, twice.", att_shortcut=False, ff_shortcut=False),
-    Mistake("a block without the shortcut around the attention", "keep shortcut = x before norm1 and add it back "
-            "after the attention.", att_shortcut=False),
-    Mistake("a block without the shortcut around the feed-forward network", "keep shortcut = x before norm2 and add "
-            "it back after ff.", ff_shortcut=False),
-    Mistake("a block whose shortcuts start after the LayerNorm", "the shortcut is the sub-block's input before the "
-            "LayerNorm: shortcut = x, then x = self.norm1(x).", shortcut_from_norm=True),
+            "GPT-2 normalises BEFORE each sub-block: the LayerNorm takes the sub-block's input, and the sum with "
+            "the shortcut is not normalised.", pre_norm=False),
+    Mistake("a block without shortcut connections", "remember each sub-block's input and add it back to the "
+            "sub-block's output, in both sub-blocks.", att_shortcut=False, ff_shortcut=False),
+    Mistake("a block without the shortcut around the attention", "remember the input before norm1 and add it back "
+            "after the attention's dropout.", att_shortcut=False),
+    Mistake("a block without the shortcut around the feed-forward network", "remember the input before norm2 and "
+            "add it back after the feed-forward network's dropout.", ff_shortcut=False),
+    Mistake("a block whose shortcuts start after the LayerNorm", "the shortcut is the sub-block's input BEFORE the "
+            "LayerNorm: remember it first, then normalise.", shortcut_from_norm=True),
     Mistake("a block that uses norm1 twice", "the feed-forward sub-block has its own LayerNorm, self.norm2.",
             one_norm=True),
-    Mistake("a block without its attention sub-block", "first x = x + drop_shortcut(att(norm1(x))), then the "
-            "feed-forward sub-block.", attention=False),
+    Mistake("a block without its attention sub-block", "the block starts with the attention sub-block (norm1, "
+            "att, dropout, shortcut), then the feed-forward one.", attention=False),
 ]
 
 
 @pytest.mark.points(3)
-@pytest.mark.depends_on("test_layer_norm", "test_feed_forward")
-@pytest.mark.runs(*BLOCK)
+@pytest.mark.runs("TransformerBlock")
+@pytest.mark.stand_ins(*BLOCK_PARTS)
 def test_transformer_block(submission):
     """TransformerBlock: outputs and gradients in eval mode, with and without qkv_bias.
 
-    Pre-LayerNorm attention and feed-forward sub-blocks, each inside a shortcut connection."""
+    Pre-LayerNorm attention and feed-forward sub-blocks, each inside a shortcut connection (run with correct
+    LayerNorms and feed-forward network in place of yours)."""
     for index, cfg in enumerate((CFG, CFG_BIAS)):
         block = randomise_norms(reference_module(ref.TransformerBlock, 90 + index, cfg=cfg), 92 + index)
         x = 4 * randn(94 + index, 2, cfg["context_length"], cfg["emb_dim"])  # a variance far above eps
-        expect_module_gradients(submission, block, "TransformerBlock", {"cfg": cfg}, [x],
+        expect_module_gradients(OnStandIns(submission, BLOCK_PARTS), block, "TransformerBlock", {"cfg": cfg}, [x],
                                 what=f"TransformerBlock output ({cfg['n_heads']} heads, qkv_bias={cfg['qkv_bias']})",
                                 hint=HINT_BLOCK, seed=96 + index, mistakes=BLOCK_MISTAKES,
                                 mistaken=partial(block_with, block), gradient_floor=COMPOSITE)
 
 
-def check_train_mode(submission, model, class_name, cfg, x, *, what, noun, eval_hint, replay_hint,
+def check_train_mode(submission, model, class_name, parts, cfg, x, *, what, noun, eval_hint, replay_hint,
                      unchanged_hint=None, errors=()):
-    """The student's module with cfg's drop_rate: the reference's output in eval mode; in train mode, with
-    drop_rate > 0, the book's forward replayed with the same random draws (after differing from eval mode, when
-    `unchanged_hint` is given); with drop_rate 0, the output of eval mode."""
+    """The student's module with cfg's drop_rate, built on stand-ins of its `parts`: the reference's output in
+    eval mode; in train mode, with drop_rate > 0, the book's forward replayed with the same random draws (after
+    differing from eval mode, when `unchanged_hint` is given); with drop_rate 0, the output of eval mode."""
     with explain_errors(state_dict_mismatch, *errors):
-        got = submission.run(train_mode_replayed, class_name=class_name, cfg=cfg, state=model.state_dict(), x=x)
+        got = submission.run(train_mode_replayed, stand_ins=parts, class_name=class_name, cfg=cfg,
+                             state=model.state_dict(), x=x)
     what = f"{what} with drop_rate={cfg['drop_rate']}"
     with torch.no_grad():
         expected = model(x)
@@ -395,19 +501,18 @@ def check_train_mode(submission, model, class_name, cfg, x, *, what, noun, eval_
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_transformer_block")
-@pytest.mark.runs(*BLOCK)
+@pytest.mark.runs("TransformerBlock")
+@pytest.mark.stand_ins(*BLOCK_PARTS)
 def test_transformer_block_dropout_in_training(submission):
     """TransformerBlock applies dropout to each sub-block's output, before the shortcut, in train mode only."""
     for drop_rate in (0.5, 0.0):
         cfg = dict(CFG, drop_rate=drop_rate)
         block = randomise_norms(reference_module(ref.TransformerBlock, 100, cfg=cfg), 101)
-        check_train_mode(submission, block, "TransformerBlock", cfg, 4 * randn(102, 2, 6, 12),
+        check_train_mode(submission, block, "TransformerBlock", BLOCK_PARTS, cfg, 4 * randn(102, 2, 6, 12),
                          what="TransformerBlock", noun="block", eval_hint=HINT_BLOCK,
-                         unchanged_hint="apply self.drop_shortcut to the output of the attention and of the "
-                                        "feed-forward network, before adding the shortcut.",
-                         replay_hint="dropout goes on the output of each sub-block, before the shortcut is added: "
-                                     "x = self.drop_shortcut(self.att(self.norm1(x))) + shortcut, and the same for "
-                                     "ff; not on the sum, and not on the shortcut.")
+                         unchanged_hint="apply self.drop_shortcut to the output of the attention and to the output "
+                                        "of the feed-forward network, each time before adding the shortcut.",
+                         replay_hint=HINT_DROPOUT_PLACE)
 
 
 # -- section 4.6: the GPT model ------------------------------------------------------------------------------
@@ -430,11 +535,13 @@ def model_with(model, idx, *, first_position=0, positions=True, blocks=True, fin
 
 
 MODEL_MISTAKES = [
-    Mistake("position ids that start at 1", "positions are counted from 0: torch.arange(seq_len).", first_position=1),
-    Mistake("a model without position embeddings", "add self.pos_emb(torch.arange(seq_len, device=in_idx.device)) "
+    Mistake("position ids that start at 1", "positions are counted from 0 to num_tokens - 1.", first_position=1),
+    Mistake("a model without position embeddings", "add the position embeddings of positions 0 .. num_tokens - 1 "
             "to the token embeddings.", positions=False),
-    Mistake("a model that skips the transformer blocks", "run x through self.trf_blocks.", blocks=False),
-    Mistake("a model without the final LayerNorm", "apply self.final_norm before self.out_head.", final_norm=False),
+    Mistake("a model that skips the transformer blocks", "the embeddings go through self.trf_blocks before the "
+            "final LayerNorm.", blocks=False),
+    Mistake("a model without the final LayerNorm", "apply self.final_norm between the blocks and self.out_head.",
+            final_norm=False),
     Mistake("the softmax of the logits", "return the logits themselves; the softmax comes later (in the loss, or "
             "when sampling).", softmax=True),
     Mistake("a model whose output head shares the token embedding's weight (weight tying)", "the book keeps them "
@@ -443,23 +550,24 @@ MODEL_MISTAKES = [
 
 
 @pytest.mark.points(3)
-@pytest.mark.depends_on("test_transformer_block")
-@pytest.mark.runs(*MODEL)
+@pytest.mark.runs("GPTModel")
+@pytest.mark.stand_ins(*MODEL_PARTS)
 def test_gpt_model_logits(submission):
     """GPTModel: logits and gradients in eval mode, on inputs of context_length tokens, with and without qkv_bias.
 
-    Token and position embeddings, the transformer blocks, the final LayerNorm and the output head."""
+    Token and position embeddings, the transformer blocks, the final LayerNorm and the output head (run with
+    correct transformer blocks and LayerNorms in place of yours)."""
     for index, cfg in enumerate((CFG, CFG_BIAS)):
         model = gpt_model(cfg, 110 + index)
         idx = randint(112 + index, cfg["vocab_size"], 2, cfg["context_length"])
-        expect_module_gradients(submission, model, "GPTModel", {"cfg": cfg}, [idx],
+        expect_module_gradients(OnStandIns(submission, MODEL_PARTS), model, "GPTModel", {"cfg": cfg}, [idx],
                                 what=f"GPTModel logits ({cfg['n_layers']} blocks, qkv_bias={cfg['qkv_bias']})",
                                 hint=HINT_MODEL, seed=114 + index, mistakes=MODEL_MISTAKES,
                                 mistaken=partial(model_with, model), errors=(POSITION_IDS,), gradient_floor=COMPOSITE)
 
 
 @pytest.mark.points(1)
-@pytest.mark.runs(*MODEL)
+@pytest.mark.runs("GPTModel", "TransformerBlock", "LayerNorm", "FeedForward", "GELU")
 def test_gpt_model_size(submission):
     """GPTModel has the book's parameters (counted on tiny configurations) and logits of the right shape.
 
@@ -488,14 +596,16 @@ def test_gpt_model_size(submission):
 
 @pytest.mark.points(1)
 @pytest.mark.depends_on("test_gpt_model_logits")
-@pytest.mark.runs(*MODEL)
+@pytest.mark.runs("GPTModel")
+@pytest.mark.stand_ins(*MODEL_PARTS)
 def test_gpt_model_shorter_input(submission):
-    """GPTModel on inputs shorter than context_length (down to one token)."""
+    """GPTModel on inputs shorter than context_length (down to one token), and on a batch of one."""
     model = gpt_model(CFG, 130)
-    inputs = [randint(131, CFG["vocab_size"], 2, 5), randint(132, CFG["vocab_size"], 3, 1)]
+    inputs = [randint(131, CFG["vocab_size"], 2, 5), randint(132, CFG["vocab_size"], 3, 1),
+              randint(133, CFG["vocab_size"], 1, 6)]
     with explain_errors(state_dict_mismatch, shape_mismatch(HINT_POSITIONS), POSITION_IDS):
-        got = submission.run(run_module, class_name="GPTModel", init={"cfg": CFG}, state=model.state_dict(),
-                             inputs=inputs)
+        got = submission.run(run_module_on_parts, stand_ins=MODEL_PARTS, class_name="GPTModel", init={"cfg": CFG},
+                             state=model.state_dict(), inputs=inputs)
     for idx, out in zip(inputs, got):
         with torch.no_grad():
             expected = model(idx)
@@ -504,31 +614,33 @@ def test_gpt_model_shorter_input(submission):
 
 
 @pytest.mark.points(1)
-@pytest.mark.depends_on("test_layer_norm", "test_transformer_block")
-@pytest.mark.runs(*MODEL)
+@pytest.mark.runs("GPTModel")
+@pytest.mark.stand_ins(*MODEL_PARTS)
 def test_gpt_model_is_causal(submission):
     """GPTModel: the logits at a position do not depend on later tokens, and do depend on earlier ones."""
     model = gpt_model(dict(CFG, drop_rate=0.0), 140)
     idx = randint(141, CFG["vocab_size"], 2, CFG["context_length"])
     try:
         with explain_errors(POSITION_IDS):
-            expect_causal(submission, model, "GPTModel", {"cfg": dict(CFG, drop_rate=0.0)}, idx,
-                          what="GPTModel logits", vocab_size=CFG["vocab_size"])
+            expect_causal(OnStandIns(submission, MODEL_PARTS), model, "GPTModel", {"cfg": dict(CFG, drop_rate=0.0)},
+                          idx, what="GPTModel logits", vocab_size=CFG["vocab_size"])
     except GradingFailure as failure:
         # The attention (chapter 3's, from the setup cell) is masked: the hint about masking does not fit here.
         raise GradingFailure(str(failure).replace(HINT_MASK, HINT_MODEL_CAUSAL)) from None
 
 
 @pytest.mark.points(1)
-@pytest.mark.depends_on("test_gpt_model_logits", "test_transformer_block_dropout_in_training")
-@pytest.mark.runs(*MODEL)
+@pytest.mark.depends_on("test_gpt_model_logits")
+@pytest.mark.runs("GPTModel")
+@pytest.mark.stand_ins(*MODEL_PARTS)
 def test_gpt_model_dropout_in_training(submission):
     """GPTModel applies drop_emb to the sum of token and position embeddings, in train mode only."""
     for drop_rate in (0.5, 0.0):
         cfg = dict(CFG, drop_rate=drop_rate)
-        check_train_mode(submission, gpt_model(cfg, 150), "GPTModel", cfg, randint(151, cfg["vocab_size"], 2, 7),
-                         what="GPTModel", noun="model", eval_hint=HINT_MODEL,
-                         replay_hint="apply self.drop_emb to tok_embeds + pos_embeds, before the transformer blocks.",
+        check_train_mode(submission, gpt_model(cfg, 150), "GPTModel", MODEL_PARTS, cfg,
+                         randint(151, cfg["vocab_size"], 2, 7), what="GPTModel", noun="model", eval_hint=HINT_MODEL,
+                         replay_hint="apply self.drop_emb to the sum of the token and position embeddings, before "
+                                     "the transformer blocks (and nowhere else in GPTModel's forward).",
                          errors=(shape_mismatch(HINT_POSITIONS), POSITION_IDS))
 
 
@@ -538,10 +650,11 @@ TOY_VOCAB, TOY_EMB, TOY_CONTEXT = 23, 6, 16
 
 
 # (prompt ids, max_new_tokens, context_size): batches of prompts, one token, no new token; then contexts shorter
-# than prompt + new tokens, and a prompt already longer than the context.
+# than prompt + new tokens, a prompt already longer than the context, and one exactly as long as the context.
 GREEDY_CASES = [(randint(170, TOY_VOCAB, 3, 4), 6, TOY_CONTEXT), (randint(171, TOY_VOCAB, 1, 1), 3, TOY_CONTEXT),
                 (randint(172, TOY_VOCAB, 2, 5), 0, TOY_CONTEXT)]
-CROP_CASES = [(randint(180, TOY_VOCAB, 2, 3), 6, 5), (randint(181, TOY_VOCAB, 1, 9), 4, 6)]
+CROP_CASES = [(randint(180, TOY_VOCAB, 2, 3), 6, 5), (randint(181, TOY_VOCAB, 1, 9), 4, 6),
+              (randint(182, TOY_VOCAB, 2, 5), 3, 5)]
 
 
 def toy_weights():
@@ -561,9 +674,10 @@ def generate_with(model, idx, max_new_tokens, context_size, *, crop="last", posi
 
 
 GENERATION_MISTAKES = [
-    Mistake("keeping the FIRST context_size tokens", "crop to the last ones: idx[:, -context_size:].", crop="first"),
-    Mistake("choosing from the logits of the first position", "the next token is predicted by the last position: "
-            "logits[:, -1, :].", position=0),
+    Mistake("keeping the FIRST context_size tokens", "keep the LAST context_size tokens: slice from the end.",
+            crop="first"),
+    Mistake("choosing from the logits of the first position", "the next token is scored by the LAST position's "
+            "logits (index -1 of the token dimension).", position=0),
 ]
 
 
@@ -586,7 +700,8 @@ def generation_hint(ids, weights, case) -> str:
     if named:
         return named
     if isinstance(ids, torch.Tensor) and tuple(ids.shape) == (prompt.shape[0], max_new_tokens):
-        return "return the prompt followed by the new tokens: torch.cat((idx, idx_next), dim=1) each step."
+        return ("return the prompt followed by the new tokens: append each new token to idx (along dim=1) and "
+                "return idx, of shape (batch, n + max_new_tokens).")
     return ("append the argmax of the last position's logits, one token per step, max_new_tokens times "
             "(greedy decoding: no sampling).")
 
