@@ -7,12 +7,18 @@ effect and the total norm of the gradients it is about to apply. That shows when
 the gradients were clipped, and from which step, without looking at the student's code.
 
 The model of the run has its output head scaled up, so that every raw gradient norm is well above 1: a clipped
-step then has a norm of exactly 1.0, an unclipped one does not.
+step then has a norm of exactly 1.0, an unclipped one does not. The run is set up to show the bugs of a loop
+alone: `train_model` runs on a correct stand-in of `learning_rate_at` (probe_kit/training_parts.py), so that a
+wrong schedule costs only its own test; the model is handed over in eval mode (a loop that never switches it to
+training mode trains its first steps without dropout); the optimizer has two parameter groups (a rate set in the
+first one only shows); and the run asks for the print edition's clipping rule (`orig_book_version=True`).
 
 Edge cases where the book's editions differ, and what is accepted:
 - Clipping at step `warmup_steps` itself: the print edition clips only after it (`global_step > warmup_steps`),
-  the book's repository from it on (`>=`, its `orig_book_version=False`). Both are accepted; before it no
-  step may be clipped, after it every step must be.
+  the book's repository from it on (`>=`), unless `orig_book_version=True` asks for the print edition's rule.
+  The run passes `orig_book_version=True`, so both the repository's code and the print edition's (which has no
+  flag and always clips after the warmup step) must leave step `warmup_steps` unclipped; a loop that ignores the
+  flag and clips from `warmup_steps` on fails. The default rule (`>=`) is not graded.
 - The schedule is pinned to float32 precision (to 1e-6 of the peak rate), so that a schedule computed with torch
   tensors instead of math passes; `warmup_steps=0` is not graded (the book's code divides by zero there).
 - Losses are compared loosely (2% relative): they depend on the clipping condition at `warmup_steps`.
@@ -35,6 +41,7 @@ from graders.shared.gpt_training import (
     GPT2_TINY,
     LOSS_TYPE_HINT,
     as_numbers,
+    expect_floats,
     expect_returned,
     gpt,
     train_here,
@@ -102,17 +109,18 @@ def schedule_with(step, total_steps, warmup_steps, peak_lr, initial_lr=3e-05, mi
 
 SCHEDULE_MISTAKES = [
     Mistake("a warmup one step ahead (counting steps from 1)",
-            "step 0 gets initial_lr exactly: lr = initial_lr + step * lr_increment.", mistake="warmup ahead"),
+            "step 0 gets initial_lr exactly, and each later warmup step one increment more.", mistake="warmup ahead"),
     Mistake("a warmup that starts at 0 instead of initial_lr",
-            "lr = initial_lr + step * (peak_lr - initial_lr) / warmup_steps.", mistake="warmup from zero"),
-    Mistake("a cosine progress measured over all steps", "progress = (step - warmup_steps) / (total_steps - "
-            "warmup_steps): the decay spans the steps after the warmup.", mistake="progress over all steps"),
-    Mistake("a cosine progress counted from step 0", "count the progress from the end of the warmup: (step - "
-            "warmup_steps) / ...", mistake="progress from step 0"),
-    Mistake("a constant rate after the warmup", "after the warmup, decay along half a cosine: min_lr + (peak_lr - "
-            "min_lr) * 0.5 * (1 + cos(pi * progress)).", mistake="no decay"),
-    Mistake("a cosine decay to 0 instead of min_lr", "min_lr + (peak_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * "
-            "progress)).", mistake="decay to zero"),
+            "the warmup climbs in a straight line from initial_lr (at step 0) towards peak_lr.",
+            mistake="warmup from zero"),
+    Mistake("a cosine progress measured over all steps", "the decay spans the steps after the warmup only: divide "
+            "the steps since the warmup by the number of steps after it.", mistake="progress over all steps"),
+    Mistake("a cosine progress counted from step 0", "count the progress from the end of the warmup: it is 0 at "
+            "step warmup_steps.", mistake="progress from step 0"),
+    Mistake("a constant rate after the warmup", "after the warmup, decay along half a cosine from peak_lr down "
+            "towards min_lr (section D.2's formula).", mistake="no decay"),
+    Mistake("a cosine decay to 0 instead of min_lr", "the cosine goes from peak_lr down to min_lr: min_lr plus the "
+            "cosine's share of (peak_lr - min_lr).", mistake="decay to zero"),
 ]
 
 SCHEDULE_CONFIGS = [
@@ -135,9 +143,9 @@ def schedule_hint(config, values):
 
     return name_mistake(values, SCHEDULE_MISTAKES, partial(schedule, config), matches=same_rates,
                         yours="your rates are") or (
-        "warmup while step < warmup_steps: initial_lr + step * (peak_lr - initial_lr) / warmup_steps; then min_lr + "
-        "(peak_lr - min_lr) * 0.5 * (1 + cos(pi * progress)) with progress = (step - warmup_steps) / (total_steps - "
-        "warmup_steps).")
+        "while step < warmup_steps, the straight line of D.1 from initial_lr towards peak_lr; from then on, the "
+        "half cosine of D.2 from peak_lr to min_lr, its progress going from 0 at the end of the warmup towards 1 "
+        "at total_steps.")
 
 
 @pytest.mark.points(3)
@@ -200,7 +208,7 @@ def test_find_highest_gradient(submission):
         expected = highest_with(gradients)
         if expected is None:
             expect_true(value is None, what=what, problem=f"expected None, got {type(value).__name__}.",
-                        hint="start with max_grad = None and skip parameters whose .grad is None.")
+                        hint="start without a maximum (None) and skip parameters whose .grad is None.")
             continue
         value = as_number(value, what=what, type_hint=LOSS_TYPE_HINT)
         expect_close(value, torch.tensor(expected, dtype=torch.float64), what=what, atol=1e-6, rtol=1e-6,
@@ -212,10 +220,14 @@ def test_find_highest_gradient(submission):
 TRAINING = {"batch_size": 2, "lr": 5e-3, "seed": 123}
 WARMUP = 3
 TRAINING_ARGUMENTS = {"n_epochs": 3, "eval_freq": 4, "eval_iter": 1, "start_context": "Every effort moves you",
-                      "warmup_steps": WARMUP, "initial_lr": 1e-4, "min_lr": 1e-4}
+                      "warmup_steps": WARMUP, "initial_lr": 1e-4, "min_lr": 1e-4, "orig_book_version": True}
 TOTAL_STEPS = 12  # 4 batches in each of 3 epochs
 RETURNED = ("train_losses", "val_losses", "track_tokens_seen", "track_lrs")
-WHAT_RUN = f"train_model (3 epochs of 4 batches, warmup_steps={WARMUP})"
+WHAT_RUN = f"train_model (3 epochs of 4 batches, warmup_steps={WARMUP}, orig_book_version=True)"
+# The part train_model may call, replaced by a correct stand-in: a wrong schedule costs only its own test.
+PARTS = ("learning_rate_at",)
+# How the student's loop runs (see the module's docstring).
+RUN_OPTIONS = {"stand_ins": PARTS, "eval_first": True, "two_groups": True}
 
 
 def run_state():
@@ -233,12 +245,25 @@ def run_data():
 
 def run(loop, state):
     """training_run (chapter 5's probe) with `loop` as the student's train_model, here on the trusted side."""
-    return train_here(loop, "train_model", GPT2_TINY, state, *run_data(), TRAINING, TRAINING_ARGUMENTS)
+    return train_here(loop, "train_model", GPT2_TINY, state, *run_data(), TRAINING, TRAINING_ARGUMENTS, **RUN_OPTIONS)
 
 
 @functools.cache
 def reference_run():
     return run(ref.train_model, run_state())
+
+
+@functools.cache
+def first_norm_without_dropout() -> float:
+    """The gradient norm of the run's first step in eval mode (no dropout): what a loop that never switches the
+    model to training mode applies at step 0."""
+    model = gpt(31, GPT2_TINY)
+    model.load_state_dict(run_state())
+    inputs, targets = run_data()[0]
+    batch = slice(0, TRAINING["batch_size"])
+    logits = model.eval()(inputs[batch])
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets[batch].flatten()).backward()
+    return math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in model.parameters() if p.grad is not None))
 
 
 STUDENT_RUN = pytest.StashKey[dict]()
@@ -253,7 +278,7 @@ def student_run(submission, request):
         try:
             stash[STUDENT_RUN] = {"result": submission.run(
                 training_run, function="train_model", cfg=GPT2_TINY, state=run_state(), train_data=train_data,
-                val_data=val_data, settings=TRAINING, arguments=TRAINING_ARGUMENTS)}
+                val_data=val_data, settings=TRAINING, arguments=TRAINING_ARGUMENTS, **RUN_OPTIONS)}
         except (StudentCodeError, StudentTimeout) as exc:
             stash[STUDENT_RUN] = {"error": exc}
     if "error" in stash[STUDENT_RUN]:
@@ -268,10 +293,13 @@ def expected_schedule():
 
 
 @pytest.mark.points(2)
-@pytest.mark.depends_on("test_learning_rate_at")
-@pytest.mark.runs("train_model", "learning_rate_at")
+@pytest.mark.runs("train_model")
+@pytest.mark.stand_ins(*PARTS)
 def test_train_model_schedule(submission, request):
-    """train_model sets the scheduled learning rate before every step and returns it (track_lrs)."""
+    """train_model sets the scheduled learning rate in every parameter group before every step, and returns it.
+
+    Runs on a correct learning_rate_at, with an optimizer of two parameter groups.
+    """
     got = student_run(submission, request)
     result = expect_returned(got.result, RETURNED, what=WHAT_RUN)
     expected = expected_schedule()
@@ -280,8 +308,16 @@ def test_train_model_schedule(submission, request):
     tolerance = SCHEDULE_RTOL * TRAINING["lr"]
     expect_close(track_lrs, expected, what=f"{WHAT_RUN}: the returned track_lrs", atol=tolerance, rtol=SCHEDULE_RTOL,
                  hint=partial(returned_rates_hint, track_lrs))
-    expect_close(in_effect, expected, what=f"{WHAT_RUN}: the learning rate in effect at each optimizer.step()",
+    expect_close(in_effect, expected, what=f"{WHAT_RUN}: the learning rate in effect at each optimizer step",
                  atol=tolerance, rtol=SCHEDULE_RTOL, hint=partial(rates_in_effect_hint, in_effect, expected))
+    for group in range(1, len(got.rates[0]) if got.rates else 1):
+        in_group = torch.tensor([step_rates[group] for step_rates in got.rates], dtype=torch.float64)
+        expect_close(in_group, expected, what=f"{WHAT_RUN}: the learning rate of parameter group {group} (the second) "
+                     "at each optimizer step", atol=tolerance, rtol=SCHEDULE_RTOL, hint=(
+                         "your rate reaches the first parameter group only: an optimizer may have several groups "
+                         "(here two: weights with and without weight decay), and each has its own 'lr'; set it in "
+                         "every group of optimizer.param_groups."))
+    expect_floats(result[3], what=f"{WHAT_RUN}: track_lrs")
 
 
 def returned_rates_hint(track_lrs: torch.Tensor) -> str:
@@ -294,54 +330,78 @@ def returned_rates_hint(track_lrs: torch.Tensor) -> str:
     if track_lrs.shape[0] == TOTAL_STEPS and torch.allclose(track_lrs, torch.tensor(rates_seen, dtype=torch.float64)):
         return ("your rates are exactly what reading peak_lr from the optimizer at every step gives: read it "
                 "once, before the loop, since the loop overwrites the optimizer's rate.")
-    return ("one rate per step: learning_rate_at(global_step, len(train_loader) * n_epochs, warmup_steps, "
-            "peak_lr, initial_lr, min_lr), with peak_lr read from optimizer.param_groups[0]['lr'] before the loop.")
+    return ("one rate per step: the schedule of D.1 and D.2 at global_step, over len(train_loader) * n_epochs steps, "
+            "with the peak read once from the optimizer's first parameter group, before the loop.")
 
 
 def rates_in_effect_hint(in_effect: torch.Tensor, expected: torch.Tensor) -> str:
     """The hint for wrong rates in effect at each step: one step late, else where to set them."""
     if in_effect.shape[0] == TOTAL_STEPS and torch.allclose(in_effect[1:], expected[:-1], rtol=1e-5):
-        return ("each optimizer step used the rate of the step before: set the rate of every param_group "
-                "before optimizer.step() (the book sets it right after zero_grad).")
-    return "set param_group['lr'] = lr for every group of optimizer.param_groups before optimizer.step()."
+        return ("each optimizer step used the rate of the step before: set the rate of every parameter group "
+                "before the optimizer's step (the book sets it right after resetting the gradients).")
+    return "set the rate (the 'lr' entry) of every group of optimizer.param_groups before the optimizer's step."
+
+
+def first_step_hint(norm: float) -> str:
+    """The hint for a wrong gradient norm at step 0: computed without dropout, else gradients left over."""
+    if abs(norm - first_norm_without_dropout()) <= 1e-3 * norm:
+        return ("your first step's gradients are those of the model in eval mode (no dropout): switch the model "
+                "to training mode (its train() method) at the start of every epoch, as chapter 5 does; the model "
+                "you are given may be in eval mode.")
+    return ("reset the gradients at the start of every step (the optimizer's zero_grad), then backward(): the "
+            "optimizer must apply this batch's gradients only.")
+
+
+CLIP_HINT = ("clip the gradients of all the model's parameters to a total norm of 1.0 (torch.nn.utils.clip_grad_norm_)"
+             " after backward() and before the optimizer's step. Clipping before backward() clips nothing: "
+             "backward() makes the gradients.")
 
 
 @pytest.mark.points(2)
-@pytest.mark.runs("train_model", "learning_rate_at")
+@pytest.mark.runs("train_model")
+@pytest.mark.stand_ins(*PARTS)
 def test_train_model_clipping(submission, request):
-    """train_model clips the gradients to norm 1 after backward, from the end of the warmup on, never before it."""
-    records = student_run(submission, request).records
-    expect_true(isinstance(records, list) and len(records) == TOTAL_STEPS, what=WHAT_RUN, problem=f"called "
-                f"optimizer.step() {len(records)} times, expected {TOTAL_STEPS} (once per batch).",
-                hint="one optimizer.step() per batch.")
+    """train_model clips the gradients to norm 1 after the warmup step, never before it (orig_book_version=True).
+
+    Runs on a correct learning_rate_at, from a model handed over in eval mode.
+    """
+    got = student_run(submission, request)
+    records = got.records
+    expect_true(isinstance(records, list) and len(records) == TOTAL_STEPS, what=WHAT_RUN, problem=f"stepped the "
+                f"optimizer {len(records)} times, expected {TOTAL_STEPS} (once per batch).",
+                hint="one optimizer step per batch.")
     reference_records = reference_run().records
-    rates_match = torch.allclose(torch.tensor([r[0] for r in records], dtype=torch.float64), expected_schedule(),
-                                 rtol=1e-5)
+    # Whether every group got the scheduled rates: only then are the weights, and so later gradients, the reference's.
+    rates_match = len(got.rates) == TOTAL_STEPS and all(
+        torch.allclose(torch.tensor(group, dtype=torch.float64), expected_schedule(), rtol=1e-5)
+        for group in zip(*got.rates))
     norms = [record[1] for record in records]
     for step, norm in enumerate(norms):
         what = f"{WHAT_RUN}: the gradients applied at step {step}"
         if step < WARMUP:
             expect_true(norm > 1.0 + 1e-3, what=what, problem=f"have a total norm of {norm:.4f}: they were clipped "
-                        "during the warmup.", hint="clip only from the end of the warmup on: if global_step >= "
-                                                   "warmup_steps (the print edition: >).")
+                        "during the warmup.", hint="clip only once the warmup is over (from step warmup_steps on, "
+                                                   "or after it with orig_book_version=True).")
             if step == 0 or rates_match:
                 raw = reference_records[step][1]
                 expect_true(abs(norm - raw) <= 1e-3 * raw, what=what, problem=f"have a total norm of {norm:.4f}, "
-                            "not the norm of this step's loss gradients.", hint="zero the gradients at every step "
-                            "(optimizer.zero_grad()), then loss.backward(): the optimizer applies this batch's "
-                            "gradients only.")
-        elif step > WARMUP:
+                            f"not {raw:.4f}, the norm of this step's loss gradients.",
+                            hint=partial(first_step_hint, norm if step == 0 else -1.0))
+        elif step == WARMUP:
+            expect_true(norm > 1.0 + 1e-3, what=what, problem=f"have a total norm of {norm:.4f}: they were clipped "
+                        "at step warmup_steps although orig_book_version=True asks for the print edition's rule.",
+                        hint="with orig_book_version=True, clip only after the warmup step (global_step > "
+                             "warmup_steps); by default, from it on (>=). Your loop ignores the flag.")
+        else:
             problem = f"have a total norm of {norm:.4f}, not 1.0: " + (
                 "they were not clipped." if norm > 1.0 else "they were clipped to another norm.")
-            expect_true(abs(norm - 1.0) <= 1e-3, what=what, problem=problem, hint=(
-                "after loss.backward() and before optimizer.step(): torch.nn.utils.clip_grad_norm_("
-                "model.parameters(), max_norm=1.0). Clipping before backward() clips nothing: backward() makes "
-                "the gradients."))
+            expect_true(abs(norm - 1.0) <= 1e-3, what=what, problem=problem, hint=CLIP_HINT)
 
 
 @pytest.mark.points(2)
-@pytest.mark.depends_on("test_learning_rate_at", "test_train_model_schedule")
-@pytest.mark.runs("train_model", "learning_rate_at")
+@pytest.mark.depends_on("test_train_model_schedule")
+@pytest.mark.runs("train_model")
+@pytest.mark.stand_ins(*PARTS)
 def test_train_model_returns(submission, request):
     """train_model returns one loss pair and token count per evaluation and one rate per step; losses loosely."""
     train_losses, val_losses, tokens_seen, track_lrs = expect_returned(student_run(submission, request).result,
@@ -351,10 +411,11 @@ def test_train_model_returns(submission, request):
                  hint="append the rate of every step, not of every evaluation or epoch.")
     expect_equal([t.item() if isinstance(t, torch.Tensor) else t for t in tokens_seen], list(expected_tokens),
                  what=f"{WHAT_RUN}: track_tokens_seen", hint="evaluate after steps 0, eval_freq, 2 * eval_freq, "
-                                                             "... and add input_batch.numel() at every step.")
+                                                             "... and count every token of each batch.")
     for name, values, expected in (("train_losses", train_losses, expected_train),
                                    ("val_losses", val_losses, expected_val)):
         expect_close(rates(values, what=f"{WHAT_RUN}: {name}"), torch.tensor(expected, dtype=torch.float64),
                      what=f"{WHAT_RUN}: {name} (compared loosely, to 2%)", atol=1e-2, rtol=2e-2,
                      hint="evaluate_model(model, train_loader, val_loader, device, eval_iter) every eval_freq steps; "
                           "the losses of a correct run differ from the reference's only slightly.")
+    expect_floats(train_losses + val_losses, what=f"{WHAT_RUN}: train_losses and val_losses")

@@ -6,6 +6,16 @@ a student whose chapter 4 is broken can still do chapter 5. The losses run on th
 compared token for token or step for step (greedy and sampled generation, the training run, whose dropout
 draws from the random generator) runs on the CPU, where a fixed seed gives the same numbers as the reference.
 
+A bug costs the points of its own function: the composites (calc_loss_loader, evaluate_model,
+generate_and_print_sample, train_model_simple) run on correct stand-ins of the parts they call
+(probe_kit/training_parts.py), so that, say, a broken calc_loss_batch costs only its own test. The checkpoint's
+round trip is the one test of two definitions together (PARTS_FIT). Beyond the book's outputs, the grader
+probes: batches used before they are moved to the device (probe_kit's OnHost batches fail on a CPU as a CPU
+batch fails on a GPU), a loss kept as a tensor where a float is promised (calc_loss_loader, the training loop's
+lists), a training loop that never switches the model to training mode (it is handed over in eval mode), top-k
+on a batch whose rows have different thresholds, and sampling from logits in the hundreds (a softmax computed
+by hand overflows). `generate`'s context_size has no default in the book or here, so a None context is not graded.
+
 Edge cases where the book's editions and the course differ, and what is accepted:
 - `generate` on a batch of several prompts with `top_k` or `eos_id`: the book's code handles one prompt at a
   time and raises a RuntimeError for a batch there. That error is accepted; a result, when one comes back,
@@ -41,6 +51,7 @@ from graders.shared.gpt_training import (
     check_calc_loss_batch,
     check_evaluate_model,
     dividing_by_zero,
+    expect_floats,
     expect_loader_loss,
     expect_returned,
     expect_trained,
@@ -57,9 +68,18 @@ with plain_imports():
     from reference.tiktoken_offline import get_gpt2_tokenizer
 
 
-# The student's code that evaluating and printing a sample run (@pytest.mark.runs), as the book writes them.
-EVALUATE = ("evaluate_model", "calc_loss_loader", "calc_loss_batch")
-SAMPLE = ("generate_and_print_sample", "text_to_token_ids", "token_ids_to_text")
+# The parts that the composites call, as the book writes them: a test of a composite runs the student's composite
+# on probe_kit's correct stand-ins of them (probe_kit/training_parts.py), so that a bug in a part costs only the
+# part's own tests.
+LOSS_PARTS = ("calc_loss_batch",)
+EVALUATE_PARTS = ("calc_loss_loader", "calc_loss_batch")
+SAMPLE_PARTS = ("text_to_token_ids", "token_ids_to_text")
+TRAINING_PARTS = ("calc_loss_batch", "calc_loss_loader", "evaluate_model", "generate_and_print_sample",
+                  "text_to_token_ids", "token_ids_to_text")
+
+# The one test that runs several of the student's definitions together, and why.
+PARTS_FIT = {"test_checkpoint_round_trip": "a checkpoint is a round trip: what save_checkpoint writes must be "
+                                           "exactly what load_checkpoint reads back."}
 
 # A small GPT for losses, generation and checkpoints (GPT2_TINY, with GPT-2's vocabulary, is for what goes through
 # tiktoken: samples printed during training).
@@ -67,12 +87,12 @@ SMALL = {"vocab_size": 61, "context_length": 8, "emb_dim": 12, "n_heads": 3, "n_
          "qkv_bias": False}
 VOCAB = SMALL["vocab_size"]
 
-HINT_FLATTEN = ("cross_entropy takes logits of shape (N, vocab_size) and targets of shape (N,): flatten both with "
-                "logits.flatten(0, 1) and target_batch.flatten().")
+HINT_FLATTEN = ("cross_entropy takes logits of shape (N, vocab_size) and targets of shape (N,): flatten the batch and "
+                "token dimensions of both together (N = batch * num_tokens), as section 5.1.2 does.")
 
 # tokenizer.decode got a list of lists: the batch dimension was not removed.
 decoding_a_batch = error_mentions("'list' object cannot be interpreted as an integer", hint=(
-    "tokenizer.decode takes a flat list of ids: remove the batch dimension with token_ids.squeeze(0) first."))
+    "tokenizer.decode takes a flat list of ids: remove the batch dimension (squeeze dim 0) before decoding."))
 
 
 # -- probes: run in the worker against the student's module (and chapter 5's shared ones: gpt_training.py) ------
@@ -87,20 +107,22 @@ def with_gpt2_tokenizer(student, name, values):
 
 
 @probe(returns=Fields("printed", "training_after"))
-def printed_sample(student, cfg, state, start_context):
+def printed_sample(student, cfg, state, start_context, stand_ins=()):
     """What generate_and_print_sample printed (.printed) and the model's mode afterwards (.training_after), on the
-    CPU."""
+    CPU, with the student's functions named in `stand_ins` replaced by probe_kit's correct ones."""
     import contextlib
     import io
 
     import tiktoken
+    from probe_kit.parts import replaced
     from probe_kit.training import loaded_gpt
+    from probe_kit.training_parts import stand_ins_for
 
     from reference.gpt import GPTModel
 
     model = loaded_gpt(GPTModel, cfg, state).train()
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    with replaced(student, **stand_ins_for(*stand_ins)), contextlib.redirect_stdout(printed):
         student.generate_and_print_sample(model, tiktoken.get_encoding("gpt2"), "cpu", start_context)
     return {"printed": printed.getvalue(), "training_after": model.training}
 
@@ -177,8 +199,8 @@ def test_text_to_token_ids(submission):
     got = submission.run(with_gpt2_tokenizer, name="text_to_token_ids", values=TEXTS)
     for ids, text in zip(got, TEXTS):
         expect_equal(ids, ref.text_to_token_ids(text, get_gpt2_tokenizer()), what=f"token ids of {text!r}",
-                     hint="tokenizer.encode(text, allowed_special={'<|endoftext|>'}), then torch.tensor(...)"
-                          ".unsqueeze(0) to add the batch dimension.")
+                     hint="encode with the tokenizer, allowing the special token <|endoftext|> (allowed_special), "
+                          "then add a batch dimension in front (unsqueeze at dim 0): shape (1, num_tokens).")
 
 
 @pytest.mark.points(1)
@@ -191,8 +213,8 @@ def test_token_ids_to_text(submission):
         got = submission.run(with_gpt2_tokenizer, name="token_ids_to_text", values=id_tensors)
     for text, ids in zip(got, id_tensors):
         expect_equal(text, ref.token_ids_to_text(ids, tokenizer), what=f"text decoded from ids of shape "
-                     f"{tuple(ids.shape)}", hint="remove the batch dimension with token_ids.squeeze(0), then "
-                                                 "tokenizer.decode(flat.tolist()).")
+                     f"{tuple(ids.shape)}", hint="remove the batch dimension (squeeze dim 0; a tensor without "
+                                                 "one stays as it is), then decode the ids as a Python list.")
 
 
 # -- section 5.1.2: the loss ------------------------------------------------------------------------------------
@@ -216,45 +238,57 @@ def loss_with(model, inputs, targets, mistake=None):
 
 LOSS_MISTAKES = [
     Mistake("comparing the logits with the inputs instead of the targets",
-            "the targets are the inputs shifted by one token: use target_batch.", mistake="inputs as targets"),
+            "the targets are the inputs shifted by one token: compare the logits with target_batch.",
+            mistake="inputs as targets"),
     Mistake("shifting the targets once more", "target_batch is already shifted by one (the data loader did it): "
-            "compare logits[:, j] with target_batch[:, j].", mistake="targets shifted again"),
+            "the logits at position j are compared with target_batch at position j.", mistake="targets shifted again"),
     Mistake("summing the losses instead of averaging them", "use cross_entropy's default reduction (the mean).",
             mistake="sum"),
     Mistake("a softmax before cross_entropy", "cross_entropy applies log-softmax itself: pass it the raw logits.",
             mistake="softmax first"),
-    Mistake("the loss of the last position only", "every position of every sequence is one example: flatten the "
-            "logits to (batch * num_tokens, vocab_size).", mistake="last position"),
+    Mistake("the loss of the last position only", "every position of every sequence is one example: the logits "
+            "become (batch * num_tokens, vocab_size).", mistake="last position"),
 ]
 
 
 @pytest.mark.points(2)
 @pytest.mark.runs("calc_loss_batch")
 def test_calc_loss_batch(submission):
-    """calc_loss_batch: the mean cross-entropy of the next token over every position, with its gradients."""
+    """calc_loss_batch: the mean cross-entropy of the next token over every position, with its gradients.
+
+    The batches come as a data loader yields them: they must be moved to the device before they are used.
+    """
     check_calc_loss_batch(submission, ref, partial(gpt, 123, SMALL), SMALL, [windows(1, 2, 6, VOCAB),
                                                                             windows(2, 3, 8, VOCAB)],
                           gradients_of=("out_head.weight", "tok_emb.weight"), loss_with=loss_with,
                           mistakes=LOSS_MISTAKES, hint=HINT_FLATTEN, mean_over="every position",
-                          gradient_hint="the loss must be computed from model(input_batch) by cross_entropy.")
+                          gradient_hint="the loss must be computed by cross_entropy from the model's logits for "
+                                        "input_batch.", on_host=True)
 
 
 LOADER_MISTAKES = [
     Mistake("dividing by num_batches when the loader has fewer batches",
-            "use min(num_batches, len(data_loader)) batches, and divide by that number.", mistake="not capped"),
+            "cut num_batches to the length of the loader, and divide by the number of batches used.",
+            mistake="not capped"),
     NUM_BATCHES_IGNORED,
     Mistake("the sum of the batch losses instead of their average", "divide the total by the number of batches.",
             mistake="sum"),
 ]
 
 
-@pytest.mark.points(2)
-@pytest.mark.depends_on("test_calc_loss_batch")
-@pytest.mark.runs("calc_loss_loader", "calc_loss_batch")
-def test_calc_loss_loader(submission):
-    """calc_loss_loader: the average batch loss over all or the first num_batches batches; NaN when empty.
+# What a loss that should be a float, but is a tensor, is told.
+FLOAT_HINT = ("add the batch losses as Python numbers (each batch loss's .item()), so that the average is a float: "
+              "a tensor would keep the whole computation graph of its batch alive in the lists of the training "
+              "loop.")
 
-    num_batches larger than the loader is cut to its length.
+
+@pytest.mark.points(2)
+@pytest.mark.runs("calc_loss_loader")
+@pytest.mark.stand_ins(*LOSS_PARTS)
+def test_calc_loss_loader(submission):
+    """calc_loss_loader: the average batch loss (a float) over all or the first num_batches batches; NaN when empty.
+
+    num_batches larger than the loader is cut to its length. Runs on a correct calc_loss_batch.
     """
     model = gpt(123, SMALL)
     inputs, targets = windows(3, 10, 6, VOCAB)
@@ -263,37 +297,47 @@ def test_calc_loss_loader(submission):
     cases = [(10, 2, None), (10, 2, 2), (10, 2, 9), (7, 2, None), (0, 2, None)]
     with explain_errors(dividing_by_zero):
         got = submission.run(loader_values, name="calc_loss_loader", cfg=SMALL, state=model.state_dict(),
-                             inputs=inputs, targets=targets, cases=cases)
+                             inputs=inputs, targets=targets, cases=cases, stand_ins=LOSS_PARTS)
     for result, (rows, batch_size, num_batches) in zip(got, cases):
         loader = reference_loader((inputs[:rows], targets[:rows]), batch_size)
         what = f"calc_loss_loader on {len(loader)} batches" + ("" if num_batches is None else
                                                                f" with num_batches={num_batches}")
         expect_loader_loss(as_number(result.value, what=what, type_hint=LOSS_TYPE_HINT), ref, model, loader,
                            num_batches, what=what, mistakes=LOADER_MISTAKES)
+        expect_true(not isinstance(result.value, torch.Tensor), what=what, problem="is a tensor, not a Python float.",
+                    hint=FLOAT_HINT)
+
 
 
 # -- section 5.2: training --------------------------------------------------------------------------------------
 
 @pytest.mark.points(1)
-@pytest.mark.depends_on("test_calc_loss_loader")
-@pytest.mark.runs(*EVALUATE)
+@pytest.mark.runs("evaluate_model")
+@pytest.mark.stand_ins(*EVALUATE_PARTS)
 def test_evaluate_model(submission):
-    """evaluate_model: training and validation loss over eval_iter batches in eval mode; training mode restored."""
+    """evaluate_model: training and validation loss over eval_iter batches in eval mode; training mode restored.
+
+    Runs on a correct calc_loss_loader.
+    """
     check_evaluate_model(submission, ref, gpt(7, SMALL), SMALL, windows(4, 8, 6, VOCAB), windows(5, 6, 6, VOCAB),
-                         type_hint=LOSS_TYPE_HINT)
+                         type_hint=LOSS_TYPE_HINT, stand_ins=EVALUATE_PARTS)
 
 
 SAMPLE_PROMPT = "Every evening\nthe lamp"
 
 
 @pytest.mark.points(1)
-@pytest.mark.depends_on("test_text_to_token_ids", "test_token_ids_to_text")
-@pytest.mark.runs(*SAMPLE)
+@pytest.mark.runs("generate_and_print_sample")
+@pytest.mark.stand_ins(*SAMPLE_PARTS)
 def test_generate_and_print_sample(submission):
-    """generate_and_print_sample: the prompt and 50 greedy tokens on one line; the model left in training mode."""
+    """generate_and_print_sample: the prompt and 50 greedy tokens on one line; the model left in training mode.
+
+    Runs on correct text_to_token_ids and token_ids_to_text.
+    """
     model = gpt(11, GPT2_TINY)
     with explain_errors(decoding_a_batch):
-        got = submission.run(printed_sample, cfg=GPT2_TINY, state=model.state_dict(), start_context=SAMPLE_PROMPT)
+        got = submission.run(printed_sample, cfg=GPT2_TINY, state=model.state_dict(), start_context=SAMPLE_PROMPT,
+                             stand_ins=SAMPLE_PARTS)
     captured = io.StringIO()
     with contextlib.redirect_stdout(captured):
         ref.generate_and_print_sample(model, get_gpt2_tokenizer(), "cpu", SAMPLE_PROMPT)
@@ -302,14 +346,15 @@ def test_generate_and_print_sample(submission):
 
     def diagnose():
         if isinstance(got.printed, str) and got.printed.replace("\n", " ").strip() == expected.strip():
-            return "replace the newlines of the decoded text by spaces: print(decoded_text.replace('\\n', ' '))."
-        return ("generate 50 new tokens with generate_text_simple(model=model, idx=encoded, max_new_tokens=50, "
-                "context_size=model.pos_emb.weight.shape[0]) in eval mode, decode them and print them on one line.")
+            return "replace each newline of the decoded text by a space before printing it (str.replace)."
+        return ("in eval mode, generate 50 new tokens with generate_text_simple, with the model's own context length "
+                "(the number of rows of its position embedding) as context_size; decode and print them on one line.")
 
     expect_true(isinstance(got.printed, str), what=what, problem="nothing could be read.", hint=None)
     expect_equal(got.printed, expected, what=what, hint=diagnose)
     expect_true(got.training_after is True, what="generate_and_print_sample",
-                problem="the model is left in eval mode.", hint="call model.train() at the end: training goes on.")
+                problem="the model is left in eval mode.", hint="switch it back to training mode at the end "
+                                                                "(its train() method): training goes on.")
 
 
 TRAINING = {"batch_size": 2, "lr": 5e-3, "seed": 123}
@@ -329,7 +374,8 @@ def mistaken_loop(mistake):
                            start_context, tokenizer):
         train_losses, val_losses, track, tokens_seen, step = [], [], [], 0, -1
         for _epoch in range(num_epochs):
-            model.train()
+            if mistake != "no train mode":
+                model.train()
             for x, y in train_loader:
                 if mistake != "no zero_grad":
                     optimizer.zero_grad()
@@ -339,8 +385,6 @@ def mistaken_loop(mistake):
                 step += 1
                 if (step + 1 if mistake == "steps from 1" else step) % eval_freq == 0:
                     losses = ref.evaluate_model(model, train_loader, val_loader, device, eval_iter)
-                    if mistake == "eval mode kept":
-                        model.eval()
                     train_losses.append(losses[0])
                     val_losses.append(losses[1])
                     track.append(tokens_seen)
@@ -350,19 +394,26 @@ def mistaken_loop(mistake):
     return train_model_simple
 
 
+# How the student's loop runs: on correct parts, from a model handed over in eval mode (so that a loop that never
+# switches to training mode shows).
+RUN_OPTIONS = {"stand_ins": TRAINING_PARTS, "eval_first": True}
+
+
 def run_with(loop, state, train_data, val_data, mistake=None):
     """What training_run gives with `loop` (or, with a `mistake`, mistaken_loop's) as train_model_simple."""
     loop = loop if mistake is None else mistaken_loop(mistake)
     return train_here(loop, "train_model_simple", GPT2_TINY, state, train_data, val_data, TRAINING,
-                      TRAINING_ARGUMENTS)
+                      TRAINING_ARGUMENTS, **RUN_OPTIONS)
 
 
 TRAINING_MISTAKES = [
     ZERO_GRAD_FORGOTTEN,
-    Mistake("training on in eval mode after the first evaluation (no dropout)", "evaluate_model must call "
-            "model.train() at its end, so that dropout is on again.", mistake="eval mode kept"),
+    Mistake("training the first steps without switching the model to training mode (no dropout)", "switch the "
+            "model to training mode (its train() method) at the start of every epoch: the model you are given may "
+            "be in eval mode, and evaluate_model only restores training mode after it ran.", mistake="no train mode"),
     STEPS_FROM_ONE,
-    Mistake("counting sequences instead of tokens", "tokens_seen += input_batch.numel().", mistake="sequences counted"),
+    Mistake("counting sequences instead of tokens", "count every token of the batch (its number of elements), not "
+            "its rows.", mistake="sequences counted"),
 ]
 
 
@@ -381,32 +432,34 @@ def same_run(got, candidate) -> bool:
 
 
 @pytest.mark.points(3)
-@pytest.mark.depends_on("test_calc_loss_batch", "test_evaluate_model", "test_generate_and_print_sample")
-@pytest.mark.runs("train_model_simple", *EVALUATE, *SAMPLE)
+@pytest.mark.runs("train_model_simple")
+@pytest.mark.stand_ins(*TRAINING_PARTS)
 def test_train_model_simple(submission):
-    """train_model_simple: a short seeded run gives the reference's losses, tokens seen and weights.
+    """train_model_simple: a short seeded run gives the reference's losses (floats), tokens seen and weights.
 
-    2 epochs of 3 batches, evaluating every 2 steps, with an AdamW and dropout, on the CPU.
+    2 epochs of 3 batches, evaluating every 2 steps, with an AdamW and dropout, on the CPU, from a model handed
+    over in eval mode; the loop runs on correct calc_loss_batch, evaluate_model and generate_and_print_sample.
     """
     state = gpt(5, GPT2_TINY).state_dict()
     train_data, val_data = training_data()
-    with explain_errors(decoding_a_batch):
-        got = submission.run(training_run, function="train_model_simple", cfg=GPT2_TINY, state=state,
-                             train_data=train_data, val_data=val_data, settings=TRAINING, arguments=TRAINING_ARGUMENTS)
+    got = submission.run(training_run, function="train_model_simple", cfg=GPT2_TINY, state=state,
+                         train_data=train_data, val_data=val_data, settings=TRAINING, arguments=TRAINING_ARGUMENTS,
+                         **RUN_OPTIONS)
     expected = run_with(ref.train_model_simple, state, train_data, val_data)
     what = "train_model_simple (2 epochs of 3 batches, evaluating every 2 steps)"
-    tokens_seen = expect_returned(got.result, RETURNED, what=what)[2]
+    train_losses, val_losses, tokens_seen = expect_returned(got.result, RETURNED, what=what)
 
     def diagnose():
         return name_mistake(got.result, TRAINING_MISTAKES, partial(run_with, None, state, train_data, val_data),
                             matches=same_run, yours="your run is") or (
-            "one optimizer step per batch (zero_grad, loss, backward, step), and an evaluation after steps 0, "
-            "eval_freq, 2 * eval_freq, ...")
+            "one optimizer step per batch (reset the gradients, the loss, backward, the optimizer's step), and an "
+            "evaluation after steps 0, eval_freq, 2 * eval_freq, ...")
 
     expect_equal([t.item() if isinstance(t, torch.Tensor) else t for t in tokens_seen], list(expected.result[2]),
                  what=f"{what}: track_tokens_seen", hint=diagnose)
     expect_trained(got, expected, RETURNED[:2], what=what, type_hint=LOSS_TYPE_HINT, hint=diagnose,
                    weights="final_norm.scale")
+    expect_floats(train_losses + val_losses, what=f"{what}: train_losses and val_losses")
 
 
 # -- section 5.3: decoding strategies ---------------------------------------------------------------------------
@@ -430,6 +483,9 @@ def generate_with(model, idx, max_new_tokens, context_size, temperature=0.0, top
             if mistake == "exactly k":
                 kept = torch.topk(logits, top_k).indices
                 logits = torch.full_like(logits, -torch.inf).scatter(1, kept, logits.gather(1, kept))
+            elif mistake == "row 0 threshold":
+                min_val = torch.topk(logits, top_k).values[0, -1]
+                logits = torch.where(logits < min_val, torch.full_like(logits, -torch.inf), logits)
             else:
                 k = top_k + 1 if mistake == "k plus 1" else top_k
                 min_val = torch.topk(logits, k).values[:, -1:]
@@ -516,16 +572,22 @@ def test_generate_greedy(submission):
     got = submission.run(generated, model_spec={"cfg": SMALL, "state": model.state_dict()}, cases=cases)
     for result, c in zip(got, cases):
         expect_generated(result, model, c, mistakes=[], hint=(
-            "with temperature 0, append torch.argmax(logits, dim=-1, keepdim=True) at every step, feeding the "
-            "model only the last context_size tokens."))
+            "with temperature 0, append each row's most likely token (the argmax over the vocabulary, kept as a "
+            "(batch, 1) column) at every step, feeding the model only the last context_size tokens."))
 
+
+# The probabilities of a softmax computed by hand overflowed (exp of large logits is inf, inf / inf is nan).
+overflowing_softmax = error_mentions("probability tensor contains", hint=(
+    "the probabilities hold inf or nan: exp() of logits in the hundreds overflows. Compute them with torch.softmax, "
+    "or subtract each row's largest logit before exponentiating (the softmax does not change)."))
 
 TEMPERATURE_MISTAKES = [
-    Mistake("multiplying the logits by the temperature", "divide them: logits / temperature.", mistake="multiplied"),
+    Mistake("multiplying the logits by the temperature", "divide the logits by the temperature instead.",
+            mistake="multiplied"),
     Mistake("sampling without the temperature", "divide the logits by the temperature before the softmax.",
             mistake="temperature ignored"),
-    Mistake("greedy decoding", "with temperature > 0, sample with torch.multinomial(probs, num_samples=1).",
-            mistake="greedy"),
+    Mistake("greedy decoding", "with temperature > 0, draw the next token from the softmax's probabilities "
+            "(torch.multinomial, one draw per row).", mistake="greedy"),
 ]
 
 
@@ -540,17 +602,31 @@ def test_generate_temperature(submission):
              case(randint(23, 61, 1, 2), seed=7, max_new_tokens=10, context_size=context, temperature=0.6),
              case(randint(24, 61, 3, 2), seed=3, max_new_tokens=6, context_size=context, temperature=2.0)]
     got = submission.run(generated, model_spec={"cfg": SMALL, "state": model.state_dict()}, cases=cases)
+    # Logits in the hundreds, as a confident model gives: exp() of them overflows float32 unless the softmax is
+    # computed stably (torch.softmax is).
+    large = 100.0 * tied_table()
+    large_cases = [case(torch.tensor([[2]]), seed=8, max_new_tokens=10, context_size=4, temperature=1.0)]
+    with explain_errors(overflowing_softmax):
+        got_large = submission.run(generated, model_spec={"table": large}, cases=large_cases)
+    for result, c in zip(got_large, large_cases):
+        expect_generated(result, table_model(large), c, mistakes=TEMPERATURE_MISTAKES, hint=(
+            "with logits in the hundreds, exp() overflows: compute the probabilities with torch.softmax, or subtract "
+            "each row's largest logit first."), what=describe(c) + " with logits in the hundreds")
     for result, c in zip(got, cases):
         expect_generated(result, model, c, mistakes=TEMPERATURE_MISTAKES, hint=(
-            "divide the logits by the temperature, take the softmax and draw the next token with "
-            "torch.multinomial(probs, num_samples=1): one call per step for the whole batch."))
+            "divide the logits by the temperature, take the softmax and draw the next token with torch.multinomial "
+            "(one draw per row): one call per step for the whole batch."))
 
 
 TOP_K_MISTAKES = [
     Mistake("keeping exactly k tokens (dropping tokens tied with the k-th largest logit)",
-            "keep every logit >= the k-th largest: torch.where(logits < min_val, -inf, logits).", mistake="exactly k"),
-    Mistake("keeping k + 1 tokens", "the k-th largest logit is torch.topk(logits, top_k).values[:, -1].",
-            mistake="k plus 1"),
+            "keep every logit that is >= the k-th largest, ties included: only the logits below it become -inf.",
+            mistake="exactly k"),
+    Mistake("keeping k + 1 tokens", "the k-th largest logit is the last of the top_k values that torch.topk "
+            "returns.", mistake="k plus 1"),
+    Mistake("one threshold for the whole batch (the k-th largest logit of the first row)", "each row has its own "
+            "k-th largest logit: keep the last column of torch.topk's values as a (batch, 1) column, so that the "
+            "comparison is row by row.", mistake="row 0 threshold"),
     Mistake("dropping the k-th largest logit and its ties (<= instead of <)",
             "set to -inf only the logits strictly below the k-th largest.", mistake="ties dropped"),
     Mistake("sampling without top-k", "set every logit below the k-th largest to -inf before sampling.",
@@ -576,10 +652,13 @@ def test_generate_top_k(submission):
                    case(torch.tensor([[5]]), seed=12, max_new_tokens=30, context_size=4, temperature=1.0, top_k=4),
                    case(torch.tensor([[0], [3]]), seed=13, batch_may_raise=True, max_new_tokens=20, context_size=4,
                         temperature=2.0, top_k=2)]
+    # A batch whose rows have different k-th largest logits (the book's code raises for a batch: accepted).
     gpt_cases = [case(randint(25, 61, 1, 3), seed=5, max_new_tokens=12, context_size=SMALL["context_length"],
-                      temperature=1.0, top_k=3)]
-    hint = ("keep the logits that are >= the k-th largest of their row (torch.topk(logits, top_k).values[:, -1:]), set "
-            "the others to -inf, then apply the temperature and sample.")
+                      temperature=1.0, top_k=3),
+                 case(randint(26, 61, 3, 3), seed=6, batch_may_raise=True, max_new_tokens=10,
+                      context_size=SMALL["context_length"], temperature=1.0, top_k=4)]
+    hint = ("keep the logits that are >= the k-th largest of their own row (the last column of torch.topk's values, "
+            "kept as a (batch, 1) column), set the others to -inf, then apply the temperature and sample.")
     got = submission.run(generated, model_spec={"table": table}, cases=table_cases)
     for result, c in zip(got, table_cases):
         expect_generated(result, table_model(table), c, mistakes=TOP_K_MISTAKES, hint=hint,
@@ -631,7 +710,9 @@ def test_generate_eos(submission):
 
 # -- section 5.4: saving and loading ----------------------------------------------------------------------------
 
-HINT_LOADED = "model.load_state_dict(checkpoint['model_state_dict'])."
+HINT_LOADED = "load the file's 'model_state_dict' entry into the model (its load_state_dict method)."
+HINT_SAVED = ("save one dict with torch.save: the key 'model_state_dict' holding the model's state_dict() and "
+              "'optimizer_state_dict' holding the optimizer's.")
 
 
 @pytest.mark.points(2)
@@ -648,14 +729,12 @@ def test_checkpoint_round_trip(submission):
                                           "exp_avg_sq": torch.rand(4, generator=generator)} for i in range(2)},
                        "param_groups": [{"lr": 0.0004, "weight_decay": 0.1, "params": [0, 1]}]}
     with explain_errors(error_mentions("Weights only load failed", "UnpicklingError", hint=(
-            "save a dict of state_dicts, torch.save({'model_state_dict': model.state_dict(), "
-            "'optimizer_state_dict': optimizer.state_dict()}, path): a file of plain tensors that "
-            "torch.load(path, weights_only=True) can read."))):
+            "save a dict of the two state_dicts (not the model or optimizer objects): a file of plain tensors "
+            "that torch.load(path, weights_only=True) can read."))):
         got = submission.run(checkpoint_round_trip, cfg=SMALL, state=state, optimizer_state=optimizer_state)
     expect_true(isinstance(got.keys, list) and {"model_state_dict", "optimizer_state_dict"} <= set(got.keys),
                 what="the file save_checkpoint wrote", problem=f"holds {got.keys!r}, not the keys 'model_state_dict' "
-                "and 'optimizer_state_dict'.", hint="torch.save({'model_state_dict': model.state_dict(), "
-                                                    "'optimizer_state_dict': optimizer.state_dict()}, path).")
+                "and 'optimizer_state_dict'.", hint=HINT_SAVED)
     for label, loaded in (("the model loaded with its optimizer", got.restored),
                           ("a model loaded without an optimizer", got.model_only)):
         expect_true(isinstance(loaded, dict) and set(loaded) == set(state), what=label, problem="does not have the "
@@ -664,5 +743,5 @@ def test_checkpoint_round_trip(submission):
             expect_close(loaded[name].float(), tensor.float(), what=f"{label}: {name}", atol=0, rtol=0,
                          hint=HINT_LOADED)
     expect_equal(got.restored_optimizer, optimizer_state, what="the state_dict of the loaded optimizer",
-                 hint="optimizer.load_state_dict(checkpoint['optimizer_state_dict']): AdamW's running averages and "
-                      "its learning rate are what let training go on where it stopped.")
+                 hint="load the file's 'optimizer_state_dict' entry into the optimizer when one is given: AdamW's "
+                      "running averages and its learning rate are what let training go on where it stopped.")

@@ -3,7 +3,8 @@
 from tests.submissions.catalog.base import Variant, mutant
 
 APPD = "appd_training_loop"
-SCHEDULE = {"test_learning_rate_at", "test_train_model_schedule"}
+# train_model runs on a correct stand-in of learning_rate_at: a wrong schedule costs only its own test.
+SCHEDULE = {"test_learning_rate_at"}
 
 BACKWARD_THEN_CLIP = '''            loss = calc_loss_batch(input_batch, target_batch, model, device)
             loss.backward()  # fills the gradients that clipping rescales
@@ -53,7 +54,20 @@ MUTANTS = [
            {"test_train_model_clipping"}, says="clipped to another norm"),
     mutant("train_model_without_zero_grad", APPD, "train_model",
            [("            optimizer.zero_grad()\n", "")],
-           {"test_train_model_clipping"}, says="zero the gradients at every step"),
+           {"test_train_model_clipping"}, says="reset the gradients at the start of every step"),
+    # The grader asks for the print edition's rule (orig_book_version=True): no clipping at step warmup_steps.
+    mutant("clipping_flag_ignored", APPD, "train_model",
+           [("warmup_over = global_step > warmup_steps if orig_book_version else global_step >= warmup_steps",
+             "warmup_over = global_step >= warmup_steps")],
+           {"test_train_model_clipping"}, says="Your loop ignores the flag"),
+    # The grader hands the model over in eval mode: the first steps then train without dropout.
+    mutant("train_model_never_switches_to_training_mode", APPD, "train_model",
+           [("    for epoch in range(n_epochs):\n        model.train()\n", "    for epoch in range(n_epochs):\n")],
+           {"test_train_model_clipping"}, says="those of the model in eval mode"),
+    # The grader's optimizer has two parameter groups, as large models are trained with.
+    mutant("rate_set_in_first_group_only", APPD, "train_model",
+           [(SET_RATE, '            optimizer.param_groups[0]["lr"] = lr\n')],
+           {"test_train_model_schedule"}, says="reaches the first parameter group only"),
     mutant("rate_set_after_the_step", APPD, "train_model",
            [(SET_RATE, ""),
             ("            optimizer.step()\n", "            optimizer.step()\n" + SET_RATE)],

@@ -3,8 +3,8 @@
 from tests.submissions.catalog.base import Variant, mutant
 
 CH05 = "ch05_pretraining"
-LOSS_USERS = {"test_calc_loss_batch", "test_calc_loss_loader", "test_evaluate_model", "test_train_model_simple"}
-SAMPLE_USERS = {"test_generate_and_print_sample", "test_train_model_simple"}
+# The composites (calc_loss_loader, evaluate_model, generate_and_print_sample, train_model_simple) run on correct
+# stand-ins of their parts: a bug costs only its own function's tests.
 
 EOS_STEP = '''        if eos_id is not None:
             idx_next = idx_next.masked_fill(finished.unsqueeze(1), eos_id)  # rows that ended: padding
@@ -21,18 +21,26 @@ TOP_K_STEP = '''            top_logits, _ = torch.topk(logits, top_k)  # (batch,
 MUTANTS = [
     mutant("ids_without_batch_dimension", CH05, "text_to_token_ids",
            [("return torch.tensor(encoded).unsqueeze(0)", "return torch.tensor(encoded)")],
-           {"test_text_to_token_ids"} | SAMPLE_USERS, says="unsqueeze(0)"),
-    # tiktoken cannot decode a list of lists: the sample and the training that prints it fail too.
+           {"test_text_to_token_ids"}, says="add a batch dimension in front"),
+    # tiktoken cannot decode a list of lists.
     mutant("text_without_squeeze", CH05, "token_ids_to_text",
            [("flat = token_ids.squeeze(0)", "flat = token_ids")],
-           {"test_token_ids_to_text"} | SAMPLE_USERS, says="squeeze(0) first"),
+           {"test_token_ids_to_text"}, says="remove the batch dimension"),
     # cross_entropy reads (batch, num_tokens, vocab) as (N, C, d): it refuses the targets.
     mutant("loss_without_flattening", CH05, "calc_loss_batch",
            [("cross_entropy(logits.flatten(0, 1), target_batch.flatten())", "cross_entropy(logits, target_batch)")],
-           LOSS_USERS, says="logits.flatten(0, 1) and target_batch.flatten()"),
+           {"test_calc_loss_batch"}, says="flatten the batch and token dimensions"),
     mutant("loss_targets_not_shifted", CH05, "calc_loss_batch",
            [("target_batch.flatten())", "input_batch.flatten())")],
-           LOSS_USERS, says="exactly what comparing the logits with the inputs"),
+           {"test_calc_loss_batch"}, says="exactly what comparing the logits with the inputs"),
+    # On a GPU, a batch left on the CPU cannot meet the model's weights; the grader's batches fail the same way on
+    # a CPU (probe_kit's OnHost).
+    mutant("loss_batch_not_moved", CH05, "calc_loss_batch",
+           [("    input_batch, target_batch = input_batch.to(device), target_batch.to(device)\n", "")],
+           {"test_calc_loss_batch"}, says="move both batches to `device`"),
+    mutant("loader_returns_a_tensor", CH05, "calc_loss_loader",
+           [("model, device).item()", "model, device)")],
+           {"test_calc_loss_loader"}, says="is a tensor, not a Python float"),
     mutant("loader_num_batches_not_capped", CH05, "calc_loss_loader",
            [("num_batches = min(num_batches, len(data_loader))", "num_batches = num_batches")],
            {"test_calc_loss_loader"}, says="dividing by num_batches when the loader has fewer batches"),
@@ -41,13 +49,20 @@ MUTANTS = [
            {"test_calc_loss_loader"}, says="float('nan')"),
     mutant("evaluate_leaves_eval_mode", CH05, "evaluate_model",
            [("    model.train()  # training goes on after the evaluation\n", "")],
-           {"test_evaluate_model", "test_train_model_simple"}, says="left in eval mode"),
+           {"test_evaluate_model"}, says="left in eval mode"),
     mutant("sample_keeps_newlines", CH05, "generate_and_print_sample",
            [('print(decoded_text.replace("\\n", " "))', "print(decoded_text)")],
-           {"test_generate_and_print_sample"}, says="replace the newlines"),
+           {"test_generate_and_print_sample"}, says="replace each newline"),
     mutant("train_without_zero_grad", CH05, "train_model_simple",
            [("            optimizer.zero_grad()  # forget the gradients of the previous step\n", "")],
-           {"test_train_model_simple"}, says="training without optimizer.zero_grad()"),
+           {"test_train_model_simple"}, says="training without resetting the gradients"),
+    # The grader hands the model over in eval mode: the first steps then train without dropout.
+    mutant("train_never_switches_to_training_mode", CH05, "train_model_simple",
+           [("        model.train()  # dropout on\n", "")],
+           {"test_train_model_simple"}, says="without switching the model to training mode"),
+    mutant("train_losses_as_tensors", CH05, "train_model_simple",
+           [("train_losses.append(train_loss)", "train_losses.append(torch.tensor(train_loss))")],
+           {"test_train_model_simple"}, says="tensor(s) where Python floats are expected"),
     mutant("train_counts_sequences", CH05, "train_model_simple",
            [("tokens_seen += input_batch.numel()", "tokens_seen += input_batch.shape[0]")],
            {"test_train_model_simple"}, says="counting sequences instead of tokens"),
@@ -65,6 +80,16 @@ MUTANTS = [
     mutant("top_k_keeps_k_plus_1", CH05, "generate",
            [("torch.topk(logits, top_k)", "torch.topk(logits, top_k + 1)")],
            {"test_generate_top_k"}, says="keeping k + 1 tokens"),
+    # Right for a batch of one; in a batch whose rows differ, the first row's threshold is applied to every row.
+    mutant("top_k_threshold_of_row_0", CH05, "generate",
+           [("min_val = top_logits[:, -1:]", "min_val = top_logits[0, -1]")],
+           {"test_generate_top_k"}, says="one threshold for the whole batch"),
+    # exp() of large logits overflows: inf / inf is nan, and torch.multinomial refuses the probabilities.
+    mutant("softmax_by_hand_without_max", CH05, "generate",
+           [("            logits = logits - logits.max(dim=-1, keepdim=True).values  # same softmax, no overflow\n"
+             "            probs = torch.softmax(logits, dim=-1)  # (batch, vocab_size)",
+             "            probs = torch.exp(logits) / torch.exp(logits).sum(dim=-1, keepdim=True)")],
+           {"test_generate_temperature"}, says="exp() of logits in the hundreds overflows"),
     mutant("eos_appended_before_stopping", CH05, "generate",
            [(EOS_STEP, "        idx = torch.cat((idx, idx_next), dim=1)\n"
                        "        if eos_id is not None and bool((idx_next == eos_id).all()):\n"

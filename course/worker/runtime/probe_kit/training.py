@@ -102,13 +102,19 @@ class AdamW:
     """AdamW (Adam with decoupled weight decay) written out, with the zero_grad(), step() and param_groups the
     book's loops use: building one of torch.optim's optimizers imports torch's compiler stack (seconds, once per
     grading process). At every step() it records [the learning rate of its first group, the total L2 norm of the
-    gradients it is about to apply] in `records`: that shows when a loop sets the rate and whether it clipped."""
+    gradients it is about to apply] in `records`: that shows when a loop sets the rate and whether it clipped; and
+    the learning rate of every group in `group_rates`. `params` are parameters (one group), or, as torch's
+    optimizers take them, dicts of groups ({"params": [...], "weight_decay": ...}) whose missing settings are the
+    defaults given here."""
 
     def __init__(self, params, lr, weight_decay, betas=(0.9, 0.999), eps=1e-8):
-        self.param_groups = [{"params": list(params), "lr": lr, "weight_decay": weight_decay, "betas": betas,
-                              "eps": eps}]
+        params = list(params)
+        groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+        defaults = {"lr": lr, "weight_decay": weight_decay, "betas": betas, "eps": eps}
+        self.param_groups = [{**defaults, **group, "params": list(group["params"])} for group in groups]
         self.state = {}  # parameter -> [steps, first moment, second moment]
         self.records = []
+        self.group_rates = []
 
     def zero_grad(self, set_to_none=True):
         for group in self.param_groups:
@@ -124,6 +130,7 @@ class AdamW:
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         norm = math.sqrt(sum(float((grad.double() ** 2).sum()) for grad in grads))
         self.records.append([float(self.param_groups[0]["lr"]), norm])
+        self.group_rates.append([float(group["lr"]) for group in self.param_groups])
         for group in self.param_groups:
             lr, (beta1, beta2) = float(group["lr"]), group["betas"]
             for param in group["params"]:
