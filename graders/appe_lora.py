@@ -6,6 +6,11 @@ base layer frozen. The model tests apply the student's replace_linear_with_lora 
 GPT classifier that the probe builds from the support code (chapter 4's GPTModel with a 2-class head, as in
 chapter 6), then load the reference's weights, B matrices included, and compare outputs and gradients.
 
+A bug costs the points of its own class or function: LinearWithLoRA is tested on a correct LoRALayer, and
+replace_linear_with_lora on correct LinearWithLoRA and LoRALayer classes (probe_kit.classifier_parts), put in the
+student's module under those names while it runs. The recipe's test (freeze_parameters, then
+replace_linear_with_lora) runs the student's two model-level functions together: it is about how they fit (PARTS_FIT).
+
 The scaling of the update. The course follows the book's repository: (alpha / rank) * (x @ A @ B). The print
 edition of the book scales by alpha alone. Both are accepted (the notebook says so): every comparison of an update
 passes when the student's values match either scaling, and the test inputs use alpha != rank and alpha != 1 so
@@ -32,14 +37,21 @@ from reference.gpt import GPTModel
 # (in_dim, out_dim, rank, alpha): alpha / rank, alpha and 1 differ in each, so the scalings can be told apart.
 LAYERS = [(6, 5, 3, 12), (4, 7, 2, 1.5)]
 RANK, ALPHA = 2, 6  # for the models: alpha / rank = 3
+
+# Tests of a composite that run the student's parts together, and why (every other composite runs on stand-ins).
+PARTS_FIT = {
+    "test_lora_finetuning_gradients": "the appendix's recipe is the two model-level steps together: the student's "
+                                      "freeze_parameters first, then the student's replace_linear_with_lora, must "
+                                      "leave exactly the new A and B matrices trainable",
+}
 # A tiny GPT classifier (chapter 6's model): 13 Linear layers (6 per block and the head).
 CFG = {"vocab_size": 48, "context_length": 8, "emb_dim": 8, "n_heads": 2, "n_layers": 2, "drop_rate": 0.0,
        "qkv_bias": True}
 
-HINT_SCALING = ("the update is (alpha / rank) * (x @ self.A @ self.B), as in the book's repository (the print "
-                "edition's alpha * (x @ self.A @ self.B) is accepted too).")
-HINT_SUM = ("return self.linear(x) + self.lora(x): the frozen layer's output plus the low-rank update, both computed "
-            "from the same input x.")
+HINT_SCALING = ("scale the product x @ A @ B by alpha / rank, as the book's repository does (the print edition's "
+                "scaling by alpha alone is accepted too).")
+HINT_SUM = ("the output is the wrapped layer's output plus the LoRA layer's update, both computed from the same "
+            "input x (section E.4).")
 
 # The update x @ A @ B with a wrong factor (mistaken_update computes each).
 SCALING_MISTAKES = [
@@ -152,13 +164,18 @@ def lora_layer_outputs(student, name, cases):
 @probe(returns=ListOf(Fields("output", "linear_output", "keys"), length="cases"))
 def wrapped_outputs(student, name, cases):
     """For each case {"config", "linear_state", "state" (or None), "x"}: a fresh nn.Linear(in_dim, out_dim) with
-    `linear_state`, wrapped by the student's LinearWithLoRA(linear, rank, alpha), then loaded with `state` if given:
-    .output (the wrapped layer's), .linear_output (the nn.Linear's own) and .keys (the wrapper's state_dict keys)."""
+    `linear_state`, wrapped by the student's LinearWithLoRA(linear, rank, alpha) (built on a correct LoRALayer), then
+    loaded with `state` if given: .output (the wrapped layer's), .linear_output (the nn.Linear's own) and .keys (the
+    wrapper's state_dict keys)."""
+    from probe_kit.classifier_parts import stand_ins_for
     from probe_kit.lora import wrapped_linear
+    from probe_kit.parts import replaced
 
     results = []
     for case in cases:
-        layer = wrapped_linear(getattr(student, name), case["config"], linear_state=case["linear_state"]).to(DEVICE)
+        with replaced(student, **stand_ins_for("LoRALayer")):
+            layer = wrapped_linear(getattr(student, name), case["config"], linear_state=case["linear_state"])
+        layer = layer.to(DEVICE)
         if case["state"] is not None:
             layer.load_state_dict(case["state"])
         keys = sorted(layer.state_dict())
@@ -170,14 +187,18 @@ def wrapped_outputs(student, name, cases):
 
 @probe(returns=ListOf(length="cases"))
 def wrapped_gradients(student, name, cases):
-    """For each case {"config", "state", "x", "upstream"}: the student's LinearWithLoRA around an nn.Linear whose
-    parameters are frozen (requires_grad False), loaded with `state`; backward of (output * upstream).sum().
-    Returns {parameter name: gradient or None}."""
+    """For each case {"config", "state", "x", "upstream"}: the student's LinearWithLoRA (built on a correct
+    LoRALayer) around an nn.Linear whose parameters are frozen (requires_grad False), loaded with `state`; backward
+    of (output * upstream).sum(). Returns {parameter name: gradient or None}."""
+    from probe_kit.classifier_parts import stand_ins_for
     from probe_kit.lora import wrapped_linear
+    from probe_kit.parts import replaced
 
     results = []
     for case in cases:
-        layer = wrapped_linear(getattr(student, name), case["config"], frozen=True).to(DEVICE)
+        with replaced(student, **stand_ins_for("LoRALayer")):
+            layer = wrapped_linear(getattr(student, name), case["config"], frozen=True)
+        layer = layer.to(DEVICE)
         layer.load_state_dict(case["state"])
         output = layer(case["x"])
         if output.requires_grad:
@@ -227,17 +248,21 @@ def trainable_counts(student, name, cfg, state):
 
 @probe(returns=Fields("wrapped", "ranks", "bare", "at_init", "trained"))
 def replaced_model(student, name, cfg, state, trained_state, x, rank, alpha):
-    """A GPT classifier (weights `state`) after the student's replace_linear_with_lora(model, rank, alpha):
+    """A GPT classifier (weights `state`) after the student's replace_linear_with_lora(model, rank, alpha), which
+    finds correct stand-ins of LinearWithLoRA and LoRALayer under those names (probe_kit.classifier_parts):
     .wrapped (the module names whose class is LinearWithLoRA), .ranks ({wrapper name: shape of its lora.A}), .bare
     (the names of nn.Linear layers that are not inside a LinearWithLoRA), .at_init (the logits for x right after the
     replacement), .trained (the logits after loading `trained_state`, the reference's wrapped model with trained B
     matrices; None if it does not fit)."""
+    from probe_kit.classifier_parts import stand_ins_for
+    from probe_kit.parts import replaced
     from probe_kit.training import loaded_gpt
 
     from reference.gpt import GPTModel
 
     model = loaded_gpt(GPTModel, cfg, state)
-    getattr(student, name)(model, rank=rank, alpha=alpha)
+    with replaced(student, **stand_ins_for("LinearWithLoRA", "LoRALayer")):
+        getattr(student, name)(model, rank=rank, alpha=alpha)
     model = model.to(DEVICE).eval()
     modules = dict(model.named_modules())
     wrapped = [key for key, module in modules.items() if type(module).__name__ == "LinearWithLoRA"]
@@ -262,17 +287,20 @@ def replaced_model(student, name, cfg, state, trained_state, x, rank, alpha):
 @probe(returns=Fields("gradients", "requires_grad", "count"))
 def lora_training_step(student, freeze, replace, cfg, state, trained_state, x, labels, rank, alpha):
     """The appendix's recipe: a GPT classifier (weights `state`), the student's freeze_parameters, then the
-    student's replace_linear_with_lora; the weights of the reference's wrapped model with trained B matrices
-    loaded; the cross-entropy of the last token's logits backward. Returns .gradients ({parameter: gradient or
-    None}; None if those weights do not fit), .requires_grad ({parameter: requires_grad}) and .count (the number of
-    trainable parameter entries)."""
+    student's replace_linear_with_lora (on correct stand-ins of LinearWithLoRA and LoRALayer); the weights of the
+    reference's wrapped model with trained B matrices loaded; the cross-entropy of the last token's logits
+    backward. Returns .gradients ({parameter: gradient or None}; None if those weights do not fit), .requires_grad
+    ({parameter: requires_grad}) and .count (the number of trainable parameter entries)."""
+    from probe_kit.classifier_parts import stand_ins_for
+    from probe_kit.parts import replaced
     from probe_kit.training import loaded_gpt
 
     from reference.gpt import GPTModel
 
     model = loaded_gpt(GPTModel, cfg, state)
     getattr(student, freeze)(model)
-    getattr(student, replace)(model, rank=rank, alpha=alpha)
+    with replaced(student, **stand_ins_for("LinearWithLoRA", "LoRALayer")):
+        getattr(student, replace)(model, rank=rank, alpha=alpha)
     model = model.to(DEVICE).train()
     parameters = dict(model.named_parameters())
     result = {"gradients": None, "requires_grad": {key: bool(p.requires_grad) for key, p in parameters.items()},
@@ -308,16 +336,17 @@ def test_lora_layer_parameters(submission):
         expect_equal(list(state["B"].shape), [rank, out_dim], what=f"{what}: the shape of B",
                      hint="B is (rank, out_dim): (x @ A) @ B brings the rank features up to out_dim.")
         expect_equal(state["B"], torch.zeros(rank, out_dim), what=f"{what}: B at initialisation",
-                     hint="start B at zero (torch.zeros(rank, out_dim)), so that A @ B = 0 and a wrapped layer starts "
+                     hint="start B at zero, so that A @ B = 0 and a wrapped layer starts "
                           "out computing exactly what the pretrained layer computed.")
         A = state["A"]
         expect_true(bool(A.is_floating_point() and torch.isfinite(A).all() and (A != 0).any()), what=f"{what}: A",
                     problem="is zero (or not finite) at initialisation.",
-                    hint="initialise A randomly, e.g. nn.init.kaiming_uniform_(self.A, a=math.sqrt(5)) as nn.Linear "
-                         "does: with A and B both zero, neither would ever get a gradient.")
+                    hint="initialise A randomly, e.g. as nn.Linear initialises its weight (Kaiming "
+                         "uniform): with A and B both zero, neither would ever get a gradient.")
         expect_true(not torch.equal(A, result.A_again), what=f"{what}: A", problem="is the same after two "
                     "different seeds: it is not drawn at random.",
-                    hint="initialise A randomly, e.g. nn.init.kaiming_uniform_(self.A, a=math.sqrt(5)).")
+                    hint="initialise A randomly (torch's random generator), e.g. as nn.Linear "
+                         "initialises its weight.")
 
 
 def layer_cases():
@@ -345,8 +374,8 @@ def test_lora_layer_forward(submission):
         expect_either_scaling(output, expected, what=f"LoRALayer({in_dim}, {out_dim}, rank={rank}, alpha={alpha}) on "
                               f"an input of shape {tuple(x.shape)}", mistakes=SCALING_MISTAKES,
                               mistaken=mistaken_update(course, x), yours="your update is",
-                              hint="compute x @ self.A @ self.B (shapes (..., in_dim) @ (in_dim, rank) @ (rank, "
-                                   "out_dim)) and scale it: " + HINT_SCALING)
+                              hint="compute x @ A @ B through the rank bottleneck (shapes (..., in_dim) @ (in_dim, "
+                                   "rank) @ (rank, out_dim)) and scale it: " + HINT_SCALING)
 
 
 # -- E.4: the wrapped linear layer ----------------------------------------------------------------------------
@@ -373,30 +402,32 @@ def update_hint(update, expected):
 
 
 @pytest.mark.points(1)
-@pytest.mark.runs("LinearWithLoRA", "LoRALayer")
+@pytest.mark.runs("LinearWithLoRA")
+@pytest.mark.stand_ins("LoRALayer")
 def test_linear_with_lora_at_initialisation(submission):
-    """LinearWithLoRA keeps the given layer as self.linear and a LoRALayer as self.lora; freshly built, it computes
-    exactly what the layer it wraps computes."""
+    """LinearWithLoRA keeps the given layer as `linear` and a LoRALayer as `lora`; freshly built, it computes
+    exactly what the layer it wraps computes. It runs on a correct LoRALayer."""
     cases, references = wrapped_cases(trained=False)
     with explain_errors(state_dict_mismatch):
         got = submission.run(wrapped_outputs, name="LinearWithLoRA", cases=cases)
     for result, (course, x, (in_dim, out_dim, rank, alpha)) in zip(got, references):
         what = f"LinearWithLoRA(nn.Linear({in_dim}, {out_dim}), rank={rank}, alpha={alpha}), freshly built"
         expect_equal(result.keys, sorted(course.state_dict()), what=f"{what}: its state_dict keys",
-                     hint="keep the given layer as self.linear and a LoRALayer(linear.in_features, "
-                          "linear.out_features, rank, alpha) as self.lora.")
+                     hint="keep the given layer as the attribute linear and a LoRALayer of the layer's input and "
+                          "output sizes (with rank and alpha) as the attribute lora (section E.4).")
         expect_close(result.output, result.linear_output, what=f"{what}: output on an input of shape "
                      f"{tuple(x.shape)}, compared with the wrapped nn.Linear's", atol=1e-6, rtol=1e-6,
-                     hint="wrap the layer you are given (self.linear = linear, with its pretrained weights) and add "
-                          "self.lora(x), which is zero while B is zero.")
+                     hint="keep the very layer you are given (not a copy, not a new nn.Linear) as the attribute "
+                          "linear, with its pretrained weights, and add the LoRA layer's output, which is zero while B "
+                          "is zero.")
 
 
 @pytest.mark.points(2)
-@pytest.mark.depends_on("test_lora_layer_forward")
-@pytest.mark.runs("LinearWithLoRA", "LoRALayer")
+@pytest.mark.runs("LinearWithLoRA")
+@pytest.mark.stand_ins("LoRALayer")
 def test_linear_with_lora_update(submission):
     """LinearWithLoRA after an update of B: its output differs from the wrapped layer's by exactly the scaled
-    x @ A @ B."""
+    x @ A @ B. It runs on a correct LoRALayer."""
     cases, references = wrapped_cases(trained=True)
     with explain_errors(state_dict_mismatch):
         got = submission.run(wrapped_outputs, name="LinearWithLoRA", cases=cases)
@@ -415,10 +446,12 @@ def test_linear_with_lora_update(submission):
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_linear_with_lora_update")
-@pytest.mark.runs("LinearWithLoRA", "LoRALayer")
+@pytest.mark.runs("LinearWithLoRA")
+@pytest.mark.stand_ins("LoRALayer")
 def test_lora_gradients(submission):
     """With the wrapped layer frozen, backward through LinearWithLoRA reaches only A and B, with the reference's
-    gradients (at initialisation, with B zero, A's gradient is zero and B's is not)."""
+    gradients (at initialisation, with B zero, A's gradient is zero and B's is not). It runs on a correct
+    LoRALayer."""
     cases, references = [], []
     for index, config in enumerate(LAYERS):
         for trained in (False, True):
@@ -437,8 +470,8 @@ def test_lora_gradients(submission):
         expect_true(isinstance(gradients, dict), what=what, problem="nothing could be read.", hint=None)
         for key in ("linear.weight", "linear.bias"):
             expect_true(gradients.get(key) is None, what=f"{what}: {key}", problem="received a gradient although it "
-                        "is frozen.", hint="use the layer you are given as it is (self.linear = linear); do not copy "
-                                           "its weights into new parameters.")
+                        "is frozen.", hint="keep the layer you are given as it is, as the attribute linear; do "
+                                           "not copy its weights into new parameters.")
         for key in ("lora.A", "lora.B"):
             expect_true(gradients.get(key) is not None, what=f"{what}: {key}", problem="received no gradient.",
                         hint="the output must be computed from self.lora(x) with A and B as they are (no .detach(), "
@@ -454,11 +487,12 @@ LINEAR_LAYERS = sorted(name for name, module in gpt_classifier(0).named_modules(
 
 
 @pytest.mark.points(2)
-@pytest.mark.depends_on("test_linear_with_lora_at_initialisation", "test_linear_with_lora_update")
-@pytest.mark.runs("replace_linear_with_lora", "LinearWithLoRA", "LoRALayer")
+@pytest.mark.runs("replace_linear_with_lora")
+@pytest.mark.stand_ins("LinearWithLoRA", "LoRALayer")
 def test_replace_linear_with_lora(submission):
     """replace_linear_with_lora wraps every nn.Linear of a GPT classifier, at every depth (attention, feed forward,
-    output head), keeping the original weights: the output is unchanged until B is trained."""
+    output head), keeping the original weights: the output is unchanged until B is trained. It runs on correct
+    LinearWithLoRA and LoRALayer classes."""
     base, trained = gpt_classifier(5), lora_classifier(5, freeze=False)
     x = randint(6, CFG["vocab_size"], 2, 7)
     with explain_errors(state_dict_mismatch):
@@ -468,9 +502,9 @@ def test_replace_linear_with_lora(submission):
     missing = [name for name in LINEAR_LAYERS if name not in got.wrapped]
     expect_true(not missing, what=what, problem=f"{len(missing)} of its {len(LINEAR_LAYERS)} nn.Linear layers are not "
                 f"wrapped, e.g. {missing[0] if missing else ''}.",
-                hint="walk the model recursively: for name, module in model.named_children(): wrap an nn.Linear with "
-                     "setattr(model, name, LinearWithLoRA(module, rank, alpha)), else call replace_linear_with_lora on "
-                     "the child.")
+                hint="walk the model recursively: for each child module (named_children), put a LinearWithLoRA "
+                     "around an nn.Linear under the same name (setattr), and call replace_linear_with_lora on every "
+                     "other child.")
     expect_equal(sorted(got.wrapped), LINEAR_LAYERS, what=f"{what}: the modules that are now LinearWithLoRA",
                  hint="wrap each nn.Linear once, where it is, and nothing else.")
     expect_equal(got.bare, [], what=f"{what}: nn.Linear layers left outside a LinearWithLoRA",
@@ -504,8 +538,8 @@ def test_freeze_parameters(submission):
     trainable = sorted(key for key, flag in got.requires_grad.items() if flag)
     expect_true(not trainable, what=what, problem=f"{len(trainable)} of {len(got.requires_grad)} parameters are still "
                 f"trainable, e.g. {trainable[0] if trainable else ''}.",
-                hint="set requires_grad = False on every parameter: for param in model.parameters(): "
-                     "param.requires_grad = False (setting model.requires_grad on the module itself does nothing).")
+                hint="set requires_grad to False on every parameter the model holds (its parameters() method "
+                     "walks them all); setting an attribute requires_grad on the module itself does nothing.")
     expect_close(got.after, got.before, what=f"{what}: the model's output after freezing, compared with before",
                  atol=0, rtol=0, hint="freezing changes which weights training may update, not the weights.")
 
@@ -520,7 +554,7 @@ def counting_hint(value, model):
         return "you counted every parameter: count only those with p.requires_grad."
     if value == len(list(model.parameters())):
         return "count the entries of each parameter (p.numel()), not the parameters."
-    return "sum(p.numel() for p in model.parameters() if p.requires_grad)."
+    return "add up the number of entries (numel) of every parameter whose requires_grad is set."
 
 
 @pytest.mark.points(1)
@@ -551,11 +585,13 @@ def recipe_hint(requires_grad, expected_trainable):
 
 
 @pytest.mark.points(2)
-@pytest.mark.depends_on("test_freeze_parameters", "test_replace_linear_with_lora", "test_lora_gradients")
-@pytest.mark.runs("freeze_parameters", "replace_linear_with_lora", "LinearWithLoRA", "LoRALayer")
+@pytest.mark.depends_on("test_freeze_parameters", "test_replace_linear_with_lora")
+@pytest.mark.runs("freeze_parameters", "replace_linear_with_lora")
+@pytest.mark.stand_ins("LinearWithLoRA", "LoRALayer")
 def test_lora_finetuning_gradients(submission):
     """The appendix's recipe (freeze_parameters, then replace_linear_with_lora) on a GPT classifier: a training step
-    gives gradients to the A and B matrices only, the reference's, and leaves the rest frozen."""
+    gives gradients to the A and B matrices only, the reference's, and leaves the rest frozen. It runs on correct
+    LinearWithLoRA and LoRALayer classes."""
     trained = lora_classifier(8).train()
     models = trained, print_edition(trained)
     x, labels = randint(9, CFG["vocab_size"], 3, 6), torch.tensor([0, 1, 1])

@@ -10,6 +10,16 @@ that each function is graded on its own. Losses run on the grading device; whate
 by step (accuracies, the seeded training run with dropout, the classifier's answers) runs on the CPU, where a
 fixed seed gives the reference's numbers.
 
+A bug costs the points of its own function: the tests of calc_loss_loader, evaluate_model and
+train_classifier_simple run the student's function on correct stand-ins of the parts it calls (calc_loss_batch,
+calc_loss_loader, evaluate_model, calc_accuracy_loader: probe_kit.classifier_parts), put in the student's module
+under those names while it runs. Besides the values, the graders probe: whether calc_loss_batch and
+calc_accuracy_loader move their batches to the device (batches that note a .to(device), so a CPU grader sees what a
+GPU would), dropout left on or switched off at the wrong moment (a model handed over in training mode to the
+evaluating functions, in eval mode to the training loop), a training loop that returns tensors where the book's
+returns Python numbers, an unseeded sample (numpy's global generator is seeded first, so the verdict is the same on
+every run), an empty message and an input that fills the model's context exactly.
+
 Edge cases where the book's editions differ, left out of the graded contract (the notebook says so):
 classify_review with max_length=None (the book's package fails on it, its notebook refuses it, the course
 reads the whole message) or with max_length beyond the model's context (the notebook asserts, the package
@@ -29,23 +39,22 @@ from torch import nn
 from checks.ch06_classification import INTERFACE as INTERFACE  # what the tests' @pytest.mark.runs name (public)
 from course.grading import DEVICE, as_number, expect_close, expect_equal, expect_true, explain_errors, probe
 from course.grading.contracts import Fields, ListOf
+from course.grading.diagnosis import error_mentions
 from course.grading.imports import plain_imports
 from course.grading.inputs import randint, reference_module
 from course.grading.mistakes import Mistake, name_mistake
+from course.grading.probes import run_here
 from graders.shared.gpt_training import (
     NUM_BATCHES_IGNORED,
     STEPS_FROM_ONE,
     ZERO_GRAD_FORGOTTEN,
     check_calc_loss_batch,
-    check_evaluate_model,
     dividing_by_zero,
     expect_loader_loss,
     expect_returned,
     expect_trained,
     loader_values,
     reference_loader,
-    train_here,
-    training_run,
 )
 
 with plain_imports():
@@ -55,9 +64,6 @@ with plain_imports():
     from reference.gpt import GPTModel
     from reference.tiktoken_offline import get_gpt2_tokenizer
 
-
-# The student's code that evaluating the model runs (@pytest.mark.runs), as the book writes it.
-EVALUATE = ("evaluate_model", "calc_loss_loader", "calc_loss_batch")
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "sms_spam_sample.tsv"
 PAD = 50256
@@ -72,11 +78,15 @@ TRAINING = dict(SMALL, drop_rate=0.1)
 GPT2_VOCAB = {"vocab_size": 50257, "context_length": 32, "emb_dim": 4, "n_heads": 2, "n_layers": 1,
               "drop_rate": 0.5, "qkv_bias": False}
 
-HINT_LAST_TOKEN = ("read the prediction from the last token only: logits = model(input_batch)[:, -1, :], of shape "
-                   "(batch, num_classes); because of the causal mask it is the only position that has seen the whole "
-                   "message.")
+HINT_LAST_TOKEN = ("read the prediction from the last position only: of the model's output, shape (batch, num_tokens, "
+                   "num_classes), keep the scores at index -1 of the token dimension, shape (batch, num_classes); "
+                   "because of the causal mask it is the only position that has seen the whole message (section 6.6).")
 # What as_number says to a loss or an accuracy of the wrong type.
 NUMBER_TYPE_HINT = "return a Python float (e.g. total_loss / num_batches)."
+# What the book's parts are called, and the stand-ins a composite's test runs on (probe_kit.classifier_parts).
+LOSS_PARTS = ("calc_loss_batch",)
+EVALUATION_PARTS = ("calc_loss_loader", "calc_loss_batch")
+TRAINING_PARTS = ("calc_loss_batch", "calc_loss_loader", "evaluate_model", "calc_accuracy_loader")
 
 
 def messages():
@@ -107,12 +117,15 @@ def token_batches(seed, rows, num_tokens, vocab_size=SMALL["vocab_size"], num_cl
 
 @probe(returns=ListOf(length="cases"))
 def balanced_frames(student, name, cases):
-    """create_balanced_dataset on each data frame {"index", "Label", "Text"}; the result as plain lists."""
+    """create_balanced_dataset on each data frame {"index", "Label", "Text"}; the result as plain lists. numpy's
+    global generator is seeded before each call, so that a sample drawn without a seed is the same on every run."""
+    import numpy as np
     import pandas as pd
 
     results = []
     for rows in cases:
         df = pd.DataFrame({"Label": rows["Label"], "Text": rows["Text"]}, index=rows["index"])
+        np.random.seed(0)
         out = getattr(student, name)(df)
         results.append({"index": [int(i) for i in out.index], "Label": [str(v) for v in out["Label"]],
                         "Text": [str(t) for t in out["Text"]]})
@@ -208,6 +221,82 @@ def classified(student, name, cfg, state, cases):
     return results
 
 
+@probe(returns=ListOf(Fields("value", "training"), length="cases"))
+def loader_values_on_stand_ins(student, name, parts, cfg, state, inputs, targets, cases, train=False):
+    """loader_values (graders/shared/gpt_training.py) with the student's `parts` replaced by correct stand-ins
+    (probe_kit.classifier_parts) while the student's `name` runs: .value and .training for each case."""
+    from probe_kit.classifier_parts import stand_ins_for
+    from probe_kit.parts import replaced
+    from probe_kit.training import loaded_gpt, loader_results
+
+    from reference.gpt import GPTModel
+
+    model = loaded_gpt(GPTModel, cfg, state).to(DEVICE)
+    with replaced(student, **stand_ins_for(*parts)):
+        return loader_results(getattr(student, name), model, inputs, targets, cases, DEVICE, train)
+
+
+@probe(returns=Fields("first", "second", "training_after"))
+def evaluated_on_stand_ins(student, parts, cfg, state, train_data, val_data, batch_size, eval_iter):
+    """The student's evaluate_model, its `parts` replaced by correct stand-ins, on a model in training mode,
+    twice, after two different seeds: .first and .second results, and .training_after (the mode after the first)."""
+    from probe_kit.classifier_parts import stand_ins_for
+    from probe_kit.parts import replaced
+    from probe_kit.training import evaluated_twice, loaded_gpt, loader
+
+    from reference.gpt import GPTModel
+
+    model = loaded_gpt(GPTModel, cfg, state).to(DEVICE)
+    with replaced(student, **stand_ins_for(*parts)):
+        return evaluated_twice(student.evaluate_model, model, loader(*train_data, batch_size),
+                               loader(*val_data, batch_size), DEVICE, eval_iter)
+
+
+@probe(returns=Fields("result", "weights"))
+def classifier_training(student, parts, cfg, state, train_data, val_data, settings, arguments):
+    """The student's train_classifier_simple, its `parts` replaced by correct stand-ins, on the CPU: a classifier
+    (weights `state`) whose last block, final norm and head alone are trainable, handed over in EVAL mode (a loop
+    must switch dropout on itself), AdamW (probe_kit's, weight decay 0.1), after torch.manual_seed(settings["seed"]).
+    Returns .result (the loop's, tuples as lists) and .weights (the head's weight after training). The grader runs
+    this very probe with the reference's loop (or one with a classic mistake) for the expected values."""
+    from probe_kit.classifier_parts import stand_ins_for
+    from probe_kit.parts import replaced
+    from probe_kit.training import AdamW, loaded_gpt, loader, run_quietly
+
+    from reference.gpt import GPTModel
+
+    model = loaded_gpt(GPTModel, cfg, state)
+    model.requires_grad_(False)
+    for module in (model.trf_blocks[-1], model.final_norm, model.out_head):
+        module.requires_grad_(True)
+    model.eval()
+    train_loader, val_loader = (loader(*[t.cpu() for t in data], settings["batch_size"])
+                                for data in (train_data, val_data))
+    optimizer = AdamW(model.parameters(), lr=settings["lr"], weight_decay=0.1)
+    with replaced(student, **stand_ins_for(*parts)):
+        result, _ = run_quietly(student.train_classifier_simple, model, train_loader, val_loader, optimizer, "cpu",
+                                seed=settings["seed"], **arguments)
+    return {"result": result, "weights": model.out_head.weight.detach()}
+
+
+@probe(returns=ListOf())
+def batches_moved(student, name, cfg, state, inputs, labels):
+    """Which batches the student's `name` moves to the device (.to(device)): calc_loss_batch given one batch, or
+    calc_accuracy_loader given a loader of batches of 2. Returns the roles moved ("inputs", "labels"), sorted."""
+    from probe_kit.classifier_parts import NotedLoader, noted
+    from probe_kit.training import loaded_gpt
+
+    from reference.gpt import GPTModel
+
+    model = loaded_gpt(GPTModel, cfg, state).to(DEVICE).eval()
+    function, moves = getattr(student, name), []
+    if name == "calc_loss_batch":
+        function(noted(inputs, "inputs", moves), noted(labels, "labels", moves), model, DEVICE)
+    else:
+        function(NotedLoader(inputs, labels, 2, moves), model, DEVICE)
+    return sorted(set(moves))
+
+
 # -- section 6.2: the data --------------------------------------------------------------------------------------
 
 def small_frame():
@@ -217,13 +306,25 @@ def small_frame():
     return df
 
 
-def balanced_hint(rows, expected):
+def unseeded_sample(df):
+    """What a ham sample drawn without a seed gives in the probe (which seeds numpy's global generator with 0)."""
+    import numpy as np
+
+    spam = df[df["Label"] == "spam"]
+    np.random.seed(0)
+    return frame_rows(pd.concat([df[df["Label"] == "ham"].sample(len(spam)), spam]))
+
+
+def balanced_hint(rows, expected, df):
     if set(zip(rows["index"], rows["Label"])) == set(zip(expected["index"], expected["Label"])):
-        return ("the right rows in the wrong order: put the ham sample first, then the spam "
-                "(pd.concat([ham_subset, spam_rows])), each in the order pandas gives.")
+        return ("the right rows in the wrong order: the ham sample comes first, then the spam rows, each in the "
+                "order pandas gives (section 6.2).")
+    if rows["index"] == unseeded_sample(df)["index"]:
+        return ("your ham rows are exactly what a sample drawn without a seed gives: give the ham sample the book's "
+                "random_state=123, so that it is the same on every run (and the same as the book's).")
     if len(rows["index"]) == len(expected["index"]):
-        return ("draw the ham rows with df[df['Label'] == 'ham'].sample(num_spam, random_state=123): the "
-                "seed makes the sample the same on every run (and the same as the book's).")
+        return ("the right number of rows, but not the book's ham rows: draw them from the ham rows only, with "
+                ".sample and the book's random_state=123.")
     return "keep every spam row and as many ham rows as there are spam rows."
 
 
@@ -240,7 +341,7 @@ def test_create_balanced_dataset(submission):
         for column in ("index", "Label", "Text"):
             expect_equal(rows[column], expected[column], what=f"{what}: column {column!r} (the index in row "
                          "order)" if column == "index" else f"{what}: column {column!r}",
-                         hint=partial(balanced_hint, rows, expected))
+                         hint=partial(balanced_hint, rows, expected, df))
 
 
 def labelled(df):
@@ -259,12 +360,15 @@ def split_hint(parts, expected, df, train_frac, validation_frac):
         n = len(df)
         train_end = int(n * train_frac)
         if sizes[:2] == [train_end, int(n * (train_frac + validation_frac)) - train_end]:
-            return ("your validation part ends at int(n * (train_frac + validation_frac)): cut it at "
-                    "train_end + int(n * validation_frac), as the book does.")
+            return ("your validation part ends at int(n * (train_frac + validation_frac)), which rounding can make "
+                    "one row short or long: make it int(n * validation_frac) rows long, counted from where the "
+                    "training part ends, as the book does.")
         return "the sizes are int(len(df) * train_frac) and int(len(df) * validation_frac); the rest is test."
     if [t for part in parts for t in part["Text"]] == [str(t) for t in df.sample(frac=1, random_state=123)["Text"]]:
-        return "reset the index after shuffling: df.sample(frac=1, random_state=123).reset_index(drop=True)."
-    return "shuffle the whole frame first with df.sample(frac=1, random_state=123), then cut it in order."
+        return ("the rows are shuffled right, but each part keeps the shuffled frame's old index: give the shuffled "
+                "frame a fresh index 0, 1, 2, ... (pandas' reset_index, dropping the old one) before cutting it.")
+    return ("shuffle the whole frame first (.sample of every row, frac=1, with the book's random_state=123), then cut "
+            "it in order.")
 
 
 @pytest.mark.points(1)
@@ -328,16 +432,16 @@ def padded(rows, kwargs, mistake=None):
 
 
 PADDING_MISTAKES = [
-    Mistake("padding at the start", "pad at the end: encoded + [pad_token_id] * (max_length - len(encoded)).",
-            mistake="at the start"),
-    Mistake("keeping the last tokens of long messages", "truncate with encoded[:max_length], the first tokens.",
+    Mistake("padding at the start", "pad at the end: the message's own ids first, then pad_token_id repeated up "
+            "to max_length.", mistake="at the start"),
+    Mistake("keeping the last tokens of long messages", "keep the first max_length tokens, not the last.",
             mistake="last tokens"),
     Mistake("padding to the longest message whatever max_length says", "with a max_length, truncate longer messages "
             "to it and pad shorter ones to it.", mistake="to the longest"),
     Mistake("padding with 50256 whatever pad_token_id says", "pad with the pad_token_id argument.",
             mistake="with 50256"),
-    Mistake("padding without truncating the longer messages", "with a max_length, keep the first max_length tokens "
-            "of every message (encoded[:max_length]) before padding.", mistake="not truncated"),
+    Mistake("padding without truncating the longer messages", "with a max_length, first cut every longer message to "
+            "its first max_length tokens, then pad.", mistake="not truncated"),
 ]
 
 
@@ -356,17 +460,17 @@ def dataset_hint(rows, kwargs, items):
 
 def expect_dataset(got, expected, rows, kwargs, *, what):
     expect_equal(got.length, expected.length, what=f"{what}: len(dataset)",
-                 hint="__len__ returns the number of messages, len(self.data).")
+                 hint="__len__ returns the number of messages (rows of the CSV file).")
     for index, (got_item, expected_item) in enumerate(zip(got.items, expected.items)):
         expect_true(len(got_item) == 2, what=f"{what}: dataset[{index}]", problem="expected a pair (token ids, "
-                    "label).", hint="return torch.tensor(encoded, dtype=torch.long), torch.tensor(label, "
-                                    "dtype=torch.long).")
+                    "label).", hint="__getitem__ returns two tensors of dtype torch.long: the token ids, "
+                                    "shape (max_length,), and the label, shape ().")
         expect_equal(got_item[0], expected_item[0], what=f"{what}: dataset[{index}] token ids",
                      hint=partial(dataset_hint, rows, kwargs, got.items))
         expect_equal(got_item[1], expected_item[1], what=f"{what}: dataset[{index}] label",
                      hint="the label is the row's \"Label\" value as a 0-d tensor of dtype torch.long.")
     expect_equal(got.max_length, expected.max_length, what=f"{what}: the max_length attribute",
-                 hint="keep the length every message was brought to in self.max_length (the book passes the "
+                 hint="keep the length every message was brought to in the attribute max_length (the book passes the "
                       "training set's to the validation and test sets).")
 
 
@@ -418,11 +522,12 @@ def test_classification_head(submission):
         head = got.head
         what = f"the new output head (num_classes={num_classes})"
         expect_true(head["type"] == "Linear", what=what, problem=f"model.out_head is a {head['type']}, not an "
-                    "nn.Linear.", hint="model.out_head = nn.Linear(in_features=emb_dim, out_features=num_classes).")
+                    "nn.Linear.", hint="the new head is an nn.Linear from emb_dim inputs to num_classes outputs, "
+                                       "assigned to the model's out_head attribute (section 6.5).")
         expect_true(head["bias"] is not None, what=what, problem="has no bias.",
                     hint="keep nn.Linear's default bias=True (GPT's vocabulary head had none; the new head has one).")
-        weight_hint = ("create it with nn.Linear(in_features=emb_dim, out_features=num_classes), with emb_dim read "
-                       "from the model (e.g. model.out_head.in_features), and make no other random draw before it: "
+        weight_hint = ("create it as an nn.Linear of emb_dim inputs and num_classes outputs, with emb_dim read from "
+                       "the model (e.g. the old head's in_features), and make no other random draw before it: "
                        "the grader seeds torch.manual_seed(123) just before calling your function, as the book does.")
         expect_close(head["weight"], model.out_head.weight.detach(), what=f"{what}: weight", hint=weight_hint)
         expect_close(head["bias"], model.out_head.bias.detach(), what=f"{what}: bias", hint=weight_hint)
@@ -446,14 +551,14 @@ def trainable_groups(requires_grad: dict) -> str:
 
 def freezing_hint(requires_grad):
     if all(requires_grad.values()):
-        return ("every parameter is still trainable: first freeze them all (param.requires_grad = False for "
-                "model.parameters()), then unfreeze the last block and the final norm.")
+        return ("every parameter is still trainable: first freeze them all (requires_grad False on every "
+                "parameter of the model), then unfreeze the last block and the final norm.")
     head = [flag for name, flag in requires_grad.items() if name.startswith("out_head.")]
     if head and not any(head):
         return ("the new head is frozen: replace the head AFTER freezing the model (a new nn.Linear is "
                 "trainable), or unfreeze it.")
-    return ("freeze every parameter, replace the head, then set requires_grad = True for the parameters of "
-            "model.trf_blocks[-1] (the LAST block) and model.final_norm.")
+    return ("freeze every parameter, replace the head, then make the parameters of the LAST transformer block "
+            "(the last entry of trf_blocks) and of final_norm trainable again.")
 
 
 @pytest.mark.points(2)
@@ -516,8 +621,8 @@ def accuracy_with(model, loader, num_batches, mistake):
 
 ACCURACY_MISTAKES = [
     Mistake("predicting from the first token", HINT_LAST_TOKEN, mistake="first token"),
-    Mistake("using every batch whatever num_batches says", "stop after min(num_batches, len(data_loader)) batches.",
-            mistake="all batches"),
+    Mistake("using every batch whatever num_batches says", "stop after num_batches batches (or all of them when the "
+            "loader has fewer).", mistake="all batches"),
     Mistake("averaging the accuracies of the batches (a smaller last batch counts as much as a full one)",
             "count the correct predictions and the examples over all batches, and divide once at the end.",
             mistake="mean of batches"),
@@ -527,11 +632,25 @@ ACCURACY_MISTAKES = [
 
 def accuracy_hint(value, training_after, model, loader, num_batches):
     if training_after is True:
-        return "the model was in training mode (dropout on) and your function left it so: call model.eval() first."
+        return ("the model was in training mode (dropout on) and your function left it so: switch the model to "
+                "evaluation mode (its eval method) before the first batch, as evaluate_model does.")
     return name_mistake(value, ACCURACY_MISTAKES, partial(accuracy_with, model, loader, num_batches),
                         matches=lambda got, mistaken: abs(float(got) - mistaken) < 1e-6, yours="your accuracy is") or (
-        "for each batch, predicted = torch.argmax(model(input_batch)[:, -1, :], dim=-1); count how many equal the "
-        "labels; divide by the number of examples.")
+        "for each batch, the predicted class is the argmax of the last position's scores; count how many equal the "
+        "labels, over all the batches used, and divide by the number of examples.")
+
+
+def expect_moved(submission, name, model, needed):
+    """The student's `name` moves the `needed` batches ("inputs", "labels") to the device it is given: on a GPU, a
+    batch left on the CPU cannot meet the model's weights. Seen on any machine (probe_kit.classifier_parts)."""
+    inputs, labels = token_batches(11, 4, 5)
+    moved = submission.run(batches_moved, name=name, cfg=SMALL, state=model.state_dict(), inputs=inputs,
+                           labels=labels)
+    left = [role for role in needed if role not in moved]
+    expect_true(not left, what=f"{name}: the batches it moves to the device", problem=f"the {' and the '.join(left)} "
+                "never went through .to(device): on a GPU they would stay on the CPU, away from the model.",
+                hint="move each batch to the device argument (its .to method) before the model or the loss uses "
+                     "it, as the book does in section 6.6.")
 
 
 @pytest.mark.points(2)
@@ -551,6 +670,7 @@ def test_calc_accuracy_loader(submission):
         value = as_number(result.value, what=what, type_hint=NUMBER_TYPE_HINT)
         expect_close(value, torch.tensor(expected, dtype=torch.float64), what=what, atol=1e-6, rtol=0,
                      hint=partial(accuracy_hint, value, result.training, model, loader, num_batches))
+    expect_moved(submission, "calc_accuracy_loader", model, ("inputs",))
 
 
 def loss_with(model, inputs, labels, mistake=None):
@@ -589,7 +709,9 @@ def test_calc_loss_batch(submission):
                                                                             token_batches(2, 4, 9)],
                           gradients_of=("out_head.weight",), loss_with=loss_with, mistakes=LOSS_MISTAKES,
                           hint=HINT_LAST_TOKEN, mean_over="the batch",
-                          gradient_hint="compute the loss from model(input_batch) with cross_entropy.")
+                          gradient_hint="compute the loss from the model's output for the input batch with "
+                                        "cross_entropy.")
+    expect_moved(submission, "calc_loss_batch", classifier(SMALL), ("inputs", "labels"))
 
 
 LOADER_MISTAKES = [
@@ -603,17 +725,17 @@ LOADER_MISTAKES = [
 
 
 @pytest.mark.points(1)
-@pytest.mark.depends_on("test_calc_loss_batch")
-@pytest.mark.runs("calc_loss_loader", "calc_loss_batch")
+@pytest.mark.runs("calc_loss_loader")
+@pytest.mark.stand_ins(*LOSS_PARTS)
 def test_calc_loss_loader(submission):
     """calc_loss_loader: the average batch loss over all or the first num_batches batches (at most all); NaN for
-    an empty loader."""
+    an empty loader. It runs on a correct calc_loss_batch."""
     model = classifier(SMALL)
     inputs, labels, cases = loader_cases()
     cases = [*cases, (0, 2, None)]
     with explain_errors(dividing_by_zero):
-        got = submission.run(loader_values, name="calc_loss_loader", cfg=SMALL, state=model.state_dict(),
-                             inputs=inputs, targets=labels, cases=cases, train=True)
+        got = submission.run(loader_values_on_stand_ins, name="calc_loss_loader", parts=LOSS_PARTS, cfg=SMALL,
+                             state=model.state_dict(), inputs=inputs, targets=labels, cases=cases, train=True)
     for result, (rows, batch_size, num_batches) in zip(got, cases):
         what = f"calc_loss_loader on {describe_case((rows, batch_size, num_batches))}"
         expect_loader_loss(as_number(result.value, what=what, type_hint=NUMBER_TYPE_HINT), ref, model,
@@ -621,13 +743,47 @@ def test_calc_loss_loader(submission):
                            mistakes=LOADER_MISTAKES)
 
 
+def evaluation_hint(values, again, expected, model, loaders, eval_iter):
+    """Why evaluate_model's losses (`values`, and `again` after another seed) differ from the `expected` ones."""
+    if again is not None and any(abs(float(a) - float(b)) > 1e-6 for a, b in zip(values, again)):
+        return ("two calls gave different losses, so dropout was still on: switch the model to evaluation mode (its "
+                "eval method) before computing the losses (section 5.2, as chapter 5's evaluate_model).")
+    if all(abs(float(v) - e) < 1e-5 for v, e in zip(values, reversed(expected))):
+        return "your pair is the wrong way round: the training loss comes first, then the validation loss."
+    with torch.no_grad():
+        every_batch = [ref.calc_loss_loader(loader, model.eval(), "cpu") for loader in loaders]
+    if all(abs(float(v) - e) < 1e-5 for v, e in zip(values, every_batch)):
+        return "you averaged over every batch: give calc_loss_loader num_batches=eval_iter."
+    return (f"each loss is calc_loss_loader over the first eval_iter={eval_iter} batches of its loader, computed in "
+            "evaluation mode without gradients.")
+
+
 @pytest.mark.points(1)
-@pytest.mark.depends_on("test_calc_loss_loader")
-@pytest.mark.runs(*EVALUATE)
+@pytest.mark.runs("evaluate_model")
+@pytest.mark.stand_ins(*EVALUATION_PARTS)
 def test_evaluate_model(submission):
-    """evaluate_model: training and validation loss over eval_iter batches in eval mode; training mode restored."""
-    check_evaluate_model(submission, ref, classifier(DROPOUT, seed=7), DROPOUT, token_batches(4, 8, 6),
-                         token_batches(5, 6, 6), type_hint=NUMBER_TYPE_HINT)
+    """evaluate_model: training and validation loss over eval_iter batches in eval mode; training mode restored. It
+    runs on a correct calc_loss_loader and calc_loss_batch."""
+    model, eval_iter, batch_size = classifier(DROPOUT, seed=7), 3, 2
+    data = token_batches(4, 8, 6), token_batches(5, 6, 6)
+    got = submission.run(evaluated_on_stand_ins, parts=EVALUATION_PARTS, cfg=DROPOUT, state=model.state_dict(),
+                         train_data=data[0], val_data=data[1], batch_size=batch_size, eval_iter=eval_iter)
+    loaders = [reference_loader(part, batch_size) for part in data]
+    expected = ref.evaluate_model(model, *loaders, "cpu", eval_iter)
+    what = f"evaluate_model with eval_iter={eval_iter}"
+    expect_true(isinstance(got.first, list) and len(got.first) == 2, what=what, problem="expected a pair "
+                "(train_loss, val_loss).", hint="return the two losses, the training loss first.")
+    values = [as_number(v, what=f"{what}: {name}", type_hint=NUMBER_TYPE_HINT)
+              for v, name in zip(got.first, ("train_loss", "val_loss"))]
+    again = [as_number(v, what=what, type_hint=NUMBER_TYPE_HINT) for v in got.second] \
+        if isinstance(got.second, list) and len(got.second) == 2 else None
+    hint = partial(evaluation_hint, values, again, expected, model, loaders, eval_iter)
+    for name, value, expected_value in zip(("training loss", "validation loss"), values, expected):
+        expect_close(value, torch.tensor(expected_value, dtype=torch.float64), what=f"{what}: {name}", atol=1e-5,
+                     rtol=1e-5, hint=hint)
+    expect_true(got.training_after is True, what=what, problem="the model is left in eval mode after the "
+                "evaluation.", hint="switch the model back to training mode (its train method) before returning: "
+                                    "training goes on after each evaluation, with dropout.")
 
 
 # -- section 6.7: finetuning -------------------------------------------------------------------------------------
@@ -652,7 +808,7 @@ def mistaken_loop(mistake):
         if mistake == "train once":
             model.train()
         for _epoch in range(num_epochs):
-            if mistake != "train once":
+            if mistake not in ("train once", "never train"):
                 model.train()
             for x, y in train_loader:
                 if mistake != "no zero_grad":
@@ -674,22 +830,29 @@ def mistaken_loop(mistake):
 
 
 def run_with(loop, state, train_data, val_data, mistake=None):
-    """What training_run gives with `loop` (or, with a `mistake`, mistaken_loop's) as train_classifier_simple,
-    run here on the CPU."""
+    """What the probe classifier_training gives with `loop` (or, with a `mistake`, mistaken_loop's) as
+    train_classifier_simple, run here on the CPU."""
     loop = loop if mistake is None else mistaken_loop(mistake)
-    return train_here(loop, "train_classifier_simple", TRAINING, state, train_data, val_data, RUN, RUN_ARGUMENTS,
-                      finetune=True)
+    get_gpt2_tokenizer()  # tiktoken works offline from now on
+    return run_here(classifier_training, SimpleNamespace(train_classifier_simple=loop), parts=TRAINING_PARTS,
+                    cfg=TRAINING, state=state, train_data=train_data, val_data=val_data, settings=RUN,
+                    arguments=RUN_ARGUMENTS)
 
 
+TRAIN_MODE_EVERY_EPOCH = ("switch the model to training mode (its train method) at the start of every epoch: the "
+                          "caller may hand it over in evaluation mode, and calc_accuracy_loader leaves it so after "
+                          "each epoch.")
 TRAINING_MISTAKES = [
     ZERO_GRAD_FORGOTTEN,
-    Mistake("calling model.train() once before the loop (calc_accuracy_loader leaves the model in eval mode, so "
-            "later epochs train without dropout)", "call model.train() at the start of every epoch.",
-            mistake="train once"),
+    Mistake("never switching the model to training mode (the grader hands it over in evaluation mode: the first "
+            "steps train without dropout)", TRAIN_MODE_EVERY_EPOCH, mistake="never train"),
+    Mistake("switching to training mode once, before the loop (calc_accuracy_loader leaves the model in eval mode, "
+            "so later epochs train without dropout)", TRAIN_MODE_EVERY_EPOCH, mistake="train once"),
     STEPS_FROM_ONE,
-    Mistake("counting tokens instead of examples", "examples_seen += input_batch.shape[0].", mistake="tokens counted"),
-    Mistake("measuring the accuracies on every batch", "after each epoch, calc_accuracy_loader(..., "
-            "num_batches=eval_iter) for each loader.", mistake="accuracy on every batch"),
+    Mistake("counting tokens instead of examples", "add the batch's number of examples (its first dimension), not "
+            "its number of tokens.", mistake="tokens counted"),
+    Mistake("measuring the accuracies on every batch", "after each epoch, measure each accuracy on eval_iter batches "
+            "only (calc_accuracy_loader's num_batches).", mistake="accuracy on every batch"),
 ]
 
 
@@ -709,19 +872,33 @@ def same_run(got, candidate) -> bool:
     return True
 
 
-@pytest.mark.points(3)
-@pytest.mark.depends_on("test_calc_loss_batch", "test_evaluate_model", "test_calc_accuracy_loader")
-@pytest.mark.runs("train_classifier_simple", "calc_accuracy_loader", *EVALUATE)
-def test_train_classifier_simple(submission):
-    """train_classifier_simple: a short seeded run gives the reference's losses, accuracies, examples seen and head.
+def expect_plain_numbers(result, *, what):
+    """The four lists hold Python numbers and examples_seen is an int, as the book's loop returns them: a tensor
+    there keeps memory (and, with a gradient, the graph) alive, and does not print or save as a number."""
+    for name, values in zip(RETURNED, result[:4]):
+        tensors = [index for index, value in enumerate(values) if isinstance(value, torch.Tensor)]
+        expect_true(not tensors, what=f"{what}: {name}", problem=f"entry {tensors[0] if tensors else 0} is a "
+                    "tensor, not a Python float.", hint="append the numbers that evaluate_model and "
+                    "calc_accuracy_loader return as they are; a one-element tensor gives its number with .item().")
+    expect_true(isinstance(result[4], int) and not isinstance(result[4], bool), what=f"{what}: examples_seen",
+                problem=f"is a {type(result[4]).__name__}, not a Python int.",
+                hint="count the examples with Python ints (a tensor's shape holds ints).")
 
-    2 epochs of 3 batches, evaluating every 2 steps on 2 batches, AdamW, dropout on, on the CPU.
+
+@pytest.mark.points(3)
+@pytest.mark.runs("train_classifier_simple")
+@pytest.mark.stand_ins(*TRAINING_PARTS)
+def test_train_classifier_simple(submission):
+    """train_classifier_simple: a short seeded run gives the reference's losses, accuracies (Python floats),
+    examples seen and head.
+
+    2 epochs of 3 batches, evaluating every 2 steps on 2 batches, AdamW, dropout on, on the CPU, the model handed
+    over in eval mode. It runs on correct calc_loss_batch, evaluate_model and calc_accuracy_loader.
     """
     state = classifier(TRAINING, seed=9).state_dict()
     train_data, val_data = training_data()
-    got = submission.run(training_run, function="train_classifier_simple", cfg=TRAINING, state=state,
-                         train_data=train_data, val_data=val_data, settings=RUN, arguments=RUN_ARGUMENTS,
-                         finetune=True)
+    got = submission.run(classifier_training, parts=TRAINING_PARTS, cfg=TRAINING, state=state,
+                         train_data=train_data, val_data=val_data, settings=RUN, arguments=RUN_ARGUMENTS)
     expected = run_with(ref.train_classifier_simple, state, train_data, val_data)
     what = "train_classifier_simple (2 epochs of 3 batches, evaluating every 2 steps)"
     result = expect_returned(got.result, RETURNED, what=what, kind="results", lists=False)
@@ -729,14 +906,15 @@ def test_train_classifier_simple(submission):
     def diagnose():
         return name_mistake(result, TRAINING_MISTAKES, partial(run_with, None, state, train_data, val_data),
                             matches=same_run, yours="your run is") or (
-            "one optimizer step per batch (zero_grad, loss, backward, step) with the model in training mode, an "
+            "one optimizer step per batch (gradients reset, loss, backward, step) with the model in training mode, an "
             "evaluation after steps 0, eval_freq, 2 * eval_freq, ..., and the accuracies on eval_iter batches "
-            "after every epoch.")
+            "after every epoch (section 6.7).")
 
     examples_seen = result[4].item() if isinstance(result[4], torch.Tensor) else result[4]
     expect_equal(examples_seen, expected.result[4], what=f"{what}: examples_seen", hint=diagnose)
     expect_trained(got, expected, RETURNED[:4], what=what, type_hint=NUMBER_TYPE_HINT, hint=diagnose,
                    weights="out_head.weight")
+    expect_plain_numbers(result, what=what)
 
 
 # -- section 6.8: using the classifier ---------------------------------------------------------------------------
@@ -750,7 +928,18 @@ REVIEW_TEXTS = [
     "Get a loan of up to 5000 today, no credit checks! Reply YES for an instant decision.",
     "Kettle is on, come over whenever.",
 ]
-REVIEW_SETTINGS = [{"max_length": 24}, {"max_length": 9}, {"max_length": 16, "pad_token_id": 0}]
+# The last one fills the model's context exactly: that is allowed.
+REVIEW_SETTINGS = [{"max_length": 24}, {"max_length": 9}, {"max_length": 16, "pad_token_id": 0},
+                   {"max_length": GPT2_VOCAB["context_length"]}]
+
+
+FULL_CONTEXT_REFUSED = error_mentions("ValueError", "AssertionError", hint=(
+    f"the grader calls classify_review with max_length from 9 up to the model's context length "
+    f"({GPT2_VOCAB['context_length']}, an input that fills the context exactly): only a max_length longer than the "
+    "context may be refused."))
+EMPTY_MESSAGE = error_mentions("indices", "Long, Int", hint=(
+    "an empty message (the grader tries one, after the others) becomes max_length padding tokens; the token ids "
+    "given to the model must be integers (torch.long), and a tensor made from an empty list is a float tensor."))
 
 
 def describe_review(case):
@@ -767,9 +956,9 @@ def review_input(text, max_length, pad_token_id=PAD, mistake=None):
 REVIEW_MISTAKES = [
     Mistake("no padding", "pad the message with pad_token_id up to max_length, as SpamDataset does: the classifier "
             "learned to read its answer after exactly that much padding.", mistake="no padding"),
-    Mistake("padding at the start", "pad at the end: input_ids + [pad_token_id] * (max_length - len(input_ids)).",
-            mistake="at the start"),
-    Mistake("keeping the last tokens of a long message", "truncate with input_ids[:max_length].",
+    Mistake("padding at the start", "pad at the end: the message's own ids first, then pad_token_id up to "
+            "max_length.", mistake="at the start"),
+    Mistake("keeping the last tokens of a long message", "keep the first max_length tokens, not the last.",
             mistake="last tokens"),
     Mistake("padding with 50256 whatever pad_token_id says", "pad with the pad_token_id argument.",
             mistake="with 50256"),
@@ -785,14 +974,15 @@ def review_hint(seen, case):
         if named:
             return named
     return ("encode the text, keep the first max_length tokens, pad at the end with pad_token_id up to max_length, "
-            "and add a batch dimension: torch.tensor(input_ids).unsqueeze(0).")
+            "and make it a batch of one, shape (1, max_length), on the device (section 6.8).")
 
 
 @pytest.mark.points(2)
 @pytest.mark.runs("classify_review")
 def test_classify_review(submission):
-    """classify_review: the message truncated and padded to max_length like the training data, the last token's
-    argmax, class 1 answered "spam" and class 0 "not spam", in eval mode."""
+    """classify_review: the message truncated and padded to max_length like the training data (an empty message,
+    and a max_length that fills the context exactly, included), the last token's argmax, class 1 answered "spam" and
+    class 0 "not spam", in eval mode."""
     torch.manual_seed(17)
     model = GPTModel(GPT2_VOCAB)
     model.out_head = nn.Linear(GPT2_VOCAB["emb_dim"], 2)
@@ -801,17 +991,25 @@ def test_classify_review(submission):
     state = model.state_dict()
     model.eval()
     cases = [{"text": text, "kwargs": kwargs} for kwargs in REVIEW_SETTINGS for text in REVIEW_TEXTS]
-    got = submission.run(classified, name="classify_review", cfg=GPT2_VOCAB, state=state, cases=cases)
-    for result, case in zip(got, cases):
-        what = describe_review(case)
-        expected_ids = torch.tensor([review_input(case["text"], **case["kwargs"])])
-        expect_true(result.seen is not None, what=what, problem="the model was never called.", hint=None)
-        expect_equal(result.seen, expected_ids, what=f"{what}: the token ids given to the model",
-                     hint=partial(review_hint, result.seen, case))
-        expect_true(result.training_after is False, what=what, problem="the model was in training mode (dropout on) "
-                    "and your function left it so.", hint="call model.eval() first: a prediction must not be random.")
-        with torch.no_grad():
-            expected = "spam" if model(expected_ids)[:, -1, :].argmax(dim=-1).item() == 1 else "not spam"
-        expect_equal(result.answer, expected, what=f"{what}: the answer",
-                     hint='the class is the argmax of the last token\'s logits; class 1 is "spam", class 0 '
-                          '"not spam".')
+    empty = [{"text": "", "kwargs": kwargs} for kwargs in REVIEW_SETTINGS[1:3]]  # nothing but padding, checked last
+    for group, diagnosis in ((cases, FULL_CONTEXT_REFUSED), (empty, EMPTY_MESSAGE)):
+        with explain_errors(diagnosis):
+            got = submission.run(classified, name="classify_review", cfg=GPT2_VOCAB, state=state, cases=group)
+        for result, case in zip(got, group):
+            expect_review(result, case, model)
+
+
+def expect_review(result, case, model):
+    """One answer of the student's classify_review: the input the model saw, its mode afterwards, the answer."""
+    what = describe_review(case)
+    expected_ids = torch.tensor([review_input(case["text"], **case["kwargs"])])
+    expect_true(result.seen is not None, what=what, problem="the model was never called.", hint=None)
+    expect_equal(result.seen, expected_ids, what=f"{what}: the token ids given to the model",
+                 hint=partial(review_hint, result.seen, case))
+    expect_true(result.training_after is False, what=what, problem="the model was in training mode (dropout on) and "
+                "your function left it so.", hint="switch the model to evaluation mode (its eval method) first: a "
+                                                  "prediction must not be random.")
+    with torch.no_grad():
+        expected = "spam" if model(expected_ids)[:, -1, :].argmax(dim=-1).item() == 1 else "not spam"
+    expect_equal(result.answer, expected, what=f"{what}: the answer",
+                 hint='the class is the argmax of the last token\'s logits; class 1 is "spam", class 0 "not spam".')

@@ -3,14 +3,12 @@
 from tests.submissions.catalog.base import Variant, mutant
 
 APPE = "appe_lora"
-UPDATE_ALL = {"test_lora_layer_forward", "test_linear_with_lora_update", "test_lora_gradients",
-              "test_replace_linear_with_lora", "test_lora_finetuning_gradients"}
+UPDATE_ALL = {"test_lora_layer_forward"}  # the composites run on a correct LoRALayer
 
 MUTANTS = [
     mutant("b_initialised_randomly", APPE, "lora_layer",
            [("self.B = nn.Parameter(torch.zeros(rank, out_dim))", "self.B = nn.Parameter(torch.randn(rank, out_dim))")],
-           {"test_lora_layer_parameters", "test_linear_with_lora_at_initialisation", "test_replace_linear_with_lora"},
-           says="start B at zero"),
+           {"test_lora_layer_parameters"}, says="start B at zero"),
     mutant("a_initialised_to_zero", APPE, "lora_layer",
            [("        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # random, like an nn.Linear weight\n",
              "        nn.init.zeros_(self.A)\n")],
@@ -24,13 +22,12 @@ MUTANTS = [
            UPDATE_ALL, says="a scaling by rank / alpha"),
     mutant("wrapper_without_lora", APPE, "linear_with_lora",
            [("return self.linear(x) + self.lora(x)", "return self.linear(x)")],
-           {"test_linear_with_lora_update", "test_lora_gradients", "test_replace_linear_with_lora",
-            "test_lora_finetuning_gradients"}, says="the LoRA update is missing"),
+           {"test_linear_with_lora_update", "test_lora_gradients"}, says="the LoRA update is missing"),
     mutant("wrapper_builds_its_own_linear", APPE, "linear_with_lora",
            [("self.linear = linear  # the pretrained layer itself, weights and all",
              "self.linear = nn.Linear(linear.in_features, linear.out_features)")],
-           {"test_linear_with_lora_at_initialisation", "test_lora_gradients", "test_replace_linear_with_lora",
-            "test_lora_finetuning_gradients"}, says="wrap the layer you are given"),
+           {"test_linear_with_lora_at_initialisation", "test_lora_gradients"},
+           says="keep the very layer you are given"),
     mutant("replace_not_recursive", APPE, "replace_linear_with_lora",
            [("            replace_linear_with_lora(child, rank, alpha)  # attention, feed forward, blocks, ...",
              "            pass")],

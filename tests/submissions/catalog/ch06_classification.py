@@ -1,9 +1,19 @@
 """Mutants and variants of chapter 6: finetuning for classification."""
 
-from tests.submissions.catalog.base import Variant, mutant
+from tests.submissions.catalog.base import Variant, mutant, rewrite
 
 CH06 = "ch06_classification"
-LOSS_ALL = {"test_calc_loss_batch", "test_calc_loss_loader", "test_evaluate_model", "test_train_classifier_simple"}
+
+# An empty message through tensors: torch.tensor([]) is a float tensor, and so is its concatenation with the padding.
+CLASSIFY_WITH_TORCH_CAT = '''def classify_review(text, model, tokenizer, device, max_length=None, pad_token_id=50256):
+    model.eval()
+    max_length = model.pos_emb.weight.shape[0] if max_length is None else max_length
+    ids = torch.tensor(tokenizer.encode(text))[:max_length]
+    ids = torch.cat([ids, torch.full((max_length - len(ids),), pad_token_id)])
+    with torch.no_grad():
+        logits = model(ids.unsqueeze(0).to(device))[:, -1, :]
+    return "spam" if logits.argmax(dim=-1).item() == 1 else "not spam"
+'''
 
 MUTANTS = [
     # -- the data -----------------------------------------------------------------------------------------------
@@ -12,14 +22,14 @@ MUTANTS = [
            {"test_create_balanced_dataset"}, says="the right rows in the wrong order"),
     mutant("balanced_sample_not_seeded", CH06, "create_balanced_dataset",
            [(".sample(len(spam), random_state=123)", ".sample(len(spam))")],
-           {"test_create_balanced_dataset"}, says="random_state=123"),
+           {"test_create_balanced_dataset"}, says="what a sample drawn without a seed gives"),
     mutant("split_index_not_reset", CH06, "random_split",
            [("df.sample(frac=1, random_state=123).reset_index(drop=True)", "df.sample(frac=1, random_state=123)")],
-           {"test_random_split"}, says="reset the index"),
+           {"test_random_split"}, says="a fresh index"),
     mutant("split_validation_end_from_the_sum", CH06, "random_split",
            [("validation_end = train_end + int(len(shuffled) * validation_frac)",
              "validation_end = int(len(shuffled) * (train_frac + validation_frac))")],
-           {"test_random_split"}, says="train_end + int(n * validation_frac)"),
+           {"test_random_split"}, says="int(n * (train_frac + validation_frac))"),
     mutant("dataset_pads_at_the_start", CH06, "spam_dataset",
            [("[ids + [pad_token_id] * (self.max_length - len(ids)) for ids in encoded]",
              "[[pad_token_id] * (self.max_length - len(ids)) + ids for ids in encoded]")],
@@ -49,21 +59,27 @@ MUTANTS = [
            {"test_freezing"}, says="every parameter is still trainable"),
     mutant("first_block_unfrozen", CH06, "prepare_model_for_classification",
            [("model.trf_blocks[-1].requires_grad_(True)", "model.trf_blocks[0].requires_grad_(True)")],
-           {"test_freezing"}, says="the LAST block"),
+           {"test_freezing"}, says="the LAST transformer block"),
     # -- loss and accuracy --------------------------------------------------------------------------------------
     mutant("loss_from_the_first_token", CH06, "calc_loss_batch",
            [("logits = model(input_batch)[:, -1, :]", "logits = model(input_batch)[:, 0, :]")],
-           LOSS_ALL, says="exactly what the logits of the first token"),
+           {"test_calc_loss_batch"}, says="exactly what the logits of the first token"),
     mutant("loss_logits_averaged_over_tokens", CH06, "calc_loss_batch",
            [("logits = model(input_batch)[:, -1, :]", "logits = model(input_batch).mean(dim=1)")],
-           LOSS_ALL, says="logits averaged over the positions"),
+           {"test_calc_loss_batch"}, says="logits averaged over the positions"),
     mutant("loss_loader_ignores_num_batches", CH06, "calc_loss_loader",
            [("        if i >= num_batches:\n            break\n", "")],
-           {"test_calc_loss_loader", "test_evaluate_model", "test_train_classifier_simple"},
-           says="stop after the first num_batches batches"),
+           {"test_calc_loss_loader"}, says="stop after the first num_batches batches"),
+    mutant("loss_batch_not_moved_to_device", CH06, "calc_loss_batch",
+           [("    input_batch, target_batch = input_batch.to(device), target_batch.to(device)  # (b, n), (b,)\n", "")],
+           {"test_calc_loss_batch"}, says="never went through .to(device)"),
     mutant("accuracy_without_eval_mode", CH06, "calc_accuracy_loader",
            [("    model.eval()\n", "")],
-           {"test_calc_accuracy_loader", "test_train_classifier_simple"}, says="call model.eval() first"),
+           {"test_calc_accuracy_loader"}, says="evaluation mode (its eval method) before the first batch"),
+    mutant("accuracy_batch_not_moved_to_device", CH06, "calc_accuracy_loader",
+           [("input_batch, target_batch = input_batch.to(device), target_batch.to(device)  # (b, n), (b,)",
+             "pass")],
+           {"test_calc_accuracy_loader"}, says="never went through .to(device)"),
     mutant("accuracy_mean_of_batch_accuracies", CH06, "calc_accuracy_loader",
            [("    correct, seen = 0, 0\n", "    correct, seen = 0.0, 0\n"),
             ("correct += (predicted == target_batch).sum().item()",
@@ -72,19 +88,26 @@ MUTANTS = [
            {"test_calc_accuracy_loader"}, says="averaging the accuracies of the batches"),
     mutant("accuracy_from_the_first_token", CH06, "calc_accuracy_loader",
            [("logits = model(input_batch)[:, -1, :]", "logits = model(input_batch)[:, 0, :]")],
-           {"test_calc_accuracy_loader", "test_train_classifier_simple"}, says="predicting from the first token"),
+           {"test_calc_accuracy_loader"}, says="predicting from the first token"),
     mutant("evaluate_leaves_eval_mode", CH06, "evaluate_model",
            [("    model.train()\n    return train_loss, val_loss", "    return train_loss, val_loss")],
-           {"test_evaluate_model", "test_train_classifier_simple"}, says="left in eval mode"),
+           {"test_evaluate_model"}, says="left in eval mode"),
     # -- training -----------------------------------------------------------------------------------------------
     mutant("train_without_zero_grad", CH06, "train_classifier_simple",
            [("            optimizer.zero_grad()  # forget the previous step's gradients\n", "")],
-           {"test_train_classifier_simple"}, says="without optimizer.zero_grad()"),
+           {"test_train_classifier_simple"}, says="without resetting the gradients"),
     mutant("train_mode_set_once", CH06, "train_classifier_simple",
            [("    for epoch in range(num_epochs):\n        model.train()  # dropout on (calc_accuracy_loader below "
              "switches it off)\n",
              "    model.train()\n    for epoch in range(num_epochs):\n")],
-           {"test_train_classifier_simple"}, says="model.train() at the start of every epoch"),
+           {"test_train_classifier_simple"}, says="switching to training mode once"),
+    mutant("train_never_sets_train_mode", CH06, "train_classifier_simple",
+           [("        model.train()  # dropout on (calc_accuracy_loader below switches it off)\n", "")],
+           {"test_train_classifier_simple"}, says="never switching the model to training mode"),
+    mutant("train_returns_tensor_accuracies", CH06, "train_classifier_simple",
+           [("train_accs.append(train_accuracy)", "train_accs.append(torch.tensor(train_accuracy))"),
+            ("val_accs.append(val_accuracy)", "val_accs.append(torch.tensor(val_accuracy))")],
+           {"test_train_classifier_simple"}, says="not a Python float"),
     mutant("train_counts_tokens", CH06, "train_classifier_simple",
            [("examples_seen += input_batch.shape[0]", "examples_seen += input_batch.numel()")],
            {"test_train_classifier_simple"}, says="counting tokens instead of examples"),
@@ -102,9 +125,15 @@ MUTANTS = [
            [('return "spam" if logits.argmax(dim=-1).item() == 1 else "not spam"',
              'return "spam" if logits.argmax(dim=-1).item() == 0 else "not spam"')],
            {"test_classify_review"}, says='class 1 is "spam"'),
+    mutant("classify_refuses_a_full_context", CH06, "classify_review",
+           [("if max_length is not None and max_length > context_length:",
+             "if max_length is not None and max_length >= context_length:")],
+           {"test_classify_review"}, says="fills the context exactly"),
+    rewrite("classify_empty_message_as_floats", CH06, {"classify_review": CLASSIFY_WITH_TORCH_CAT},
+            {"test_classify_review"}, says="a tensor made from an empty list is a float tensor"),
     mutant("classify_without_eval_mode", CH06, "classify_review",
            [("    model.eval()\n    context_length", "    context_length")],
-           {"test_classify_review"}, says="call model.eval() first"),
+           {"test_classify_review"}, says="evaluation mode (its eval method) first"),
 ]
 
 
