@@ -108,7 +108,7 @@ def check_split_data(ns):
     data = list(range(1100))
     parts = ns["split_data"](data)
     require(isinstance(parts, (tuple, list)) and len(parts) == 3, "split_data does not return three parts.",
-                "return train_data, val_data, test_data.")
+                "return the three parts in the order train, val, test.")
     train, val, test = parts
     expect_equal([len(train), len(val), len(test)], [935, 55, 110], "the lengths of train, val and test",
                  "int(len(data) * train_frac) for training, int(len(data) * test_frac) for testing, the rest for "
@@ -119,17 +119,21 @@ def check_split_data(ns):
 
 
 @CHECKS.register("test_instruction_dataset", subject="InstructionDataset",
-                 description="InstructionDataset encodes prompt, response header and answer of each entry")
+                 description="InstructionDataset encodes the prompt (your format_input's), the response header and the "
+                             "answer of each entry",
+                 error_hint="encode the text with tokenizer.encode (section 7.3).")
 def check_instruction_dataset(ns):
     entries = [dict(BOOK_ENTRY_50), dict(BOOK_ENTRY_999)]
     tokenizer = CharTokenizer()
     dataset = ns["InstructionDataset"](entries, tokenizer)
     expect_equal(len(dataset), 2, "len(InstructionDataset(two entries, tokenizer))", "__len__ returns len(self.data).")
-    for index, prompt in enumerate((PROMPT_50, PROMPT_999)):
-        expected = tokenizer.encode(prompt + HEADER + entries[index]["output"])
-        expect_equal(as_lists(dataset[index]), expected, f"dataset[{index}] (one token per character)",
-                     "tokenizer.encode(format_input(entry) + '\\n\\n### Response:\\n' + entry['output']), and "
-                     "__getitem__ returns self.encoded_texts[index].")
+    for index, entry in enumerate(entries):
+        # The prompt from your own format_input (whose own check is test_format_input): this check is the dataset's.
+        expected = tokenizer.encode(ns["format_input"](dict(entry)) + HEADER + entry["output"])
+        expect_equal(as_lists(dataset[index]), expected, f"dataset[{index}] (one token per character; the prompt "
+                     "as your format_input writes it)",
+                     "the token ids of the prompt (format_input), the response header and the answer, as one "
+                     "text; __getitem__ returns the stored token ids of entry `index`.")
 
 
 # -- section 7.3 ------------------------------------------------------------------------------------------------
@@ -170,21 +174,28 @@ def check_collate_fn_truncation(ns):
                                   "custom_collate_fn(batch, allowed_max_length=3)")
     expect_equal(as_lists(inputs), [row[:3] for row in BOOK_INPUTS], "custom_collate_fn(batch, "
                  "allowed_max_length=3): inputs", "cut both tensors to their first allowed_max_length tokens.")
-    expect_equal(as_lists(targets), [row[:3] for row in BOOK_TARGETS], "custom_collate_fn(batch, "
-                 "allowed_max_length=3): targets", "cut the targets after the -100 masking, like the inputs.")
+    # The targets against your own targets without allowed_max_length, cut: their masking is test_collate_fn_targets'.
+    full = expect_pair(ns["custom_collate_fn"]([list(item) for item in BATCH]), "custom_collate_fn(batch)")[1]
+    expect_equal(as_lists(targets), [row[:3] for row in as_lists(full)], "custom_collate_fn(batch, "
+                 "allowed_max_length=3): targets, compared with your targets without allowed_max_length, cut to 3",
+                 "cut the targets after the -100 masking, like the inputs.")
 
 
 @CHECKS.register("test_collate_fn_device", subject="custom_collate_fn",
                  description="custom_collate_fn returns int64 tensors on `device` and leaves the items alone")
 def check_collate_fn_device(ns):
+    # The meta device holds no values, only shapes: it shows where the tensors go without a GPU.
     items = [list(item) for item in BATCH]
-    inputs, targets = expect_pair(ns["custom_collate_fn"](items, device="cpu"), "custom_collate_fn(batch)")
+    inputs, targets = expect_pair(ns["custom_collate_fn"](items, device="meta"), "custom_collate_fn(batch)")
     for name, tensor in (("inputs", inputs), ("targets", targets)):
-        require(isinstance(tensor, torch.Tensor) and tensor.dtype == torch.int64 and tensor.device.type == "cpu",
-                    f"custom_collate_fn(batch, device='cpu'): the {name} are not an int64 tensor on the CPU.",
-                    "torch.tensor(list of ints), then torch.stack(...).to(device).")
+        require(isinstance(tensor, torch.Tensor) and tensor.dtype == torch.int64 and tensor.device.type == "meta",
+                f"custom_collate_fn(batch, device='meta'): the {name} are not an int64 tensor on the meta device "
+                f"(got {getattr(tensor, 'dtype', type(tensor).__name__)} on "
+                f"{getattr(getattr(tensor, 'device', None), 'type', 'no device')}).",
+                "build the rows from lists of ints (int64) and move the stacked tensors to `device` before "
+                "returning them.")
     expect_equal([list(item) for item in items], [list(item) for item in BATCH], "the items after the call",
-                 "pad a copy of each item (item.copy()): the items belong to the dataset.")
+                 "pad a copy of each item (a list's .copy()): the items belong to the dataset.")
 
 
 @CHECKS.register("test_extract_response", subject="extract_response",
@@ -197,7 +208,8 @@ def check_extract_response(ns):
 
 
 @CHECKS.register("test_generate_model_responses", subject="generate_model_responses",
-                 description="generate_model_responses returns copies of the entries with an answer under json_key")
+                 description="generate_model_responses returns copies of the entries with an answer under json_key, "
+                             "and stops at eos_id")
 def check_generate_model_responses(ns):
     entries = [dict(BOOK_ENTRY_50), dict(BOOK_ENTRY_999)]
     got = ns["generate_model_responses"](tiny_gpt(), entries, CharTokenizer(), "cpu", max_new_tokens=3,
@@ -214,7 +226,22 @@ def check_generate_model_responses(ns):
                      f"{what}: entry {index} without its answer", "keep the entry's own keys and values.")
         require(len(answer["answer"]) <= 3, f"{what}: entry {index}'s answer {answer['answer']!r} is longer "
                     "than 3 new tokens (one character each).", "generate max_new_tokens tokens after the prompt and "
-                    "extract_response(generated_text, prompt).")
+                    "cut the answer out with extract_response.")
+    # eos_id: the first token the tiny GPT chooses after the first prompt, so that generation must stop at once.
+    from reference.pretraining import generate
+
+    model = tiny_gpt()
+    with torch.no_grad():
+        first = generate(model, torch.tensor([CharTokenizer().encode(PROMPT_50)]), max_new_tokens=1,
+                         context_size=256)
+    eos_id = int(first[0, -1])
+    got = ns["generate_model_responses"](model, [dict(BOOK_ENTRY_50)], CharTokenizer(), "cpu", max_new_tokens=3,
+                                         eos_id=eos_id)
+    require(isinstance(got, list) and len(got) == 1 and isinstance(got[0], dict), f"generate_model_responses "
+            f"(one entry, eos_id={eos_id}) does not return a list of one entry.", "")
+    expect_equal(got[0].get("model_response"), "", f"generate_model_responses(one entry, eos_id={eos_id}, the "
+                 "first token the model chooses): the answer", "pass eos_id on to generate, which stops as soon as "
+                 "the model chooses that token: the answer is then empty.")
 
 
 # -- section 7.8 ------------------------------------------------------------------------------------------------
@@ -228,35 +255,49 @@ def check_normalize_answer(ns):
 
 
 @CHECKS.register("test_exact_match_score", subject="exact_match_score",
-                 description="exact_match_score is 1.0 for answers equal after normalizing, else 0.0")
+                 description="exact_match_score is 1.0 for answers equal after normalizing case and punctuation, else "
+                             "0.0")
 def check_exact_match_score(ns):
     score = ns["exact_match_score"]
-    truth = "The capital of Canada is Ottawa."
-    hint = "float(normalize_answer(prediction) == normalize_answer(ground_truth))."
-    expect_equal(score("the capital of canada is ottawa", truth), 1.0, "exact_match_score(lower case, no period)",
-                 hint)
-    expect_equal(score("Ottawa", truth), 0.0, "exact_match_score('Ottawa', ...)", hint)
+    truth = "Capital of Canada: Ottawa."  # (no articles: this check does not depend on removing them)
+    hint = "1.0 when the two answers are equal after normalize_answer, else 0.0 (a float)."
+    expect_equal(score("capital of canada ottawa", truth), 1.0, "exact_match_score('capital of canada ottawa', "
+                 f"{truth!r}) (lower case, no punctuation)", hint)
+    expect_equal(score("Ottawa", truth), 0.0, f"exact_match_score('Ottawa', {truth!r})", hint)
 
 
 @CHECKS.register("test_f1_score", subject="f1_score",
-                 description="f1_score on the notebook's example gives 0.75")
+                 description="f1_score on the notebook's example (without articles) gives 0.75, and counts a "
+                             "repeated word as often as both answers hold it")
 def check_f1_score(ns):
-    got = ns["f1_score"]("The capital is Ottawa.", "The capital of Canada is Ottawa.")
-    expect_close(torch.tensor(float(got)), 0.75, "f1_score('The capital is Ottawa.', 'The capital of Canada is "
-                 "Ottawa.')", "3 shared words: precision 3/3, recall 3/5, F1 = 2 * p * r / (p + r).")
+    # The notebook's example without its articles (this check does not depend on removing them).
+    got = ns["f1_score"]("Capital is Ottawa.", "Capital of Canada is Ottawa.")
+    expect_close(torch.tensor(float(got)), 0.75, "f1_score('Capital is Ottawa.', 'Capital of Canada is Ottawa.')",
+                 "3 shared words: precision 3/3, recall 3/5, F1 = 2 * p * r / (p + r).")
+    got = ns["f1_score"]("x x y", "x y y")
+    hint = ("count the words as bags (collections.Counter), not as sets: 'x' is shared once and 'y' once, so 2 "
+            "shared words, precision 2/3 and recall 2/3.")
+    if abs(float(got) - 1.0) < 1e-6:
+        hint = "that is exactly what sets of words give: " + hint
+    expect_close(torch.tensor(float(got)), 2 / 3, "f1_score('x x y', 'x y y')", hint)
 
 
 @CHECKS.register("test_evaluate_responses", subject="evaluate_responses",
-                 description="evaluate_responses gives exact match and F1 in percent and the count")
+                 description="evaluate_responses gives the mean of your exact_match_score and f1_score in percent, "
+                             "and the count")
 def check_evaluate_responses(ns):
     data = [{"output": "The capital of Canada is Ottawa.", "model_response": "the capital of canada is ottawa"},
             {"output": "Red.", "model_response": "Blue."}]
-    got = ns["evaluate_responses"](data)
+    got = ns["evaluate_responses"]([dict(entry) for entry in data])
     require(isinstance(got, dict) and sorted(got) == ["count", "exact_match", "f1"],
-                "evaluate_responses does not return a dict with the keys exact_match, f1 and count.", "")
-    expect_equal([float(got["exact_match"]), float(got["f1"]), got["count"]], [50.0, 50.0, 2],
-                 "evaluate_responses(one right and one wrong answer)",
-                 "100 * the mean of the scores over the entries, and the number of entries.")
+            "evaluate_responses does not return a dict with the keys exact_match, f1 and count.", "")
+    # With correct scores: 50.0, 50.0 and 2. Computed here with your own scores (they have their own checks).
+    means = [100.0 * sum(float(ns[name](entry["model_response"], entry["output"])) for entry in data) / len(data)
+             for name in ("exact_match_score", "f1_score")]
+    expect_equal([round(float(got["exact_match"]), 6), round(float(got["f1"]), 6), got["count"]],
+                 [round(means[0], 6), round(means[1], 6), 2],
+                 "evaluate_responses(one right and one wrong answer), compared with your exact_match_score and "
+                 "f1_score", "100 * the mean of the scores over the entries, and the number of entries.")
 
 
 # -- section 7.6 ------------------------------------------------------------------------------------------------

@@ -9,6 +9,13 @@ weights of seeded reference models) whose vocabulary is GPT-2's tokens of the co
 from 0, on batches the reference's collate function made, on the CPU; the reference runs the same probes on the
 trusted side. The reference model must be frozen: it gets no gradient and does not change.
 
+Each composite (the loss of a batch, of a loader, the evaluation, the training loop) runs on correct stand-ins of
+the functions it calls (probe_kit/finetuning_parts.py, @pytest.mark.stand_ins), so a bug costs the points of the
+function it is in. Beyond the book's examples the grader probes: large logits and far-apart log-probabilities
+(the log of a softmax or of a sigmoid underflows to -inf there), rewards returned with their graph, a loader that
+returns tensors where the book's .item() gives floats, an evaluation left in eval mode or run with dropout, and a
+training loop handed a policy in eval mode (it must switch it to training mode itself).
+
 Edge cases where the book and the course differ, and what is accepted:
 - compute_dpo_loss_loader on an empty loader: the book returns one NaN, the course three; not graded.
 - train_model_dpo_simple: the book's samples its text after each epoch from a global `model` (in the book's
@@ -66,16 +73,20 @@ with plain_imports():
 
 
 # The student's code that the loss of a batch and of a loader run (@pytest.mark.runs), as the book writes them.
-BATCH_LOSS = ("compute_dpo_loss_batch", "compute_dpo_loss", "compute_logprobs")
-LOADER_LOSS = ("compute_dpo_loss_loader", *BATCH_LOSS)
+# Each composite runs on correct stand-ins of its parts (@pytest.mark.stand_ins; probe_kit/finetuning_parts.py), so
+# that a bug in a part costs only the part's own tests.
+BATCH_PARTS = ("compute_logprobs", "compute_dpo_loss")
+LOADER_PARTS = ("compute_dpo_loss_batch", *BATCH_PARTS)
+EVALUATION_PARTS = ("compute_dpo_loss_loader", *LOADER_PARTS)
+TRAINING_PARTS = ("evaluate_dpo_loss_loader", *EVALUATION_PARTS)
 
 DATA = course_data("preference_data.json")
 PAD = 50256
 LN2 = math.log(2)
 KEYS = ("chosen", "rejected")
 MASKS = ("chosen_mask", "rejected_mask")
-HINT_FROZEN = ("the reference model must not be trained: compute its log-probabilities inside `with torch.no_grad():`, "
-               "so that no gradient reaches it.")
+HINT_FROZEN = ("the reference model must not be trained: run it and compute its log-probabilities with gradients "
+               "turned off (a torch.no_grad() block), so that no gradient reaches it.")
 HINT_MEAN = "average over the batch with .mean()."  # for a loss or reward that is not one number
 
 
@@ -133,11 +144,11 @@ def logprobs(student, name, cases):
     return results
 
 
-@probe(returns=ListOf(Fields("returned", "has_gradient"), length="cases"))
+@probe(returns=ListOf(Fields("returned", "has_gradient", "rewards_attached"), length="cases"))
 def dpo_losses(student, name, cases):
     """compute_dpo_loss for each (four log-probability tensors, beta or None for the default): .returned, what it
-    returned as a list, detached (loss, chosen rewards, rejected rewards), and .has_gradient, whether the loss has
-    a gradient."""
+    returned as a list, detached (loss, chosen rewards, rejected rewards), .has_gradient, whether the loss has
+    a gradient, and .rewards_attached, for each reward whether it came back attached to the graph."""
     results = []
     for logprobs, beta in cases:
         logprobs = [t.clone().requires_grad_(True) for t in logprobs]
@@ -147,8 +158,9 @@ def dpo_losses(student, name, cases):
             result = getattr(student, name)(*logprobs, beta=beta)
         result = list(result) if isinstance(result, (tuple, list)) else [result]
         has_gradient = isinstance(result[0], torch.Tensor) and result[0].requires_grad
+        attached = [isinstance(r, torch.Tensor) and (r.requires_grad or r.grad_fn is not None) for r in result[1:]]
         results.append({"returned": [r.detach() if isinstance(r, torch.Tensor) else r for r in result],
-                        "has_gradient": has_gradient})
+                        "has_gradient": has_gradient, "rewards_attached": attached})
     return results
 
 
@@ -169,10 +181,14 @@ def loss_landscape(student, name, chosen, rejected, offsets):
 
 
 @probe(returns=ListOf(Fields("loss", "chosen_rewards", "rejected_rewards", "gradients", "touched"), length="cases"))
-def batch_losses(student, name, cfg, policy_state, reference_state, batch, cases):
+def batch_losses(student, name, cfg, policy_state, reference_state, batch, cases, stand_ins=()):
     """compute_dpo_loss_batch for each (beta, policy is a copy of the reference) with tiny GPTs on the CPU, then
     backward through the loss: .loss, .chosen_rewards, .rejected_rewards, .gradients ({policy parameter:
-    gradient}) and .touched (names of the reference's parameters that got a gradient)."""
+    gradient}) and .touched (names of the reference's parameters that got a gradient). The parts named in
+    `stand_ins` are correct stand-ins (probe_kit.finetuning_parts) while it runs."""
+    from probe_kit.finetuning_parts import DPO_PARTS, parts
+    from probe_kit.parts import replaced
+
     from reference.gpt import GPTModel
 
     def detached(value):
@@ -185,7 +201,8 @@ def batch_losses(student, name, cfg, policy_state, reference_state, batch, cases
         reference.load_state_dict(reference_state)
         policy.eval()
         reference.eval()
-        loss, chosen_rewards, rejected_rewards = getattr(student, name)(batch, policy, reference, beta)
+        with replaced(student, **parts(DPO_PARTS, *stand_ins)):
+            loss, chosen_rewards, rejected_rewards = getattr(student, name)(batch, policy, reference, beta)
         if isinstance(loss, torch.Tensor) and loss.requires_grad:
             loss.backward()
         gradients = {key: p.grad for key, p in policy.named_parameters() if p.grad is not None}
@@ -195,10 +212,13 @@ def batch_losses(student, name, cfg, policy_state, reference_state, batch, cases
     return results
 
 
-@probe(returns=ListOf(length="cases"))
-def loader_losses(student, name, cfg, policy_state, reference_state, batches, cases):
+@probe(returns=ListOf(Fields("result", "types"), length="cases"))
+def loader_losses(student, name, cfg, policy_state, reference_state, batches, cases, stand_ins=()):
     """compute_dpo_loss_loader on a DataLoader over the ready-made `batches`, for each num_batches (None: left
-    out), without gradients."""
+    out), without gradients, with correct stand-ins for the parts named in `stand_ins`: what it returned (a
+    tuple as a list) and the type names of the values (a tensor is not the float the book's .item() gives)."""
+    from probe_kit.finetuning_parts import DPO_PARTS, parts
+    from probe_kit.parts import replaced
     from torch.utils.data import DataLoader
 
     from reference.gpt import GPTModel
@@ -210,20 +230,26 @@ def loader_losses(student, name, cfg, policy_state, reference_state, batches, ca
     reference.eval()
     loader = DataLoader(batches, batch_size=None, shuffle=False)
     results = []
-    with torch.no_grad():
+    with torch.no_grad(), replaced(student, **parts(DPO_PARTS, *stand_ins)):
         for num_batches in cases:
             if num_batches is None:
                 result = getattr(student, name)(loader, policy, reference, 0.1)
             else:
                 result = getattr(student, name)(loader, policy, reference, 0.1, num_batches=num_batches)
-            results.append(list(result) if isinstance(result, tuple) else result)
+            result = list(result) if isinstance(result, tuple) else result
+            types = [type(value).__name__ for value in result] if isinstance(result, list) else []
+            results.append({"result": result, "types": types})
     return results
 
 
 @probe(returns=Fields("first", "second", "training_after"))
-def evaluation(student, name, cfg, policy_state, reference_state, train_batches, val_batches, eval_iter):
-    """evaluate_dpo_loss_loader on a policy in training mode (with dropout), twice after different seeds: .first
-    and .second results, and .training_after, the policy's training flag after the first call."""
+def evaluation(student, name, cfg, policy_state, reference_state, train_batches, val_batches, eval_iter,
+               stand_ins=()):
+    """evaluate_dpo_loss_loader on a policy in training mode (with dropout), twice after different seeds, with
+    correct stand-ins for the parts named in `stand_ins`: .first and .second results, and .training_after, the
+    policy's training flag after the first call."""
+    from probe_kit.finetuning_parts import DPO_PARTS, parts
+    from probe_kit.parts import replaced
     from torch.utils.data import DataLoader
 
     from reference.gpt import GPTModel
@@ -238,7 +264,8 @@ def evaluation(student, name, cfg, policy_state, reference_state, train_batches,
     for seed in (1, 2):
         policy.train()
         torch.manual_seed(seed)
-        results.append(getattr(student, name)(policy, reference, train_loader, val_loader, 0.1, eval_iter))
+        with replaced(student, **parts(DPO_PARTS, *stand_ins)):
+            results.append(getattr(student, name)(policy, reference, train_loader, val_loader, 0.1, eval_iter))
         if seed == 1:
             training_after = policy.training
     return {"first": results[0], "second": results[1], "training_after": training_after}
@@ -246,17 +273,21 @@ def evaluation(student, name, cfg, policy_state, reference_state, train_batches,
 
 @probe(returns=Fields("tracking", "printed", "unchanged", "touched"))
 def dpo_training_run(student, name, cfg, policy_state, reference_state, vocabulary, train_batches, val_batches,
-                     settings):
-    """The student's DPO training loop on the CPU with tiny GPTs, an Adam optimizer over the policy's parameters
-    and ready-made batches: .tracking (the dict it returns), .printed (the lines it prints), .unchanged (whether
-    the reference model is unchanged) and .touched (names of the reference's parameters that got a gradient).
+                     settings, stand_ins=()):
+    """The student's DPO training loop on the CPU with tiny GPTs (with dropout, the policy handed over in eval
+    mode, as a model that was just evaluated), an Adam optimizer over the policy's parameters and ready-made
+    batches, with correct stand-ins for the parts named in `stand_ins`: .tracking (the dict it returns), .printed
+    (the lines it prints), .unchanged (whether the reference model is unchanged) and .touched (names of the
+    reference's parameters that got a gradient).
     The book's loop samples from a global `model` (the policy in the book's notebook): while it runs, `model`
     names the policy model. The grader runs this very function with the reference's loop to get the expected
     values."""
     import contextlib
     import io
 
+    from probe_kit.finetuning_parts import DPO_PARTS, parts
     from probe_kit.optim import Adam
+    from probe_kit.parts import replaced
     from probe_kit.text import CompactTokenizer
     from torch.utils.data import DataLoader
 
@@ -265,6 +296,7 @@ def dpo_training_run(student, name, cfg, policy_state, reference_state, vocabula
     policy, reference = GPTModel(cfg), GPTModel(cfg)
     policy.load_state_dict(policy_state)
     reference.load_state_dict(reference_state)
+    policy.eval()  # the loop itself must put the policy into training mode
     reference.eval()
     before = {key: value.clone() for key, value in reference.state_dict().items()}
     train_loader = DataLoader(train_batches, batch_size=None, shuffle=False)
@@ -276,7 +308,7 @@ def dpo_training_run(student, name, cfg, policy_state, reference_state, vocabula
     printed = io.StringIO()
     torch.manual_seed(settings["seed"])
     try:
-        with contextlib.redirect_stdout(printed):
+        with contextlib.redirect_stdout(printed), replaced(student, **parts(DPO_PARTS, *stand_ins)):
             tracking = getattr(student, name)(
                 policy, reference, train_loader, val_loader, optimizer, num_epochs=settings["num_epochs"],
                 beta=settings["beta"], eval_freq=settings["eval_freq"], eval_iter=settings["eval_iter"],
@@ -348,7 +380,7 @@ def describe_items(items, kwargs):
 
 def expect_batch_dict(got, *, what):
     expect_true(isinstance(got, dict), what=what, problem=f"expected a dict, got {type(got).__name__}.",
-                hint="return batch_data, a dict with the keys prompt, chosen, rejected, chosen_mask, rejected_mask.")
+                hint="return one dict with the keys prompt, chosen, rejected, chosen_mask, rejected_mask.")
     missing = [key for key in ("prompt", *KEYS, *MASKS) if key not in got]
     expect_true(not missing, what=what, problem=f"has no key {missing[0]!r}." if missing else "",
                 hint="the dict holds prompt, chosen, rejected, chosen_mask and rejected_mask.")
@@ -387,11 +419,12 @@ DATASET_MISTAKES = [
             "the prompt is format_input(entry) alone; the header opens the chosen and rejected texts.",
             header_in_prompt=True),
     Mistake("answers without the response header",
-            "chosen_full_text = f'{prompt}\\n\\n### Response:\\n{chosen_response}' (and the same for rejected).",
+            "each answer text is the prompt, then the header '\\n\\n### Response:\\n', then the answer.",
             header=""),
 ]
-HINT_ITEM = ("{'prompt': tokenizer.encode(format_input(entry)), 'chosen': tokenizer.encode(prompt + "
-             "'\\n\\n### Response:\\n' + entry['chosen']), 'rejected': the same with entry['rejected']}.")
+HINT_ITEM = ("a dict of three token-id lists (tokenizer.encode): 'prompt', the prompt (format_input of the entry); "
+             "'chosen', the prompt, the response header and entry['chosen'] as one text; 'rejected', the same with "
+             "entry['rejected'] (section 1 of the notebook).")
 
 
 @pytest.mark.points(2)
@@ -441,13 +474,13 @@ def collate_with(items, pad_token_id=PAD, allowed_max_length=None, mask_prompt_t
 
 MASK_MISTAKES = [
     Mistake("masks that keep the prompt", "set the mask to False on the prompt's tokens and the two newlines after "
-            "it: mask[:prompt.shape[0] + 2] = False (when mask_prompt_tokens).", mistake="prompt kept"),
+            "it (when mask_prompt_tokens): the prompt's length + 2 positions from the start.", mistake="prompt kept"),
     Mistake("masks that keep the two newline tokens after the prompt", "the prompt is followed by the two '\\n' "
-            "tokens of '\\n\\n### Response:\\n': mask[:prompt.shape[0] + 2] = False.", mistake="no +2"),
+            "tokens of '\\n\\n### Response:\\n': mask the prompt's length + 2 positions.", mistake="no +2"),
     Mistake("masks that leave out the whole '\\n\\n### Response:\\n' header",
             "the book's masks keep '### Response:\\n' in the answer and skip only the two newline tokens before it: "
-            "mask[:prompt.shape[0] + 2] = False.", mistake="header left out"),
-    Mistake("masks that keep the padding", "set the mask to False on the padding: mask[len(sequence):] = False.",
+            "the prompt's length + 2 positions are masked, no more.", mistake="header left out"),
+    Mistake("masks that keep the padding", "set the mask to False on the padding, from position len(sequence) on.",
             mistake="padding kept"),
 ]
 ID_MISTAKES = [
@@ -578,6 +611,8 @@ def logprobs_with(logits, labels, mask=None, mistake=None):
     else:
         cut = logits[:, 1:] if mistake == "logits cut at the front" else logits[:, :-1]
         log_probs = F.softmax(cut, dim=-1) if mistake == "probabilities" else F.log_softmax(cut, dim=-1)
+        if mistake == "log of softmax":
+            log_probs = torch.log(F.softmax(cut, dim=-1))
         targets = labels[:, 1:]
         kept = None if mask is None else (mask[:, :-1] if mistake == "mask not shifted" else mask[:, 1:])
     selected = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -605,8 +640,10 @@ LOGPROB_MISTAKES = [
     Mistake("the masked sum divided by every position",
             "average over the selected tokens only: (selected_log_probs * mask).sum(-1) / mask.sum(-1).",
             mistake="mask ignored in the mean"),
-    Mistake("probabilities instead of log-probabilities", "use F.log_softmax(logits, dim=-1).",
+    Mistake("probabilities instead of log-probabilities", "take log-probabilities: F.log_softmax over the vocabulary.",
             mistake="probabilities"),
+    Mistake("the log of a softmax, which underflows to -inf for the unlikely tokens of large logits",
+            "F.log_softmax computes the same in one stable step.", mistake="log of softmax"),
 ]
 
 
@@ -619,9 +656,12 @@ def test_compute_logprobs(submission):
     for seed, (batch, num_tokens, vocab) in enumerate(shapes):
         logits, labels = randn(40 + seed, batch, num_tokens, vocab), randint(50 + seed, vocab, batch, num_tokens)
         cases += [(logits, labels, answer_mask(60 + seed, batch, num_tokens)), (logits, labels, None)]
-    with explain_errors(error_mentions("gather", hint="torch.gather(log_probs, dim=-1, index=labels.unsqueeze(-1)) "
-                                                      "picks each next token's log-probability; labels must be "
-                                                      "shifted to labels[:, 1:] first.")):
+    # Large logits (a confident model): the log of a softmax underflows to -inf there, log_softmax does not.
+    logits, labels = randn(43, 3, 8, 12) * 40, randint(53, 12, 3, 8)
+    cases += [(logits, labels, answer_mask(63, 3, 8)), (logits, labels, None)]
+    with explain_errors(error_mentions("gather", hint="torch.gather picks, along the last dimension, the "
+                                                      "log-probability of each next token: its index is the shifted "
+                                                      "labels with one more dimension (unsqueeze(-1)); section 5.")):
         got = submission.run(logprobs, name="compute_logprobs", cases=cases)
     for (logits, labels, mask), result in zip(cases, got):
         what = (f"compute_logprobs on logits of shape {tuple(logits.shape)} "
@@ -640,7 +680,9 @@ def logprob_sets(seed, batch=6):
     return [-rand(seed + k, batch) * 5 for k in range(4)]
 
 
-LOSS_CASES = [(logprob_sets(70), None), (logprob_sets(80), 0.5), (logprob_sets(90, 3), 0.25), (logprob_sets(100), 0.1)]
+# The last case has log-probabilities far apart (as after much training): the log of a sigmoid underflows there.
+LOSS_CASES = [(logprob_sets(70), None), (logprob_sets(80), 0.5), (logprob_sets(90, 3), 0.25), (logprob_sets(100), 0.1),
+              ([t * 100 for t in logprob_sets(110)], 0.5)]
 
 
 def dpo_loss_with(pc, pr, rc, rr, beta, mistake=None):
@@ -658,6 +700,8 @@ def dpo_loss_with(pc, pr, rc, rr, beta, mistake=None):
         return -F.logsigmoid(beta * ((pc - pr) + (rc - rr))).mean()
     if mistake == "sigmoid":
         return -torch.sigmoid(beta * logits).mean()
+    if mistake == "log of sigmoid":
+        return -torch.log(torch.sigmoid(beta * logits)).mean()
     return -F.logsigmoid(beta * logits).mean()
 
 
@@ -672,7 +716,9 @@ LOSS_MISTAKES = [
     Mistake("a sum over the batch", "average over the batch: losses.mean().", mistake="sum"),
     Mistake("the reference's log-ratio added instead of subtracted",
             "subtract the reference's log-ratio: model_logratios - reference_logratios.", mistake="ratios added"),
-    Mistake("-sigmoid instead of -logsigmoid", "take the log: -F.logsigmoid(beta * logits).", mistake="sigmoid"),
+    Mistake("-sigmoid instead of -logsigmoid", "take the log of the sigmoid (F.logsigmoid).", mistake="sigmoid"),
+    Mistake("the log of a sigmoid, which underflows to -inf when the policy strongly prefers the rejected answer",
+            "F.logsigmoid computes the same in one stable step.", mistake="log of sigmoid"),
 ]
 
 
@@ -682,7 +728,8 @@ def dpo_loss_results(got, logprobs, beta):
                                                                       else f"with beta={beta}")
     expect_true(len(got.returned) == 3, what=what,
                 problem="expected three results (loss, chosen_rewards, rejected_rewards).",
-                hint="return losses.mean(), chosen_rewards.mean(), rejected_rewards.mean().")
+                hint="return three scalars: the loss, the chosen reward and the rejected reward, each averaged "
+                     "over the batch.")
     return got.returned, what
 
 
@@ -699,7 +746,8 @@ def test_dpo_loss(submission):
                      mistaken=partial(dpo_loss_with, *logprobs, 0.1 if beta is None else beta),
                      matches=tensors_match(1e-5), yours="your loss is",
                      hint="logits = (model_chosen - model_rejected) - (reference_chosen - reference_rejected); "
-                          "losses = -F.logsigmoid(beta * logits); the loss is losses.mean() (beta defaults to 0.1).")
+                          "the loss of each example is minus the log-sigmoid of beta times logits, averaged over the "
+                          "batch (beta defaults to 0.1; section 4 of the notebook).")
 
 
 def rewards_hint(reward, difference, beta, name):
@@ -714,7 +762,8 @@ def rewards_hint(reward, difference, beta, name):
 @pytest.mark.points(1)
 @pytest.mark.runs("compute_dpo_loss")
 def test_dpo_rewards(submission):
-    """compute_dpo_loss: the chosen and rejected rewards, policy minus reference log-probabilities (no beta)."""
+    """compute_dpo_loss: the chosen and rejected rewards, policy minus reference log-probabilities (no beta),
+    detached."""
     got = submission.run(dpo_losses, name="compute_dpo_loss", cases=LOSS_CASES)
     hint = "average the rewards over the batch with .mean()."
     for (logprobs, beta), result in zip(LOSS_CASES, got):
@@ -724,6 +773,11 @@ def test_dpo_rewards(submission):
             reward = as_number(value, what=f"{what}: {name} rewards", type_hint=hint, shape_hint=hint)
             expect_close(reward, difference.mean().double(), what=f"{what}: {name} rewards", atol=1e-5, rtol=1e-5,
                          hint=partial(rewards_hint, reward, difference, 0.1 if beta is None else beta, name))
+        for name, attached in zip(("chosen", "rejected"), result.rewards_attached):
+            expect_true(not attached, what=f"{what}: the {name} rewards", problem="came back attached to the "
+                        "graph (requires_grad or a grad_fn): they are for watching, and a tracked value that keeps "
+                        "its graph keeps every step's activations in memory.",
+                        hint="detach the log-probability differences before averaging them (the book's .detach()).")
 
 
 @pytest.mark.points(1)
@@ -760,22 +814,22 @@ RESULTS = (("loss", "loss"), ("chosen_rewards", "chosen rewards"), ("rejected_re
 
 
 def batch_inputs(policy_state, reference_state, cases):
-    """The arguments of batch_losses for compute_dpo_loss_batch on BATCH."""
+    """The arguments of batch_losses for compute_dpo_loss_batch on BATCH, on stand-ins of its parts."""
     return dict(name="compute_dpo_loss_batch", cfg=TINY, policy_state=policy_state, reference_state=reference_state,
-                batch=BATCH, cases=cases)
+                batch=BATCH, cases=cases, stand_ins=list(BATCH_PARTS))
 
 
 @pytest.mark.points(2)
-@pytest.mark.depends_on("test_compute_logprobs", "test_dpo_loss", "test_dpo_rewards")
-@pytest.mark.runs(*BATCH_LOSS)
+@pytest.mark.runs("compute_dpo_loss_batch")
+@pytest.mark.stand_ins(*BATCH_PARTS)
 def test_dpo_loss_batch(submission):
     """compute_dpo_loss_batch: the DPO loss and rewards of a batch from the masked log-probabilities of the
     policy and the reference model (tiny GPTs), and ln 2 when the policy is a copy of the reference."""
     inputs = batch_inputs(tiny_state(1), tiny_state(2), cases=[(0.1, False), (0.5, False), (0.1, True)])
     got, expected = submission.run(batch_losses, **inputs), run_here(batch_losses, ref, **inputs)
-    hint = ("compute_logprobs(logits=model(batch['chosen']), labels=batch['chosen'], "
-            "selection_mask=batch['chosen_mask']) for the policy and the reference model, chosen and rejected, "
-            "then compute_dpo_loss(...) with beta.")
+    hint = ("four masked log-probabilities: compute_logprobs of each model's logits on the chosen sequences, with "
+            "those sequences as the labels and the chosen mask as selection_mask, and the same for rejected; then "
+            "compute_dpo_loss of the policy's and the reference's with beta (section 6).")
     for (beta, same), result, reference in zip(inputs["cases"], got, expected):
         what = f"compute_dpo_loss_batch with beta={beta}" + (" (policy = reference)" if same else "")
         for field, name in RESULTS:
@@ -786,12 +840,13 @@ def test_dpo_loss_batch(submission):
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_dpo_loss_batch")
-@pytest.mark.runs(*BATCH_LOSS)
+@pytest.mark.runs("compute_dpo_loss_batch")
+@pytest.mark.stand_ins(*BATCH_PARTS)
 def test_dpo_batch_gradients(submission):
     """compute_dpo_loss_batch: backpropagating the loss trains the policy, and the frozen reference gets no gradient."""
     inputs = batch_inputs(tiny_state(3), tiny_state(4), cases=[(0.1, False)])
     (got,) = submission.run(batch_losses, **inputs)
-    what = "after loss.backward() on compute_dpo_loss_batch's loss"
+    what = "after backpropagating compute_dpo_loss_batch's loss"
     expect_true(got.touched == [], what=f"{what}: the reference model", problem=f"got gradients ({len(got.touched)} "
                 "parameters, e.g. " + (got.touched[0] if got.touched else "") + ").", hint=HINT_FROZEN)
     (expected,) = run_here(batch_losses, ref, **inputs)
@@ -831,17 +886,19 @@ LOADER_MISTAKES = [
 
 
 @pytest.mark.points(2)
-@pytest.mark.depends_on("test_dpo_loss_batch")
-@pytest.mark.runs(*LOADER_LOSS)
+@pytest.mark.runs("compute_dpo_loss_loader")
+@pytest.mark.stand_ins(*LOADER_PARTS)
 def test_dpo_loss_loader(submission):
     """compute_dpo_loss_loader: mean loss, chosen and rejected reward over all or the first num_batches batches."""
     policy_state, reference_state = tiny_state(5), tiny_state(6)
     cases = [None, 2, 10]
     got = submission.run(loader_losses, name="compute_dpo_loss_loader", cfg=TINY, policy_state=policy_state,
-                         reference_state=reference_state, batches=LOADER_BATCHES, cases=cases)
+                         reference_state=reference_state, batches=LOADER_BATCHES, cases=cases,
+                         stand_ins=list(LOADER_PARTS))
     policy, reference = tiny_models(TINY, policy_state, reference_state)
     with torch.no_grad():
-        for num_batches, result in zip(cases, got):
+        for num_batches, returned in zip(cases, got):
+            result = returned.result
             what = (f"compute_dpo_loss_loader on {len(LOADER_BATCHES)} batches"
                     + ("" if num_batches is None else f" with num_batches={num_batches}"))
             expect_true(isinstance(result, list) and len(result) == 3, what=what,
@@ -849,6 +906,10 @@ def test_dpo_loss_loader(submission):
                         hint="return total_loss, total_chosen_rewards, total_rejected_rewards.")
             values = [as_number(v, what=what, shape_hint=HINT_MEAN) for v in result]
             expected = loader_with(LOADER_BATCHES, policy, reference, num_batches)
+            expect_true(all(kind in ("float", "int") for kind in returned.types), what=what,
+                        problem=f"returned {', '.join(returned.types)}, where three Python floats are expected.",
+                        hint="add up each batch's values as Python numbers (a tensor's .item()): a tensor total "
+                             "keeps every batch's graph alive while training.")
             hint = with_mistakes(
                 values, LOADER_MISTAKES, partial(loader_with, LOADER_BATCHES, policy, reference, num_batches),
                 matches=numbers_match(1e-5), yours="your result is",
@@ -866,14 +927,14 @@ EVAL_KEYS = ("train_loss", "train_chosen_reward", "train_rejected_reward", "val_
 def dropout_hint(first, second):
     """The hint for a wrong evaluation: whether two calls differed (dropout on)."""
     if isinstance(second, dict) and any(first.get(k) != second.get(k) for k in EVAL_KEYS):
-        return ("two calls gave different results, so dropout was on: call policy_model.eval() before computing the "
-                "losses.")
-    return "compute_dpo_loss_loader(..., num_batches=eval_iter) on each loader, under torch.no_grad()."
+        return ("two calls gave different results, so dropout was on: put the policy model in eval mode before "
+                "computing the losses.")
+    return "compute_dpo_loss_loader on eval_iter batches of each loader, with gradients turned off."
 
 
 @pytest.mark.points(1)
-@pytest.mark.depends_on("test_dpo_loss_loader")
-@pytest.mark.runs("evaluate_dpo_loss_loader", *LOADER_LOSS)
+@pytest.mark.runs("evaluate_dpo_loss_loader")
+@pytest.mark.stand_ins(*EVALUATION_PARTS)
 def test_evaluate_dpo_loss_loader(submission):
     """evaluate_dpo_loss_loader: losses and rewards on eval_iter batches of each loader in eval mode, as a dict;
     the policy is left in training mode."""
@@ -882,7 +943,7 @@ def test_evaluate_dpo_loss_loader(submission):
     train_batches, val_batches = LOADER_BATCHES, compact_batches(DATA[40:48], 4)
     got = submission.run(evaluation, name="evaluate_dpo_loss_loader", cfg=cfg, policy_state=policy_state,
                          reference_state=reference_state, train_batches=train_batches, val_batches=val_batches,
-                         eval_iter=2)
+                         eval_iter=2, stand_ins=list(EVALUATION_PARTS))
     policy, reference = tiny_models(cfg, policy_state, reference_state)
     with torch.no_grad():
         train = loader_with(train_batches, policy, reference, 2)
@@ -895,7 +956,8 @@ def test_evaluate_dpo_loss_loader(submission):
                      torch.tensor(expected[key], dtype=torch.float64), what=f"{what}: {key}", atol=1e-5, rtol=1e-5,
                      hint=lambda: dropout_hint(got.first, got.second))
     expect_true(got.training_after is True, what=what, problem="the policy model is left in eval mode.",
-                hint="call policy_model.train() before returning: training goes on after the evaluation.")
+                hint="put the policy model back into training mode before returning: training goes on after the "
+                     "evaluation.")
 
 
 DPO_TRAINING = {"seed": 123, "lr": 5e-3, "beta": 0.5, "num_epochs": 2, "eval_freq": 2, "eval_iter": 1,
@@ -912,7 +974,8 @@ def mistaken_dpo_loop(mistake):
         tracking = {key: [] for key in TRACKING_KEYS}
         tokens_seen, step = 0, -1
         for _ in range(num_epochs):
-            policy_model.train()
+            if mistake != "no train mode":
+                policy_model.train()
             for batch in train_loader:
                 if mistake != "no zero_grad":
                     optimizer.zero_grad()
@@ -932,13 +995,18 @@ def mistaken_dpo_loop(mistake):
 
 
 TRAINING_MISTAKES = [
-    Mistake("training without optimizer.zero_grad()",
-            "call optimizer.zero_grad() at every step: otherwise the gradients of all earlier steps add up.",
+    Mistake("training without resetting the gradients",
+            "reset the optimizer's gradients (zero_grad) at every step: otherwise the gradients of all earlier steps "
+            "add up.",
             mistake="no zero_grad"),
     Mistake("counting the steps from 1 (evaluating after steps 1, 3, ...)",
             "global_step starts at -1 and is increased after each step, so the first evaluation is after step 0.",
             mistake="steps from 1"),
-    Mistake("counting the rejected tokens as well", "tokens_seen += batch['chosen'].numel().", mistake="both counted"),
+    Mistake("counting the rejected tokens as well", "count the tokens of the chosen sequences only (the number of "
+            "elements of batch['chosen']).", mistake="both counted"),
+    Mistake("training a policy that was handed over in eval mode (dropout off) without switching it to training mode",
+            "the loop is given a model that may have just been evaluated: put the policy into training mode at the "
+            "start of every epoch.", mistake="no train mode"),
 ]
 
 
@@ -951,27 +1019,30 @@ def training_with(inputs, mistake=None):
 
 
 @pytest.mark.points(3)
-@pytest.mark.depends_on("test_dpo_batch_gradients", "test_evaluate_dpo_loss_loader")
-@pytest.mark.runs("train_model_dpo_simple", "evaluate_dpo_loss_loader", *LOADER_LOSS)
+@pytest.mark.runs("train_model_dpo_simple")
+@pytest.mark.stand_ins(*TRAINING_PARTS)
 def test_train_model_dpo_simple(submission):
     """train_model_dpo_simple: a short seeded DPO run gives the reference's losses, rewards and tokens seen, and
-    leaves the reference model as it was (2 epochs of 3 batches of tiny GPTs, evaluating every 2 steps)."""
+    leaves the reference model as it was (2 epochs of 3 batches of tiny GPTs with dropout, the policy handed over in
+    eval mode, evaluating every 2 steps)."""
     state = tiny_state(9)  # the policy starts as a copy of the reference model, as in the book
-    inputs = dict(name="train_model_dpo_simple", cfg=TINY, policy_state=state, reference_state=state,
-                  vocabulary=VOCABULARY, train_batches=compact_batches(DATA[20:32], 4),
-                  val_batches=compact_batches(DATA[48:52], 4), settings=DPO_TRAINING)
+    inputs = dict(name="train_model_dpo_simple", cfg=dict(TINY, drop_rate=0.2), policy_state=state,
+                  reference_state=state, vocabulary=VOCABULARY, train_batches=compact_batches(DATA[20:32], 4),
+                  val_batches=compact_batches(DATA[48:52], 4), settings=DPO_TRAINING, stand_ins=list(TRAINING_PARTS))
     got = submission.run(dpo_training_run, **inputs)
     expected = training_with(inputs)
     what = "train_model_dpo_simple (2 epochs of 3 batches, evaluating every 2 steps)"
     expect_true(got.unchanged is True and got.touched == [], what=f"{what}: the reference model",
-                problem="changed or got gradients during training.", hint=HINT_FROZEN)
+                problem="changed or got gradients during training (with a correct compute_dpo_loss_batch).",
+                hint="the loop trains the policy only: the optimizer it is given holds the policy's parameters, and "
+                     "nothing in the loop should run the reference model with gradients or change it.")
     expect_keys(got.tracking, TRACKING_KEYS, what=what,
                 hint="return the tracking dict, one list per key with one entry per evaluation.")
     hint = with_mistakes(got.tracking, TRAINING_MISTAKES, partial(training_with, inputs),
                        matches=numbers_match(1e-4), yours="your run is",
-                       hint="one optimizer step per batch (zero_grad, compute_dpo_loss_batch, backward, step); "
-                                 "tokens_seen += batch['chosen'].numel(); an evaluation after steps 0, eval_freq, "
-                                 "2 * eval_freq, ...")
+                       hint="one optimizer step per batch (reset the gradients, the batch's DPO loss, "
+                                 "backpropagate, step); count the tokens of batch['chosen']; an evaluation after "
+                                 "steps 0, eval_freq, 2 * eval_freq, ... (section 7 of the notebook).")
     expect_equal([int(t) for t in got.tracking["tokens_seen"]], [int(t) for t in expected["tokens_seen"]],
                  what=f"{what}: tokens_seen", hint=hint)
     for key in TRACKING_KEYS[:-1]:

@@ -8,6 +8,10 @@ moves the batch where `device` says, without a GPU). Generation and the short fi
 tokens of the course's data renumbered from 0, so a training step takes milliseconds; both run on the CPU,
 where a fixed seed gives the reference's numbers, and the reference runs the same probe on the trusted side.
 
+The dataset, generation and the scores run on correct stand-ins of the functions they call (format_input,
+extract_response, normalize_answer, ...: probe_kit/finetuning_parts.py), so a bug costs the points of the function
+it is in; the finetuning run alone runs the student's dataset and collate function together (PARTS_FIT).
+
 Edge cases where the book and the course differ, and what is accepted:
 - generate_model_responses is the course's name for the book's inline loop; whether it changes the entries it
   is given (the book writes the answers into test_data) is not graded, only what it returns.
@@ -59,6 +63,11 @@ with plain_imports():
     from reference.tiktoken_offline import get_gpt2_tokenizer
 
 
+# The one test that runs the student's parts together: the finetuning run is about how the dataset and the collate
+# function fit (through functools.partial and a DataLoader), so it names the part to fix first (depends_on).
+PARTS_FIT = {"test_finetuning_run": "the run feeds the student's InstructionDataset through the student's "
+                                    "custom_collate_fn and a DataLoader: it tests that the two fit together"}
+
 DATA = course_data("instruction_data.json")
 PAD = 50256
 WITH_INPUT = [entry for entry in DATA if entry["input"]]
@@ -84,10 +93,15 @@ def as_float(value, *, what, hint):
 # -- probes: run in the worker against the student's module ---------------------------------------------------
 
 @probe(returns=ListOf(length="inputs"))
-def call_each(student, name, inputs):
-    """The student's function `name` called with each list of positional arguments."""
+def call_each(student, name, inputs, stand_ins=()):
+    """The student's function `name` called with each list of positional arguments, with correct stand-ins for
+    the parts named in `stand_ins` (probe_kit.finetuning_parts)."""
+    from probe_kit.finetuning_parts import INSTRUCTION_PARTS, parts
+    from probe_kit.parts import replaced
+
     function = getattr(student, name)
-    return [function(*arguments) for arguments in inputs]
+    with replaced(student, **parts(INSTRUCTION_PARTS, *stand_ins)):
+        return [function(*arguments) for arguments in inputs]
 
 
 @probe(returns=ListOf(length="cases"))
@@ -102,11 +116,14 @@ def split_lists(student, name, cases):
 
 @probe(returns=Fields("encoded_texts", "items", "length", "keeps_data"))
 def instruction_dataset(student, class_name, entries):
-    """InstructionDataset with GPT-2's tokenizer: .encoded_texts, .items (dataset[i] as a list for each i), .length
-    (len(dataset)) and .keeps_data (whether dataset.data is the entries given)."""
+    """InstructionDataset with GPT-2's tokenizer and a correct format_input: .encoded_texts, .items (dataset[i] as a
+    list for each i), .length (len(dataset)) and .keeps_data (whether dataset.data is the entries given)."""
     import tiktoken
+    from probe_kit.finetuning_parts import format_input
+    from probe_kit.parts import replaced
 
-    dataset = getattr(student, class_name)(entries, tiktoken.get_encoding("gpt2"))
+    with replaced(student, format_input=format_input):
+        dataset = getattr(student, class_name)(entries, tiktoken.get_encoding("gpt2"))
     items = [[int(token) for token in dataset[i]] for i in range(len(entries))]
     encoded = [[int(token) for token in text] for text in dataset.encoded_texts]
     return {"encoded_texts": encoded, "items": items, "length": len(dataset), "keeps_data": dataset.data == entries}
@@ -136,7 +153,10 @@ def collate_on_device(student, name, batch, device):
 @probe(returns=ListOf(length="cases"))
 def model_responses(student, cfg, state, vocabulary, entries, cases):
     """generate_model_responses on the CPU with a tiny GPT whose token ids are GPT-2's `vocabulary` renumbered
-    from 0, for each case of keyword arguments (context_size, eos_id, json_key)."""
+    from 0, for each case of keyword arguments (context_size, eos_id, json_key), with correct stand-ins for
+    format_input and extract_response."""
+    from probe_kit.finetuning_parts import INSTRUCTION_PARTS, parts
+    from probe_kit.parts import replaced
     from probe_kit.text import CompactTokenizer
 
     from reference.gpt import GPTModel
@@ -147,8 +167,9 @@ def model_responses(student, cfg, state, vocabulary, entries, cases):
     tokenizer = CompactTokenizer(vocabulary)
     results = []
     for kwargs in cases:
-        answers = student.generate_model_responses(model, [dict(entry) for entry in entries], tokenizer, "cpu",
-                                                   **kwargs)
+        with replaced(student, **parts(INSTRUCTION_PARTS, "format_input", "extract_response")):
+            answers = student.generate_model_responses(model, [dict(entry) for entry in entries], tokenizer, "cpu",
+                                                       **kwargs)
         results.append([dict(answer) if isinstance(answer, dict) else answer for answer in answers])
     return results
 
@@ -163,7 +184,9 @@ def finetuning_run(student, cfg, state, vocabulary, train_entries, val_entries, 
     import functools
     import io
 
+    from probe_kit.finetuning_parts import format_input
     from probe_kit.optim import Adam
+    from probe_kit.parts import replaced
     from probe_kit.text import CompactTokenizer
     from torch.utils.data import DataLoader
 
@@ -173,10 +196,13 @@ def finetuning_run(student, cfg, state, vocabulary, train_entries, val_entries, 
     tokenizer = CompactTokenizer(vocabulary)
     collate = functools.partial(student.custom_collate_fn, pad_token_id=len(vocabulary) - 1, device="cpu",
                                 allowed_max_length=settings["allowed_max_length"])
-    train_loader = DataLoader(student.InstructionDataset(train_entries, tokenizer), batch_size=settings["batch_size"],
-                              collate_fn=collate, shuffle=True, drop_last=True, num_workers=0)
-    val_loader = DataLoader(student.InstructionDataset(val_entries, tokenizer), batch_size=settings["batch_size"],
-                            collate_fn=collate, shuffle=False, drop_last=False, num_workers=0)
+    with replaced(student, format_input=format_input):  # the prompts are format_input's test, not this one's
+        train_set, val_set = student.InstructionDataset(train_entries, tokenizer), student.InstructionDataset(
+            val_entries, tokenizer)
+    train_loader = DataLoader(train_set, batch_size=settings["batch_size"], collate_fn=collate, shuffle=True,
+                              drop_last=True, num_workers=0)
+    val_loader = DataLoader(val_set, batch_size=settings["batch_size"], collate_fn=collate, shuffle=False,
+                            drop_last=False, num_workers=0)
     model = GPTModel(cfg)
     model.load_state_dict(state)
     optimizer = Adam(model.parameters(), lr=settings["lr"])
@@ -218,8 +244,8 @@ def split_hint(got, train, val, test):
     if got == [train, test, val]:
         return ("your validation and test parts are swapped: return (train_data, val_data, test_data), where the "
                 "test part comes right after the training part in the data.")
-    return ("train_portion = int(len(data) * train_frac), test_portion = int(len(data) * test_frac); the test part "
-            "follows the training part, and the validation part is what is left.")
+    return ("the training part has int(len(data) * train_frac) entries and the test part int(len(data) * test_frac); "
+            "the test part follows the training part, and the validation part is what is left (section 7.2).")
 
 
 @pytest.mark.points(1)
@@ -262,12 +288,13 @@ def dataset_hint(got, entry):
                           matches=operator.eq)
     if found is not None:
         return f"your token ids are exactly those of {found.did}: {found.fix}"
-    return "format_input(entry) + '\\n\\n### Response:\\n' + entry['output'], encoded with tokenizer.encode."
+    return ("the prompt (format_input), the response header '\\n\\n### Response:\\n' and the answer as one text, "
+            "encoded with tokenizer.encode (section 7.3).")
 
 
 @pytest.mark.points(2)
-@pytest.mark.depends_on("test_format_input")
-@pytest.mark.runs("InstructionDataset", "format_input")
+@pytest.mark.runs("InstructionDataset")
+@pytest.mark.stand_ins("format_input")
 def test_instruction_dataset(submission):
     """InstructionDataset: each entry as the token ids of prompt, response header and answer, tokenized once."""
     entries = ENTRIES[:4] + DATA[10:14]
@@ -325,7 +352,8 @@ def collate_with(batch, pad_token_id=PAD, ignore_index=-100, allowed_max_length=
 COLLATE_MISTAKES = [
     Mistake("replacing EVERY padding target by ignore_index, the first end-of-text token included",
             "keep the first pad_token_id of each row of targets (the end-of-text token the model must learn to "
-            "produce) and replace only the later ones: targets[indices[1:]] = ignore_index.", mistake="all padding"),
+            "produce) and replace only the later ones: skip the first of the positions you found.",
+            mistake="all padding"),
     Mistake("padding targets left as they are", "replace every padding target after the first by ignore_index, so "
             "that cross_entropy skips them.", mistake="no masking"),
     Mistake("replacing the padding of the inputs by ignore_index as well",
@@ -444,7 +472,7 @@ def test_collate_fn_device(submission):
                      hint="build the rows with torch.tensor(list of ints) (int64) and move the stacked tensors "
                           "with .to(device) before returning them.")
     expect_equal(got.items, batch, what=f"{what}: the items of the batch after the call",
-                 hint="work on a copy of each item (new_item = item.copy()): the items belong to the dataset, and "
+                 hint="work on a copy of each item (a list's .copy()): the items belong to the dataset, and "
                       "appending to them makes them grow at every epoch.")
 
 
@@ -495,8 +523,8 @@ TINY = tiny_config(VOCABULARY)
 
 
 @pytest.mark.points(2)
-@pytest.mark.depends_on("test_format_input", "test_extract_response")
-@pytest.mark.runs("generate_model_responses", "format_input", "extract_response")
+@pytest.mark.runs("generate_model_responses")
+@pytest.mark.stand_ins("format_input", "extract_response")
 def test_generate_model_responses(submission):
     """generate_model_responses: greedy answers of a tiny GPT to each entry, stopped at eos_id, as new entries."""
     model = tiny_gpt(VOCABULARY, 7)
@@ -560,11 +588,12 @@ def test_normalize_answer(submission):
 
 
 @pytest.mark.points(1)
-@pytest.mark.depends_on("test_normalize_answer")
-@pytest.mark.runs("exact_match_score", "normalize_answer")
+@pytest.mark.runs("exact_match_score")
+@pytest.mark.stand_ins("normalize_answer")
 def test_exact_match_score(submission):
     """exact_match_score: 1.0 when the normalized answers are equal, else 0.0."""
-    got = submission.run(call_each, name="exact_match_score", inputs=[list(pair) for pair in ANSWER_PAIRS])
+    got = submission.run(call_each, name="exact_match_score", inputs=[list(pair) for pair in ANSWER_PAIRS],
+                         stand_ins=["normalize_answer"])
     hint = "compare normalize_answer(prediction) with normalize_answer(ground_truth); return float(...)."
     for (prediction, truth), score in zip(ANSWER_PAIRS, got):
         what = f"exact_match_score({prediction!r}, {truth!r})"
@@ -589,19 +618,19 @@ def f1_with(prediction, truth, bags=True, normalize=True):
 
 
 F1_MISTAKES = [
-    Mistake("sets of words", "count the words as bags, collections.Counter(prediction_tokens) & "
-            "collections.Counter(ground_truth_tokens), so that a word shared twice counts twice.", gives="give",
-            bags=False),
+    Mistake("sets of words", "count the words as bags (collections.Counter, whose & keeps the smaller count of each "
+            "word), so that a word shared twice counts twice.", gives="give", bags=False),
     Mistake("words split without normalize_answer", "normalize first.", gives="give", normalize=False),
 ]
 
 
 @pytest.mark.points(2)
-@pytest.mark.depends_on("test_normalize_answer")
-@pytest.mark.runs("f1_score", "normalize_answer")
+@pytest.mark.runs("f1_score")
+@pytest.mark.stand_ins("normalize_answer")
 def test_f1_score(submission):
     """f1_score: the harmonic mean of token precision and recall between the normalized answers."""
-    got = submission.run(call_each, name="f1_score", inputs=[list(pair) for pair in ANSWER_PAIRS])
+    got = submission.run(call_each, name="f1_score", inputs=[list(pair) for pair in ANSWER_PAIRS],
+                         stand_ins=["normalize_answer"])
     values = [as_float(value, what=f"f1_score{pair}", hint="return a float between 0 and 1.")
               for value, pair in zip(got, ANSWER_PAIRS)]
     hint = with_mistakes(values, F1_MISTAKES, lambda **change: [f1_with(*pair, **change) for pair in ANSWER_PAIRS],
@@ -616,8 +645,8 @@ def test_f1_score(submission):
 
 
 @pytest.mark.points(1)
-@pytest.mark.depends_on("test_exact_match_score", "test_f1_score")
-@pytest.mark.runs("evaluate_responses", "exact_match_score", "f1_score", "normalize_answer")
+@pytest.mark.runs("evaluate_responses")
+@pytest.mark.stand_ins("exact_match_score", "f1_score", "normalize_answer")
 def test_evaluate_responses(submission):
     """evaluate_responses: mean exact match and F1 in percent over the entries, with their count."""
     answers = [{"instruction": entry["instruction"], "input": entry["input"], "output": truth,
@@ -625,7 +654,8 @@ def test_evaluate_responses(submission):
     other_key = [{"instruction": "Name a primary color.", "input": "", "output": "Red.", "guess": guess}
                  for guess in ("red", "Blue.", "The red.")]
     inputs = [[answers], [answers[:4]], [other_key, "guess"], [[]]]
-    got = submission.run(call_each, name="evaluate_responses", inputs=inputs)
+    got = submission.run(call_each, name="evaluate_responses", inputs=inputs,
+                         stand_ins=["exact_match_score", "f1_score", "normalize_answer"])
     hint = ("100 * the mean of exact_match_score and of f1_score of entry[json_key] against entry['output'], "
             "and the number of entries; an empty list gives 0.0, 0.0 and 0.")
     for arguments, result in zip(inputs, got):
@@ -650,7 +680,8 @@ FINETUNING = {"seed": 123, "batch_size": 4, "lr": 5e-3, "num_epochs": 2, "eval_f
 
 @pytest.mark.points(2)
 @pytest.mark.depends_on("test_instruction_dataset", "test_collate_fn_targets", "test_collate_fn_truncation")
-@pytest.mark.runs("InstructionDataset", "format_input", "custom_collate_fn")
+@pytest.mark.runs("InstructionDataset", "custom_collate_fn")
+@pytest.mark.stand_ins("format_input")
 def test_finetuning_run(submission):
     """A short finetuning run through chapter 5's loop with your dataset and collate function: the reference's
     losses and tokens seen (2 epochs of 4 batches of a tiny GPT, on the CPU)."""

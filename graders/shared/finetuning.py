@@ -90,11 +90,12 @@ def numbers_match(tolerance: float):
 
 
 def tensors_match(tolerance: float):
-    """A `matches` for a float tensor: the mistake's shape and values within atol = rtol = tolerance."""
+    """A `matches` for a float tensor: the mistake's shape and values within atol = rtol = tolerance (NaN and
+    infinities where the mistake has them: a numerically unstable mistake gives them)."""
 
     def matches(got, mistaken) -> bool:
         return (isinstance(got, torch.Tensor) and got.shape == mistaken.shape
-                and torch.allclose(got.double(), mistaken.double(), atol=tolerance, rtol=tolerance))
+                and torch.allclose(got.double(), mistaken.double(), atol=tolerance, rtol=tolerance, equal_nan=True))
 
     return matches
 

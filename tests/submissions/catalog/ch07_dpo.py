@@ -3,10 +3,8 @@
 from tests.submissions.catalog.base import Variant, mutant, rewrite
 
 DPO = "ch07_dpo"
-# The tests of everything built on compute_dpo_loss_batch, from the batch to the training run.
-BATCH_ALL = {"test_dpo_loss_batch", "test_dpo_batch_gradients", "test_dpo_loss_loader", "test_evaluate_dpo_loss_loader",
-             "test_train_model_dpo_simple"}
-LOSS_ALL = {"test_dpo_loss", "test_dpo_loss_properties"} | BATCH_ALL
+# The batch, loader, evaluation and training tests run on correct stand-ins of their parts: a bug costs only the
+# tests of the function it is in.
 
 COLLATE_PADDED_SEPARATELY = '''def custom_collate_fn(batch, pad_token_id=50256, allowed_max_length=None,
                       mask_prompt_tokens=True, device="cpu"):
@@ -48,32 +46,62 @@ MUTANTS = [
            [("labels = labels[:, 1:].clone()", "labels = labels.clone()"),
             ("logits = logits[:, :-1, :]", "logits = logits"),
             ("mask = selection_mask[:, 1:].clone()", "mask = selection_mask.clone()")],
-           {"test_compute_logprobs"} | BATCH_ALL),
+           {"test_compute_logprobs"}),
+    # Numerically unstable: the log of a softmax underflows to -inf on large logits.
+    mutant("logprobs_log_of_softmax", DPO, "compute_logprobs",
+           [("log_probs = F.log_softmax(logits, dim=-1)", "log_probs = torch.log(F.softmax(logits, dim=-1))")],
+           {"test_compute_logprobs"}, says="underflows to -inf"),
+    # Numerically unstable: the log of a sigmoid underflows to -inf when the log-ratios are far apart.
+    mutant("loss_log_of_sigmoid", DPO, "compute_dpo_loss",
+           [("losses = -F.logsigmoid(beta * logits)", "losses = -torch.log(torch.sigmoid(beta * logits))")],
+           {"test_dpo_loss"}, says="underflows to -inf"),
     mutant("loss_sign_flipped", DPO, "compute_dpo_loss",
            [("losses = -F.logsigmoid(beta * logits)", "losses = -F.logsigmoid(-beta * logits)")],
-           LOSS_ALL),
+           {"test_dpo_loss", "test_dpo_loss_properties"}),
     mutant("rewards_times_beta", DPO, "compute_dpo_loss",
            [("chosen_rewards = (model_chosen_logprobs - reference_chosen_logprobs).detach()",
              "chosen_rewards = beta * (model_chosen_logprobs - reference_chosen_logprobs).detach()"),
             ("rejected_rewards = (model_rejected_logprobs - reference_rejected_logprobs).detach()",
              "rejected_rewards = beta * (model_rejected_logprobs - reference_rejected_logprobs).detach()")],
-           {"test_dpo_rewards"} | BATCH_ALL - {"test_dpo_batch_gradients"}, says="multiplied by beta"),
+           {"test_dpo_rewards"}, says="multiplied by beta"),
+    # The rewards keep their graph: tracked values that hold every step's activations.
+    mutant("rewards_keep_their_graph", DPO, "compute_dpo_loss",
+           [("chosen_rewards = (model_chosen_logprobs - reference_chosen_logprobs).detach()",
+             "chosen_rewards = model_chosen_logprobs - reference_chosen_logprobs"),
+            ("rejected_rewards = (model_rejected_logprobs - reference_rejected_logprobs).detach()",
+             "rejected_rewards = model_rejected_logprobs - reference_rejected_logprobs")],
+           {"test_dpo_rewards"}, says="attached to the graph"),
+    # The chosen sequences' masks not passed: their log-probabilities average over the prompt and the padding too.
+    mutant("batch_loss_without_chosen_masks", DPO, "compute_dpo_loss_batch",
+           [("policy_model(batch[\"chosen\"]), labels=batch[\"chosen\"], selection_mask=batch[\"chosen_mask\"])",
+             "policy_model(batch[\"chosen\"]), labels=batch[\"chosen\"])"),
+            ("reference_model(batch[\"chosen\"]), labels=batch[\"chosen\"], selection_mask=batch[\"chosen_mask\"])",
+             "reference_model(batch[\"chosen\"]), labels=batch[\"chosen\"])")],
+           {"test_dpo_loss_batch", "test_dpo_batch_gradients"}),
     # The reference model is not frozen: its log-probabilities keep their graph and it gets gradients.
     mutant("reference_not_frozen", DPO, "compute_dpo_loss_batch",
            [("    with torch.no_grad():  # the reference model is frozen\n", "    if True:\n")],
-           {"test_dpo_batch_gradients", "test_train_model_dpo_simple"}, says="torch.no_grad()"),
-    # (The training run evaluates on one batch, where a sum is the average: it keeps its points.)
+           {"test_dpo_batch_gradients"}, says="no gradient reaches it"),
     mutant("loader_sums_instead_of_averaging", DPO, "compute_dpo_loss_loader",
            [("return total_loss / num_batches, total_chosen_rewards / num_batches, total_rejected_rewards / "
              "num_batches", "return total_loss, total_chosen_rewards, total_rejected_rewards")],
-           {"test_dpo_loss_loader", "test_evaluate_dpo_loss_loader"}, says="sums instead of averages"),
-    # (The training run's tiny GPTs have no dropout: it keeps its points.)
+           {"test_dpo_loss_loader"}, says="sums instead of averages"),
+    # Tensors where the book's .item() gives Python floats: in training, the totals keep every batch's graph.
+    mutant("loader_returns_tensors", DPO, "compute_dpo_loss_loader",
+           [("total_loss += loss.item()", "total_loss += loss"),
+            ("total_chosen_rewards += chosen_rewards.item()", "total_chosen_rewards += chosen_rewards"),
+            ("total_rejected_rewards += rejected_rewards.item()", "total_rejected_rewards += rejected_rewards")],
+           {"test_dpo_loss_loader"}, says="three Python floats"),
     mutant("evaluation_with_dropout", DPO, "evaluate_dpo_loss_loader",
            [("    policy_model.eval()  # no dropout while measuring\n", "")],
            {"test_evaluate_dpo_loss_loader"}, says="dropout was on"),
     mutant("training_without_zero_grad", DPO, "train_model_dpo_simple",
            [("            optimizer.zero_grad()\n", "")],
-           {"test_train_model_dpo_simple"}, says="without optimizer.zero_grad()"),
+           {"test_train_model_dpo_simple"}, says="without resetting the gradients"),
+    # A loop that never switches the policy to training mode: handed a model just evaluated, it trains without dropout.
+    mutant("training_never_calls_train", DPO, "train_model_dpo_simple",
+           [("        policy_model.train()\n", "")],
+           {"test_train_model_dpo_simple"}, says="without switching it to training mode"),
 ]
 
 

@@ -3,9 +3,9 @@
 from tests.submissions.catalog.base import Variant, mutant, rewrite
 
 CH07 = "ch07_instruction"
-# Everything that uses format_input: the dataset, extraction, generation and the finetuning run.
-# (extract_response is graded with the reference's prompts, so it keeps its points.)
-FORMAT_ALL = {"test_format_input", "test_instruction_dataset", "test_generate_model_responses", "test_finetuning_run"}
+# The composites (the dataset, generation, the scores, the finetuning run) run on correct stand-ins of their parts:
+# a bug costs only the tests of the function it is in, and of the finetuning run (PARTS_FIT: the student's dataset
+# and collate function together) for a bug in the collate function.
 
 F1_WITH_SETS = '''def f1_score(prediction, ground_truth):
     prediction_tokens = set(normalize_answer(prediction).split())
@@ -24,7 +24,11 @@ MUTANTS = [
     # The "### Input:" section even when the entry has no input.
     mutant("format_input_always_with_input", CH07, "format_input",
            [("if entry[\"input\"] else \"\"", "")],
-           FORMAT_ALL),
+           {"test_format_input"}),
+    # The answer appended straight after the prompt, without the response header.
+    mutant("dataset_without_response_header", CH07, "instruction_dataset",
+           [("response_text = f\"\\n\\n### Response:\\n{entry['output']}\"", "response_text = entry['output']")],
+           {"test_instruction_dataset", "test_finetuning_run"}, says="without the response header"),
     mutant("split_val_and_test_swapped", CH07, "split_data",
            [("return train_data, val_data, test_data", "return train_data, test_data, val_data")],
            {"test_split_data"}),
@@ -53,16 +57,21 @@ MUTANTS = [
            {"test_collate_fn_device"}),
     mutant("response_not_stripped", CH07, "extract_response",
            [(".replace(\"### Response:\", \"\").strip()", ".replace(\"### Response:\", \"\")")],
-           {"test_extract_response", "test_generate_model_responses"}, says="strip the whitespace"),
+           {"test_extract_response"}, says="strip the whitespace"),
     # Generation that never stops at the end-of-text token.
     mutant("generation_ignores_eos_id", CH07, "generate_model_responses",
            [("            eos_id=eos_id,\n", "")],
            {"test_generate_model_responses"}),
     mutant("articles_kept", CH07, "normalize_answer",
            [("text = re.sub(r\"\\b(a|an|the)\\b\", \" \", text)", "pass")],
-           {"test_normalize_answer", "test_exact_match_score", "test_f1_score", "test_evaluate_responses"}),
+           {"test_normalize_answer"}),
+    # The raw strings compared: case, punctuation and articles count.
+    mutant("exact_match_not_normalized", CH07, "exact_match_score",
+           [("return float(normalize_answer(prediction) == normalize_answer(ground_truth))",
+             "return float(prediction == ground_truth)")],
+           {"test_exact_match_score"}),
     rewrite("f1_on_sets_of_words", CH07, {"f1_score": F1_WITH_SETS},
-            {"test_f1_score", "test_evaluate_responses"}, says="exactly what sets of words give"),
+            {"test_f1_score"}, says="exactly what sets of words give"),
     mutant("scores_not_in_percent", CH07, "evaluate_responses",
            [("\"exact_match\": 100.0 * em / len(data), \"f1\": 100.0 * f1 / len(data)",
              "\"exact_match\": em / len(data), \"f1\": f1 / len(data)")],
