@@ -2,16 +2,24 @@
 
 The network is tested with the reference's weights loaded into the student's NeuralNetwork (outputs, gradients);
 the training loop and the accuracy function are tested on a plain torch model and a seeded data loader that the
-probe builds, so that they are graded on their own. The DDP functions run for real: `submission.run_ranks` starts
-two ranks (each a worker with the submission loaded, in one sandbox with a loopback network). The parameters that
-`main` trains on two processes must equal those of one process trained on the global batches (the union of the
-ranks' batches at each step), which the grader replays here with DistributedSamplers given their rank explicitly.
+probe builds, so that they are graded on their own (the training loop gets its model in evaluation mode, with
+dropout in one case, so that it must switch to training mode itself, and must return Python floats).
+prepare_dataset runs on a correct ToyDataset, and `main` on correct stand-ins of every part it calls
+(probe_kit/ddp_parts.py, declared with @pytest.mark.stand_ins): a bug costs only its own part's tests.
+The DDP functions run for real: `submission.run_ranks` starts two ranks (each a worker with the submission loaded,
+in one sandbox with a loopback network). The parameters that `main` trains on two processes must equal those of
+one process trained on the global batches (the union of the ranks' batches at each step), which the grader
+replays here with DistributedSamplers given their rank explicitly.
 
 Where the book's editions differ, both are accepted: compute_accuracy with or without its `device` argument (the
 probe passes it only when the function takes three parameters), its float32 result from `.item()` (tolerance
 1e-6), and a `main` that returns nothing (the book's): the grader then takes the model that was wrapped in DDP.
-The book's DDP-script.py itself cannot run on a CPU (nccl, torch.cuda.set_device, model.to(rank)); the notebook
-says what the course changed.
+The book's DDP-script.py is written for NVIDIA GPUs (it asks for nccl, calls torch.cuda.set_device, moves the model
+and the batches to device `rank`, passes device_ids=[rank], overwrites MASTER_ADDR/MASTER_PORT). On a grader
+without GPUs the DDP probes serve those calls with gloo and the CPU (probe_kit.ranks.gpu_calls_served), so the
+book's code typed into the stubs gets full marks; test_ddp_setup checks the backend in use against the device and
+that a `backend` given to ddp_setup is the one asked for (explicit nccl: a ddp_setup that ignores the argument
+asks for gloo here). The book's own signature (a rank and a world size only) is accepted as it is.
 
 On a CUDA grading device, the DDP tests expect nccl and use one rank per GPU (at most two).
 """
@@ -49,8 +57,8 @@ def layers_mismatch(record):
 
 # An error about nccl where no GPU is used.
 nccl_without_gpus = error_mentions("nccl", "NCCL", "cuda", "CUDA", hint=(
-    "nccl needs NVIDIA GPUs (and a PyTorch built with CUDA): choose the backend by device, 'nccl' if "
-    "torch.cuda.is_available() else 'gloo'."))
+    "nccl needs NVIDIA GPUs (and a PyTorch built with CUDA): with no backend given, choose it by device, nccl "
+    "where CUDA is available and gloo elsewhere."))
 
 
 # -- probes: run in the worker -----------------------------------------------------------------------------------
@@ -65,21 +73,27 @@ def dataset_items(student, X, y, batch_size):
     return {"length": len(dataset), "items": items, "batches": [list(batch) for batch in loader]}
 
 
-@probe(returns=Fields("losses", "state"))
-def train_with_student_loop(student, state, X, y, num_epochs, lr, batch_size, seed):
-    """A small classifier loaded with `state`, trained by the student's train_model with SGD on a seeded, shuffled
-    loader over (X, y): .losses (what train_model returned, 0-d tensors as floats) and .state (the final
-    state_dict)."""
+@probe(returns=Fields("losses", "state", "tensors"))
+def train_with_student_loop(student, state, X, y, num_epochs, lr, batch_size, seed, dropout):
+    """A small classifier (with dropout `dropout`, None: none) loaded with `state` and handed over in evaluation
+    mode, trained by the student's train_model with SGD on a seeded, shuffled loader over (X, y), the global
+    generator seeded with `seed` (dropout draws from it): .losses (what train_model returned, 0-d tensors as
+    floats), .state (the final state_dict) and .tensors (how many losses were tensors, not Python numbers)."""
     from probe_kit.ranks import PlainSGD, small_classifier
 
-    model = small_classifier(X.shape[1]).to(DEVICE)
+    model = small_classifier(X.shape[1], dropout).to(DEVICE)
     model.load_state_dict(state)
+    model.eval()  # train_model must switch to training mode itself
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=batch_size, shuffle=True,
                                          drop_last=True, generator=torch.Generator().manual_seed(seed))
+    torch.manual_seed(seed)
     losses = student.train_model(model, loader, PlainSGD(model.parameters(), lr=lr), DEVICE, num_epochs)
+    tensors = 0
     if isinstance(losses, (list, tuple)):
+        tensors = sum(isinstance(loss, torch.Tensor) for loss in losses)
         losses = [float(loss) if isinstance(loss, torch.Tensor) and loss.numel() == 1 else loss for loss in losses]
-    return {"losses": losses, "state": {name: tensor.detach() for name, tensor in model.state_dict().items()}}
+    return {"losses": losses, "state": {name: tensor.detach() for name, tensor in model.state_dict().items()},
+            "tensors": tensors}
 
 
 @probe(returns=ListOf(length="batch_sizes"))
@@ -106,35 +120,48 @@ def student_accuracies(student, state, X, y, batch_sizes, dropout):
     return results
 
 
-@probe(returns=Fields("initialized", "backend", "rank", "world_size", "sum"))
+@probe(returns=Fields("initialized", "backend", "rank", "world_size", "sum", "asked_for_nccl"))
 def ddp_setup_rank(student, rank, world_size, master_port):
-    """One rank: the student's ddp_setup, then what the process group says (.initialized; .backend, .rank and
-    .world_size, None where it is not initialised) and .sum, an all-reduce of rank + 1."""
-    import torch.distributed as dist
-    from probe_kit.ranks import use_master
+    """One rank: the student's ddp_setup with this rank and world size, then what the process group says
+    (.initialized; .backend, .rank and .world_size, None where it is not initialised) and .sum, an all-reduce of
+    rank + 1. Then, with no group made, the backends that ddp_setup(rank, world_size, backend="nccl") asks for
+    (.asked_for_nccl; None where ddp_setup takes no backend, as the book's). Where the grader has no GPUs, a
+    request for nccl is served by gloo and the book's GPU calls by the CPU (probe_kit.ranks.gpu_calls_served)."""
+    import inspect
 
-    use_master(master_port)
-    student.ddp_setup(rank, world_size)
-    try:
-        info = {"initialized": dist.is_initialized(), "backend": None, "rank": None, "world_size": None, "sum": None}
-        if info["initialized"]:
-            backend = str(dist.get_backend())
-            info.update(backend=backend, rank=dist.get_rank(), world_size=dist.get_world_size())
-            total = torch.tensor([rank + 1.0], device=DEVICE if backend == "nccl" else "cpu")
-            dist.all_reduce(total)
-            info["sum"] = total.item()
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    import torch.distributed as dist
+    from probe_kit.ranks import gpu_calls_served
+
+    with gpu_calls_served(student, master_port) as asked:
+        student.ddp_setup(rank, world_size)
+        try:
+            info = {"initialized": dist.is_initialized(), "backend": None, "rank": None, "world_size": None,
+                    "sum": None}
+            if info["initialized"]:
+                backend = str(dist.get_backend())
+                info.update(backend=backend, rank=dist.get_rank(), world_size=dist.get_world_size())
+                total = torch.tensor([rank + 1.0], device=DEVICE if backend == "nccl" else "cpu")
+                dist.all_reduce(total)
+                info["sum"] = total.item()
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        asked.backends, asked.initialise = [], False
+        info["asked_for_nccl"] = None  # the book's ddp_setup(rank, world_size) takes no backend
+        if "backend" in inspect.signature(student.ddp_setup).parameters:
+            student.ddp_setup(rank, world_size, backend="nccl")
+            info["asked_for_nccl"] = list(asked.backends)
     return info
 
 
 @probe(returns=Fields("sampler", "shares", "test"))
 def dataset_shares(student, rank, world_size, master_port, epochs):
-    """One rank, in a gloo process group of the probe's own: the student's prepare_dataset, the name of its
-    training loader's .sampler, the batches of that loader in each epoch (after set_epoch; .shares) and of its test
-    loader (.test)."""
+    """One rank, in a gloo process group of the probe's own: the student's prepare_dataset (on a correct ToyDataset),
+    the name of its training loader's .sampler, the batches of that loader in each epoch (after set_epoch; .shares)
+    and of its test loader (.test)."""
     import torch.distributed as dist
+    from probe_kit.ddp_parts import ToyDataset
+    from probe_kit.parts import replaced
     from probe_kit.ranks import use_master
 
     use_master(master_port)
@@ -143,7 +170,8 @@ def dataset_shares(student, rank, world_size, master_port, epochs):
     # its peer is still connecting to it.
     dist.barrier()
     try:
-        train_loader, test_loader = student.prepare_dataset()
+        with replaced(student, ToyDataset=ToyDataset):
+            train_loader, test_loader = student.prepare_dataset()
         sampler = train_loader.sampler
         shares = []
         for epoch in range(epochs):
@@ -159,11 +187,14 @@ def dataset_shares(student, rank, world_size, master_port, epochs):
 
 @probe(returns=Fields("state", "wrapped", "still_initialized"))
 def ddp_training(student, rank, world_size, master_port, num_epochs):
-    """One rank of the student's main: the trained parameters (.state, of the model main returned, else of the one
-    it wrapped in DDP), how many models were .wrapped, and whether the process group is .still_initialized
-    afterwards."""
+    """One rank of the student's main, on correct stand-ins of the parts it calls (NeuralNetwork, ToyDataset,
+    compute_accuracy, ddp_setup, prepare_dataset): the trained parameters (.state, of the model main returned, else
+    of the one it wrapped in DDP), how many models were .wrapped, and whether the process group is
+    .still_initialized afterwards. Where the grader has no GPUs, the book's GPU calls are served by the CPU."""
     import torch.distributed as dist
-    from probe_kit.ranks import use_master
+    from probe_kit.ddp_parts import PARTS
+    from probe_kit.parts import replaced
+    from probe_kit.ranks import gpu_calls_served, use_master
     from torch.nn.parallel import DistributedDataParallel
 
     use_master(master_port)
@@ -180,8 +211,9 @@ def ddp_training(student, rank, world_size, master_port, num_epochs):
 
     DistributedDataParallel.__init__ = recording_init
     try:
-        torch.manual_seed(123)
-        returned = student.main(rank, world_size, num_epochs)
+        with replaced(student, **PARTS), gpu_calls_served(student, master_port):
+            torch.manual_seed(123)  # the book seeds before it starts the processes
+            returned = student.main(rank, world_size, num_epochs)
     finally:
         DistributedDataParallel.__init__ = original_init
     model = returned if isinstance(returned, nn.Module) else (wrapped[-1] if wrapped else None)
@@ -224,8 +256,8 @@ def test_neural_network_layers(submission):
     got = submission.run(count_parameters, class_name="NeuralNetwork", init=init)
     expected = {name: list(tensor.shape) for name, tensor in ref.NeuralNetwork(**init).state_dict().items()}
     expect_equal(got.shapes, expected, what="the parameters of NeuralNetwork(50, 3) (names and shapes)",
-                 hint="self.layers = nn.Sequential(nn.Linear(num_inputs, 30), nn.ReLU(), nn.Linear(30, 20), "
-                      "nn.ReLU(), nn.Linear(20, num_outputs)).")
+                 hint="self.layers holds five modules, in order: a linear layer num_inputs -> 30, a ReLU, a "
+                      "linear layer 30 -> 20, a ReLU, and a linear output layer 20 -> num_outputs (section A.5).")
     expect_count(got.count, 2213, what="number of parameters of NeuralNetwork(50, 3)",
                  hint="50*30+30 + 30*20+20 + 20*3+3 = 2,213.")
 
@@ -279,10 +311,10 @@ def test_toy_dataset(submission):
     got = submission.run(dataset_items, X=X, y=y, batch_size=3)
     dataset = ref.ToyDataset(X, y)
     expect_count(got.length, 7, what="len(ToyDataset(X, y)) for 7 examples",
-                 hint="__len__ returns the number of labels: self.labels.shape[0].")
+                 hint="the length of the dataset is the number of labels (one per example), not of features.")
     for index in range(7):
         expect_equal(got.items[index], list(dataset[index]), what=f"ToyDataset(X, y)[{index}]",
-                     hint="__getitem__ returns the pair (self.features[index], self.labels[index]).")
+                     hint="dataset[index] is a pair: the features of example `index` (a row of X) and its label.")
     expected_batches = [list(batch) for batch in DataLoader(dataset, batch_size=3, shuffle=False)]
     expect_equal(got.batches, expected_batches, what="the batches of DataLoader(ToyDataset(X, y), batch_size=3)",
                  hint="each item is one example: features of shape (num_inputs,) and a label of shape ().")
@@ -298,29 +330,34 @@ def small_model(seed, num_inputs, dropout=None):
     return small_classifier(num_inputs, dropout)
 
 
-TRAIN_CASES = [  # (seed, number of examples, features, epochs, learning rate, batch size)
-    (11, 6, 2, 3, 0.5, 2),
-    (12, 9, 3, 2, 0.1, 4),
+TRAIN_CASES = [  # (seed, number of examples, features, epochs, learning rate, batch size, dropout)
+    (11, 6, 2, 3, 0.5, 2, None),
+    (12, 9, 3, 2, 0.1, 4, None),
+    (13, 8, 3, 2, 0.3, 4, 0.5),  # dropout: train_model must switch the model to training mode
 ]
 
 
 @torch.enable_grad()  # a training run, also where name_mistake computes a mistake's result (under no_grad)
-def reference_training(seed, X, y, num_epochs, lr, batch_size, *, zero_grad=True):
-    """What train_with_student_loop gives with the reference's train_model (or with gradients never cleared):
-    the losses and the final state_dict."""
+def reference_training(seed, X, y, num_epochs, lr, batch_size, dropout=None, *, zero_grad=True, train_mode=True):
+    """What train_with_student_loop gives with the reference's train_model (or with a classic mistake: gradients
+    never cleared, the model never switched to training mode): the losses and the final state_dict."""
     from probe_kit.ranks import PlainSGD
 
-    model = small_model(seed, X.shape[1])
+    model = small_model(seed, X.shape[1], dropout).eval()
     loader = DataLoader(TensorDataset(X, y), batch_size=batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
     optimizer = PlainSGD(model.parameters(), lr=lr)
-    if zero_grad:
+    torch.manual_seed(seed)
+    if zero_grad and train_mode:
         losses = ref.train_model(model, loader, optimizer, "cpu", num_epochs)
     else:
         losses = []
         for _ in range(num_epochs):
+            model.train(train_mode)
             for features, labels in loader:
                 loss = F.cross_entropy(model(features), labels)
+                if zero_grad:
+                    optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 losses.append(loss.item())
@@ -330,18 +367,24 @@ def reference_training(seed, X, y, num_epochs, lr, batch_size, *, zero_grad=True
 def training_runs(submission):
     """For each case: the inputs, what the student's train_model gave, and what the reference gives."""
     runs = []
-    for seed, n, features, epochs, lr, batch_size in TRAIN_CASES:
+    for seed, n, features, epochs, lr, batch_size, dropout in TRAIN_CASES:
         X, y = randn(seed, n, features), torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(seed))
-        got = submission.run(train_with_student_loop, state=small_model(seed, features).state_dict(), X=X, y=y,
-                             num_epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
-        runs.append(((seed, X, y, epochs, lr, batch_size), got, reference_training(seed, X, y, epochs, lr, batch_size)))
+        got = submission.run(train_with_student_loop, state=small_model(seed, features, dropout).state_dict(), X=X,
+                             y=y, num_epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, dropout=dropout)
+        case = (seed, X, y, epochs, lr, batch_size, dropout)
+        runs.append((case, got, reference_training(*case)))
     return runs
 
 
-HINT_LOOP = ("for every batch: logits = model(features), loss = F.cross_entropy(logits, labels), "
-             "optimizer.zero_grad(), loss.backward(), optimizer.step().")
-LOOP_MISTAKES = [Mistake("training without optimizer.zero_grad()",
-                         "gradients accumulate in .grad, so clear them before each backward().", zero_grad=False)]
+HINT_LOOP = ("for every batch, in this order (section A.7): the model's logits for the features, the mean "
+             "cross-entropy of the logits and the labels, clear the old gradients (the optimizer's zero_grad), "
+             "backpropagate (backward on the loss), update the parameters (the optimizer's step).")
+LOOP_MISTAKES = [Mistake("training without clearing the gradients (the optimizer's zero_grad)",
+                         "gradients accumulate in .grad, so clear them before each backward pass.", zero_grad=False),
+                 Mistake("training in evaluation mode (the model is never switched to training mode)",
+                         "switch the model to training mode (its train method) at the start of every epoch: the "
+                         "caller may hand it over in evaluation mode, and dropout is active in training mode only.",
+                         train_mode=False)]
 
 
 def same_losses(got, mistaken) -> bool:
@@ -366,7 +409,10 @@ def test_train_model_losses(submission):
         expect_true(isinstance(losses, list) and all(isinstance(v, (int, float)) for v in losses), what=what,
                     problem=f"should be a list of numbers, one per step, but is {type(losses).__name__} "
                             f"{str(losses)[:60]}.",
-                    hint="append loss.item() after each step and return the list.")
+                    hint="after each step, append the loss as a Python float (its .item()), and return the list.")
+        expect_true(got.tensors == 0, what=what, problem=f"holds {got.tensors} tensors, not Python floats: each "
+                    "keeps its step's computation graph alive, so memory grows with every step.",
+                    hint="turn each loss into a Python float (its .item()) before you keep it.")
         expect_count(len(losses), len(expected), what=f"{what}: number of losses",
                      hint="one loss per batch of every epoch (the loader drops its last, smaller batch).")
         expect_close(torch.tensor(losses, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64),
@@ -409,7 +455,8 @@ def test_compute_accuracy(submission):
         what = f"compute_accuracy on 7 examples in batches of {batch_size}"
         expect_true(isinstance(value, (int, float)) and not isinstance(value, bool), what=what,
                     problem=f"returned {type(value).__name__}, not a number.",
-                    hint="return correct / total_examples (a float between 0 and 1).")
+                    hint="return the number of correct predictions divided by the number of examples, a Python "
+                         "number between 0 and 1.")
         hint = "count the correct predictions and the examples over all batches, then divide once."
         if abs(value - reference_accuracy(batch_size, per_batch_mean=True)) < 1e-6 and batch_size == 3:
             hint = ("your value is the mean of the per-batch accuracies, which weighs the last, smaller batch too "
@@ -430,7 +477,8 @@ def test_compute_accuracy_in_eval_mode(submission):
         expect_close(torch.tensor([float(value)]), torch.tensor([reference_accuracy(batch_size, 0.9)]), atol=1e-6,
                      rtol=0, what=f"compute_accuracy of a model with dropout 0.9, left in train mode (batches of "
                                   f"{batch_size})",
-                     hint="call model.eval() first: in train mode dropout zeroes random activations, and the "
+                     hint="switch the model to evaluation mode first (its eval method): in train mode dropout "
+                          "zeroes random activations, and the "
                           "accuracy changes from run to run.")
 
 
@@ -479,10 +527,11 @@ def single_process_training(world_size, *, set_epoch=True, whole_dataset=False, 
 
 
 DDP_MISTAKES = [
-    Mistake("training without sampler.set_epoch(epoch)", "call train_loader.sampler.set_epoch(epoch) at the start of "
-            "every epoch, so that each epoch is shuffled anew.", set_epoch=False),
-    Mistake("every rank training on the whole training set", "give the training loader "
-            "sampler=DistributedSampler(train_ds) (and shuffle=False), so that each rank gets its own share.",
+    Mistake("training without sampler.set_epoch(epoch)", "at the start of every epoch, tell the training loader's "
+            "sampler the epoch number (its set_epoch method), so that each epoch is shuffled anew.", set_epoch=False),
+    Mistake("every rank training on the whole training set", "the training loader needs a DistributedSampler "
+            "over the training set as its sampler (and no shuffling of its own), so that each rank gets its own "
+            "share.",
             whole_dataset=True),
     Mistake("a loss summed over the batch",
             "use the mean over the batch (F.cross_entropy's default): DDP averages the ranks' gradients.",
@@ -499,55 +548,69 @@ def ddp_hint(world_size, state):
     """The hint for wrong parameters after DDP training: the classic mistake that gives them, else the recipe."""
     return name_mistake(state, DDP_MISTAKES, partial(single_process_training, world_size), matches=same_parameters,
                         yours="your parameters are") or (
-        "seed with torch.manual_seed(123) before building the model; per batch: forward, F.cross_entropy, zero_grad, "
+        "build the model right after the seed (the grader seeds with 123 before main); per batch: forward, "
+        "F.cross_entropy, zero_grad, "
         "backward, step; SGD with lr=0.5.")
+
+
+BACKEND_ARGUMENT = ("a `backend` passed to ddp_setup is the one to use: choose by device (nccl with CUDA, gloo "
+                    "without) only when the caller passes none (backend=None, the default).")
 
 
 @pytest.mark.points(1)
 @pytest.mark.runs("ddp_setup")
 def test_ddp_setup(submission):
-    """ddp_setup joins the process group (gloo on the CPU, nccl on CUDA): ranks and world size right."""
+    """ddp_setup joins the process group with the right rank and world size, on the backend the caller passes (else
+    one that fits the device: on a grader without GPUs, the book's nccl is served by gloo)."""
     world_size, backend = ddp_world(submission)
     with explain_errors(nccl_without_gpus):
         got = submission.run_ranks(ddp_setup_rank, world_size=world_size)
     for rank, info in enumerate(got):
         what = f"rank {rank} of {world_size} after ddp_setup"
         expect_true(info.initialized is True, what=what, problem="the process group is not initialised.",
-                    hint="call init_process_group(backend=..., rank=rank, world_size=world_size, timeout=timeout).")
-        expect_equal(info.backend, backend, what=f"{what}: the backend",
-                     hint="choose nccl when torch.cuda.is_available(), else gloo (nccl needs NVIDIA GPUs).")
+                    hint="ddp_setup must end by joining the group: init_process_group with the backend, this "
+                         "process's rank, the world size and the timeout (section A.9.3, listing A.13).")
+        expect_equal(info.backend, backend, what=f"{what}: the backend in use",
+                     hint="nccl works between NVIDIA GPUs only: with CUDA ask for nccl, else for gloo.")
         expect_equal([info.rank, info.world_size], [rank, world_size], what=f"{what}: rank and world size",
-                     hint="pass rank=rank and world_size=world_size to init_process_group.")
+                     hint="pass ddp_setup's own rank and world_size on to init_process_group.")
         expect_equal(info.sum, float(world_size * (world_size + 1) // 2),
                      what=f"{what}: an all-reduce over the ranks", hint="every rank must join the same group.")
+        if info.asked_for_nccl is None:
+            continue  # the book's signature, ddp_setup(rank, world_size): no backend to honour
+        asked = [str(name).lower() for name in info.asked_for_nccl]
+        expect_true(asked == ["nccl"], what=f"rank {rank}: ddp_setup(rank, world_size, backend='nccl')",
+                    problem=f"asked init_process_group for {asked} instead of ['nccl']: your ddp_setup ignores its "
+                            "backend argument." if asked else "never called init_process_group.",
+                    hint=BACKEND_ARGUMENT)
 
 
 @pytest.mark.points(1)
-@pytest.mark.runs("prepare_dataset", "ToyDataset")
+@pytest.mark.runs("prepare_dataset")
+@pytest.mark.stand_ins("ToyDataset")
 def test_prepare_dataset(submission):
     """prepare_dataset: each rank's share of the training set in every epoch (DistributedSampler), and the test set."""
     world_size, _ = ddp_world(submission)
     got = submission.run_ranks(dataset_shares, world_size=world_size, epochs=2)
-    hint = ("DataLoader(train_ds, batch_size=2, shuffle=False, drop_last=True, sampler=DistributedSampler(train_ds)) "
-            "over the book's five training examples.")
+    hint = ("the training loader over the book's five training examples: batches of 2, the last incomplete batch "
+            "dropped, no shuffling of its own, and a DistributedSampler over the training set (section A.9.3).")
     for rank, result in enumerate(got):
         for epoch in range(2):
             expected = [[ref.X_train[indices].tolist(), ref.y_train[indices].tolist()]
                         for indices in replayed_batches(world_size, epoch)[rank]]
             sampler_hint = hint if result.sampler == "DistributedSampler" else (
-                f"the training loader's sampler is a {result.sampler}: give it sampler=DistributedSampler("
-                "train_ds), which shares the examples out among the ranks.")
+                f"the training loader's sampler is a {result.sampler}: give it a DistributedSampler over the "
+                "training set, which shares the examples out among the ranks.")
             expect_equal(result.shares[epoch], expected, what=f"rank {rank}'s training batches in epoch {epoch}",
                          hint=sampler_hint)
         expected_test = [[ref.X_test.tolist(), ref.y_test.tolist()]]
         expect_equal(result.test, expected_test, what=f"rank {rank}'s test batches",
-                     hint="the test loader: DataLoader(test_ds, batch_size=2, shuffle=False), the whole test set.")
+                     hint="the test loader serves the whole test set (both examples), in order, in batches of 2.")
 
 
 @pytest.mark.points(3)
-@pytest.mark.depends_on("test_neural_network_output", "test_compute_accuracy", "test_ddp_setup",
-                        "test_prepare_dataset")
-@pytest.mark.runs("main", "NeuralNetwork", "compute_accuracy", "ddp_setup", "prepare_dataset", "ToyDataset")
+@pytest.mark.runs("main")
+@pytest.mark.stand_ins("NeuralNetwork", "ToyDataset", "compute_accuracy", "ddp_setup", "prepare_dataset")
 def test_ddp_training(submission):
     """main on two processes trains the same parameters as one process on the global batches, and leaves the group."""
     world_size, _ = ddp_world(submission)
@@ -558,10 +621,12 @@ def test_ddp_training(submission):
         what = f"rank {rank} of {world_size}"
         expect_true(result.state is not None, what=f"{what}: the trained model",
                     problem="main neither returned a model nor wrapped one in DistributedDataParallel.",
-                    hint="wrap the model: model = DDP(model), and return model.module at the end of main.")
+                    hint="wrap the model in DDP, and at the end of main return the plain model inside the "
+                         "wrapper (its module attribute).")
         expect_true(result.wrapped >= 1, what=f"{what}: the model",
                     problem="was not wrapped in DistributedDataParallel, so the ranks never averaged their "
-                            "gradients.", hint="model = DDP(model) (with device_ids=[rank] on a GPU).")
+                            "gradients.", hint="wrap the model in DDP after building it (device_ids=[rank] on a "
+                                               "GPU only), and train the wrapper.")
         expect_equal(sorted(result.state), sorted(expected), what=f"{what}: the names of the trained model's "
                      "parameters", hint="train the book's NeuralNetwork(num_inputs=2, num_outputs=2).")
         for name, tensor in expected.items():
@@ -570,5 +635,5 @@ def test_ddp_training(submission):
                          hint=partial(ddp_hint, world_size, result.state))
         expect_true(result.still_initialized is False, what=f"{what}: after main",
                     problem="the process group is still initialised.",
-                    hint="end main with destroy_process_group() (in a finally: block, so that it also runs after "
-                         "an error).")
+                    hint="leave the process group at the end of main (destroy_process_group, in a finally: block, "
+                         "so that it also runs after an error).")

@@ -3,7 +3,7 @@
 from tests.submissions.catalog.base import Variant, mutant, rewrite
 
 APPA = "appa_pytorch"
-NETWORK = {"test_neural_network_output", "test_neural_network_gradients", "test_ddp_training"}
+NETWORK = {"test_neural_network_output", "test_neural_network_gradients"}
 
 SIGMOID_NETWORK = '''class NeuralNetwork(nn.Module):
     def __init__(self, num_inputs, num_outputs):
@@ -41,9 +41,9 @@ MEAN_OF_BATCHES_ACCURACY = '''def compute_accuracy(model, dataloader, device=Non
     return sum(accuracies) / len(accuracies)
 '''
 
-# The book's own edge cases: Sequential spelled torch.nn..., compute_accuracy without `device` (section A.7)
-# returning a float32 value through .item(), and a main that returns nothing (the grader takes the model that
-# was wrapped in DDP). ddp_setup keeps MASTER_ADDR/MASTER_PORT when set, as the book's torchrun script does.
+# The book's code typed into the stubs (their def lines kept), with its own edge cases: Sequential spelled
+# torch.nn..., section A.7's compute_accuracy, which ignores `device` and returns a float32 value through .item(),
+# and a main that returns nothing (the grader takes the model that was wrapped in DDP).
 BOOK_STYLE = {
     "neural_network": '''class NeuralNetwork(torch.nn.Module):
     def __init__(self, num_inputs, num_outputs):
@@ -67,7 +67,7 @@ BOOK_STYLE = {
         logits = self.layers(x)
         return logits
 ''',
-    "compute_accuracy": '''def compute_accuracy(model, dataloader):
+    "compute_accuracy": '''def compute_accuracy(model, dataloader, device=None):
 
     model = model.eval()
     correct = 0.0
@@ -85,12 +85,31 @@ BOOK_STYLE = {
 
     return (correct / total_examples).item()
 ''',
-    "ddp_setup": '''def ddp_setup(rank, world_size):
-    if "MASTER_ADDR" not in os.environ:
-        os.environ["MASTER_ADDR"] = "localhost"
-    if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = "12345"
-    init_process_group(backend="gloo", rank=rank, world_size=world_size)
+    # The book's DDP script was written for NVIDIA GPUs: it always asks for nccl (except on Windows), overwrites
+    # MASTER_ADDR/MASTER_PORT, selects GPU `rank`, moves the model and the batches to device `rank`, pins memory,
+    # and leaves the group while its DDP wrapper still exists. On a grader without GPUs the probes serve these
+    # calls with gloo and the CPU (probe_kit.ranks.gpu_calls_served).
+    "ddp_setup": '''def ddp_setup(rank, world_size, backend=None, timeout=datetime.timedelta(seconds=60)):
+    os.environ["MASTER_ADDR"] = "localhost"
+    os.environ["MASTER_PORT"] = "12345"
+    if platform.system() == "Windows":
+        os.environ["USE_LIBUV"] = "0"
+        init_process_group(backend="gloo", rank=rank, world_size=world_size)
+    else:
+        init_process_group(backend="nccl", rank=rank, world_size=world_size)
+    torch.cuda.set_device(rank)
+''',
+    "prepare_dataset": '''def prepare_dataset():
+    X_train = torch.tensor([[-1.2, 3.1], [-0.9, 2.9], [-0.5, 2.6], [2.3, -1.1], [2.7, -1.5]])
+    y_train = torch.tensor([0, 0, 0, 1, 1])
+    X_test = torch.tensor([[-0.8, 2.8], [2.6, -1.6]])
+    y_test = torch.tensor([0, 1])
+    train_ds = ToyDataset(X_train, y_train)
+    test_ds = ToyDataset(X_test, y_test)
+    train_loader = DataLoader(dataset=train_ds, batch_size=2, shuffle=False, pin_memory=True, drop_last=True,
+                              sampler=DistributedSampler(train_ds))
+    test_loader = DataLoader(dataset=test_ds, batch_size=2, shuffle=False)
+    return train_loader, test_loader
 ''',
     "main": '''def main(rank, world_size, num_epochs):
 
@@ -98,9 +117,10 @@ BOOK_STYLE = {
 
     train_loader, test_loader = prepare_dataset()
     model = NeuralNetwork(num_inputs=2, num_outputs=2)
+    model.to(rank)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
 
-    model = DDP(model)
+    model = DDP(model, device_ids=[rank])
 
     for epoch in range(num_epochs):
         train_loader.sampler.set_epoch(epoch)
@@ -108,6 +128,7 @@ BOOK_STYLE = {
         model.train()
         for features, labels in train_loader:
 
+            features, labels = features.to(rank), labels.to(rank)
             logits = model(features)
             loss = F.cross_entropy(logits, labels)
 
@@ -120,9 +141,9 @@ BOOK_STYLE = {
                 f" | Train/Val Loss: {loss:.2f}")
 
     model.eval()
-    train_acc = compute_accuracy(model, train_loader)
+    train_acc = compute_accuracy(model, train_loader, device=rank)
     log(f"[GPU{rank}] Training accuracy", train_acc)
-    test_acc = compute_accuracy(model, test_loader)
+    test_acc = compute_accuracy(model, test_loader, device=rank)
     log(f"[GPU{rank}] Test accuracy", test_acc)
 
     destroy_process_group()
@@ -228,10 +249,16 @@ MUTANTS = [
             {"test_neural_network_layers", *NETWORK}, says="layers.0, layers.2 and layers.4"),
     mutant("dataset_length_is_the_features", APPA, "toy_dataset",
            [("return self.labels.shape[0]", "return self.features.shape[1]")],
-           {"test_toy_dataset", "test_prepare_dataset", "test_ddp_training"}, says="number of labels"),
+           {"test_toy_dataset"}, says="number of labels"),
     mutant("train_without_zero_grad", APPA, "train_model",
            [("            optimizer.zero_grad()  # clear the previous step's gradients\n", "")],
-           {"test_train_model_losses", "test_train_model_parameters"}, says="without optimizer.zero_grad()"),
+           {"test_train_model_losses", "test_train_model_parameters"}, says="without clearing the gradients"),
+    mutant("train_returns_loss_tensors", APPA, "train_model",
+           [("losses.append(loss.item())", "losses.append(loss)")],
+           {"test_train_model_losses"}, says="not Python floats"),
+    mutant("train_never_switches_to_training_mode", APPA, "train_model",
+           [("        model.train()\n", "")],
+           {"test_train_model_losses", "test_train_model_parameters"}, says="training in evaluation mode"),
     mutant("train_logs_one_loss_per_epoch", APPA, "train_model",
            [("            losses.append(loss.item())\n", ""),
             ("        model.eval()\n", "        losses.append(loss.item())\n        model.eval()\n")],
@@ -240,13 +267,13 @@ MUTANTS = [
             {"test_compute_accuracy", "test_compute_accuracy_in_eval_mode"}, says="mean of the per-batch"),
     mutant("accuracy_in_train_mode", APPA, "compute_accuracy",
            [("    model.eval()\n", "")],
-           {"test_compute_accuracy_in_eval_mode"}, says="call model.eval() first"),
-    mutant("ddp_setup_always_nccl", APPA, "ddp_setup",
-           [('backend = "nccl" if torch.cuda.is_available() else "gloo"', 'backend = "nccl"')],
-           {"test_ddp_setup", "test_ddp_training"}, says="nccl needs NVIDIA GPUs"),
+           {"test_compute_accuracy_in_eval_mode"}, says="evaluation mode first"),
+    mutant("ddp_setup_ignores_backend", APPA, "ddp_setup",
+           [("    if backend is None:\n        backend = ", "    backend = ")],
+           {"test_ddp_setup"}, says="ignores its backend argument"),
     mutant("prepare_dataset_without_sampler", APPA, "prepare_dataset",
            [("sampler=DistributedSampler(train_ds),  # each rank: its own share, no overlap", "")],
-           {"test_prepare_dataset", "test_ddp_training"}, says="sampler=DistributedSampler(train_ds)"),
+           {"test_prepare_dataset"}, says="give it a DistributedSampler"),
     mutant("main_without_set_epoch", APPA, "main",
            [("            train_loader.sampler.set_epoch(epoch)  # a new (but on every rank the same) shuffle each "
              "epoch\n", "")],
@@ -263,7 +290,15 @@ MUTANTS = [
            {"test_ddp_training"}, says="still initialised"),
 ]
 
+# The book's own def lines: compute_accuracy(model, dataloader) of section A.7 and ddp_setup(rank, world_size)
+# (the grader passes `device` only to a function that takes it, and checks a `backend` only where there is one).
+BOOK_SIGNATURES = {
+    "compute_accuracy": BOOK_STYLE["compute_accuracy"].replace(", device=None):", "):"),
+    "ddp_setup": BOOK_STYLE["ddp_setup"].replace(", backend=None, timeout=datetime.timedelta(seconds=60)):", "):"),
+}
+
 VARIANTS = [
     Variant("book_style", APPA, BOOK_STYLE),
+    Variant("book_signatures", APPA, BOOK_SIGNATURES),
     Variant("functional_and_explicit_sampler", APPA, FUNCTIONAL),
 ]
