@@ -498,12 +498,12 @@ def replayed_run(ns, num_epochs, *, set_epoch=True, loss_scale=1.0):
         dist.destroy_process_group()
     torch.manual_seed(123)
     model = ns["NeuralNetwork"](2, 2)
-    for epoch in range(num_epochs):
+    for epoch_index in range(num_epochs):
         if set_epoch and hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)
-        for features, labels in train_loader:
+            train_loader.sampler.set_epoch(epoch_index)
+        for inputs, targets in train_loader:
             model.zero_grad()
-            (F.cross_entropy(model(features), labels) * loss_scale).backward()
+            (F.cross_entropy(model(inputs), targets) * loss_scale).backward()
             with torch.no_grad():
                 for parameter in model.parameters():
                     parameter.add_(parameter.grad, alpha=-0.5)

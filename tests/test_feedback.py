@@ -142,10 +142,10 @@ def test_a_cell_that_failed_to_load_leads_the_message_of_a_missing_name():
 
     broken = ErrorRecord(ErrorKind.RAISED, "invalid syntax", "SyntaxError", cell="gelu", line=10, code="return 0.5 +*")
     missing = student_error_message(ErrorRecord(ErrorKind.MISSING, name="GELU"), cell_errors=[broken])
-    assert missing.startswith("Cell 'gelu' failed when your notebook was loaded"), missing
+    assert missing.startswith("While loading your notebook, cell 'gelu' failed: SyntaxError"), missing
     assert "SyntaxError: invalid syntax" in missing
     assert missing.index("SyntaxError") < missing.index("`GELU`")
     raised = student_error_message(ErrorRecord(ErrorKind.RAISED, "shapes differ", "ValueError", cell="block", line=3),
                                    cell_errors=[broken])
     assert raised.startswith("Your code raised ValueError")
-    assert "Note: Cell 'gelu' failed" in raised
+    assert "Note: while loading your notebook, cell 'gelu' failed" in raised

@@ -220,7 +220,7 @@ def test_a_wrong_result_fails_with_what_came_out_and_a_hint():
     outcome = run_ch02("test_build_vocab", namespace)
     assert outcome["status"] == "failed"
     assert "build_vocab(['b', 'a', 'b']): got {'b': 0, 'a': 1}, expected {'a': 0, 'b': 1}" in outcome["message"]
-    assert "\nHint: number sorted(set(tokens))" in outcome["message"]
+    assert "\nHint: every distinct token once, in sorted order" in outcome["message"]
 
 
 def test_an_exception_names_the_students_function_and_line():

@@ -84,15 +84,15 @@ def student_error_message(record: ErrorRecord, *, hint: str | None = None,
     if cell_errors and name_missing:  # most likely the failed cell would have defined it: the cause comes first
         message = f"{loading_failure(cell_errors)} {message}"
     elif cell_errors and kind in (ErrorKind.RAISED, ErrorKind.UNUSABLE):
-        message += f" Note: {loading_failure(cell_errors)}"
+        message += f" Note: {loading_failure(cell_errors)[0].lower()}{loading_failure(cell_errors)[1:]}"
     return message + (f" Hint: {hint}" if hint else "")
 
 
 def loading_failure(cell_errors: list[ErrorRecord]) -> str:
     """What failed while the notebook was loaded, to be fixed first: the first failed cell, and how many more."""
     first = cell_errors[0]
-    text = (f"Cell '{first.cell}' failed when your notebook was loaded, so what it defines is missing: "
-            f"{exception_text(first)} ({where(first)}). Fix that first.")
+    text = (f"While loading your notebook, cell '{first.cell}' failed: {exception_text(first)} ({where(first)}). "
+            "Fix that cell first: what it defines is missing.")
     if len(cell_errors) > 1:
         text += f" ({len(cell_errors) - 1} more cell(s) failed too.)"
     return text

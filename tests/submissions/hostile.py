@@ -117,7 +117,7 @@ ATTACKS = [
         "        try:\n            os.write(fd, message)\n"
         "        except OSError:\n            pass\n"
         "    return torch.zeros_like(inputs)\n"),
-        says="should hold 2 results"),
+        says="(one per item of `inputs`) but holds 1 item"),
     Attack("expected_values_from_caller_frames", simple(
         # There are none to find: the worker never holds an expected value. The best it finds is the input.
         "import sys, torch\n\n"
@@ -131,7 +131,9 @@ ATTACKS = [
         "    return inputs\n"),
         status="failed", says="values differ"),
     Attack("huge_result", simple(
-        "import torch\n\ndef simplified_self_attention(inputs):\n    return torch.zeros(40_000_000)\n"),
+        # Huge on the first call only: one reply over the size limit, not several that exhaust the memory first.
+        "import torch\n\nCALLS = []\n\ndef simplified_self_attention(inputs):\n    CALLS.append(1)\n"
+        "    return torch.zeros(40_000_000) if len(CALLS) == 1 else torch.zeros_like(inputs)\n"),
         says="limit"),
     # Patching what the worker uses between probes: every test fails, and it is the student's failure, never
     # an "internal grader error" (whatever text the student's exception carries).
