@@ -18,21 +18,17 @@ import torch
 from torch import nn
 
 from probe_kit.gpt_parts import FeedForward, LayerNorm
+from probe_kit.gpt_parts import MultiHeadAttention as UncachedMultiHeadAttention
 from probe_kit.parts import replaced
 
 
-class MultiHeadAttention(nn.Module):
-    """Causal multi-head attention that can keep the keys and values of the tokens it has seen."""
+class MultiHeadAttention(UncachedMultiHeadAttention):
+    """Causal multi-head attention that can keep the keys and values of the tokens it has seen: chapter 3's
+    stand-in with a cache, and its mask kept out of the state_dict, as the book's cached module keeps it."""
 
     def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
-        super().__init__()
-        self.d_out, self.num_heads, self.head_dim = d_out, num_heads, d_out // num_heads
-        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.out_proj = nn.Linear(d_out, d_out)
-        self.dropout = nn.Dropout(dropout)
-        self.register_buffer("mask", torch.ones(context_length, context_length).triu(1), persistent=False)
+        super().__init__(d_in, d_out, context_length, dropout, num_heads, qkv_bias)
+        self.register_buffer("mask", self.mask, persistent=False)
         self.cached = None  # (keys, values), each (batch, num_heads, tokens seen, head_dim)
 
     def reset_cache(self):
