@@ -22,24 +22,53 @@ from course.errors import CourseError
 
 
 def generate(course: Course, assignment_ids: list[str], root: Path | None = None) -> None:
-    """Run `nbgrader generate_assignment ID --force` for each id, in `root` (default: the course root)."""
+    """nbgrader's generate_assignment (with --force) for each id, in `root` (default: the course root).
+
+    One nbgrader process generates them all (`_generate_in_nbgrader` below): importing nbgrader and creating its
+    database take seconds, and the notebooks themselves a fraction of one."""
     root = root or course.root
     env = dict(os.environ)
     # nbgrader runs helper programs (alembic) found next to the interpreter.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if not assignment_ids:
+        return
     with tempfile.TemporaryDirectory(prefix="course-gradebook-") as scratch:
-        for assignment_id in assignment_ids:
-            command = [
-                sys.executable, "-m", "nbgrader", "generate_assignment", assignment_id, "--force",
-                f"--CourseDirectory.root={root}",
-                f"--CourseDirectory.db_url=sqlite:///{scratch}/gradebook.db",
-            ]
-            done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
-            release = root / "assignments" / assignment_id
-            if done.returncode != 0 or not release.is_dir():
-                raise CourseError(f"nbgrader generate_assignment {assignment_id} failed:\n{done.stdout}{done.stderr}")
-            for data in course.data_files(course.assignment(assignment_id)):
-                shutil.copyfile(data, release / data.name)
+        command = [sys.executable, "-m", "course.release", str(root), f"sqlite:///{scratch}/gradebook.db",
+                   *assignment_ids]
+        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+    outcomes = {}
+    for line in done.stdout.splitlines():
+        if line.startswith(_OUTCOME):
+            outcome = json.loads(line.removeprefix(_OUTCOME))
+            outcomes[outcome["id"]] = outcome
+    for assignment_id in assignment_ids:
+        outcome = outcomes.get(assignment_id)
+        release = root / "assignments" / assignment_id
+        if outcome is None or not outcome["success"] or not release.is_dir():
+            said = f"{outcome['log']}{outcome['error']}" if outcome else f"{done.stdout}{done.stderr}"
+            raise CourseError(f"nbgrader generate_assignment {assignment_id} failed:\n{said}")
+        for data in course.data_files(course.assignment(assignment_id)):
+            shutil.copyfile(data, release / data.name)
+
+
+_OUTCOME = "course-release-outcome: "  # the prefix of the lines the nbgrader process reports with
+
+
+def _generate_in_nbgrader(root: str, db_url: str, assignment_ids: list[str]) -> None:
+    """Run in the nbgrader process: generate each assignment with nbgrader's API and the course's
+    nbgrader_config.py, and print one outcome line per assignment (its success, log and error)."""
+    from nbgrader.apps.api import NbGraderAPI
+    from traitlets.config.loader import PyFileConfigLoader
+
+    config = PyFileConfigLoader("nbgrader_config.py", path=root).load_config()
+    config.CourseDirectory.root = root
+    config.CourseDirectory.db_url = db_url
+    api = NbGraderAPI(config=config)
+    for assignment_id in assignment_ids:
+        result = api.generate_assignment(assignment_id, force=True, create=True)
+        print(_OUTCOME + json.dumps({"id": assignment_id, "success": bool(result.get("success")),
+                                     "log": str(result.get("log", "")), "error": str(result.get("error", ""))}),
+              flush=True)
 
 
 def stale_files(course: Course, assignment_ids: list[str]) -> list[str]:
@@ -80,3 +109,7 @@ def _same(a: Path, b: Path) -> bool:
         except (ValueError, UnicodeDecodeError):
             return False
     return filecmp.cmp(a, b, shallow=False)
+
+
+if __name__ == "__main__":  # python -m course.release ROOT DB_URL ID...: what generate() runs
+    _generate_in_nbgrader(sys.argv[1], sys.argv[2], sys.argv[3:])
