@@ -15,8 +15,10 @@ solution notebook:
   that names the test where the code hung; and no test that declares a hanging stub passes (it would not really
   run it).
 
-To keep this cheap, stubs whose declaring tests are disjoint hang together in one notebook: the declarations
-being complete, no test runs two of them, so each one's hang is judged as if it hung alone. A class whose methods
+To keep this cheap, stubs hang together in one notebook when the first test that declares each declares none of
+the others: the declarations being complete, each one hangs first in that test, alone, and costs that one timeout,
+and a later test that runs several of them (a whole model) is blocked by the hangs before it; so each one's hang is
+judged as if it hung alone. A class whose methods
 the grader declares one by one ("BPETokenizerSimple.train") hangs one method at a time (each method that holds
 solution code), alone, since the static check does not see which methods a probe calls. The per-test timeout is
 short, so that each hang costs a second or two, asleep, while other grading processes use the cores. A notebook
@@ -176,14 +178,26 @@ def declaring(runs: dict[str, tuple[str, ...]], name: str) -> set[str]:
 
 
 def groups(found: list[Unit], runs: dict[str, tuple[str, ...]]) -> list[list[Unit]]:
-    """Units that hang together: functions and whole classes whose declaring tests are disjoint (first fit, the
-    most declared first); a method alone."""
+    """Units that hang together (first fit, the most declared first); a method alone.
+
+    `runs` is in grading order. Two functions or classes may hang together when the first test that declares
+    either declares only it of the two: each then hangs in its own first test, alone, and costs that one timeout;
+    a later test that declares both (a test of how the parts fit) is blocked by the hang that came first."""
+    order = list(runs)
+
+    def first(name: str) -> str | None:
+        return min(declaring(runs, name), key=order.index, default=None)
+
+    def apart(one: str, other: str) -> bool:
+        return all(test is None or not any(overlaps(name, declared) for declared in runs[test] for name in (one, other)
+                                           if name != own)
+                   for own, test in ((one, first(one)), (other, first(other))))
+
     together: list[list[Unit]] = []
     alone = [[unit] for unit in found if "." in unit.name]
     for unit in sorted((u for u in found if "." not in u.name), key=lambda u: -len(declaring(runs, u.name))):
-        mine = declaring(runs, unit.name)
         for group in together:
-            if all(not mine & declaring(runs, other.name) for other in group):
+            if all(apart(unit.name, other.name) for other in group):
                 group.append(unit)
                 break
         else:

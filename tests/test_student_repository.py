@@ -53,7 +53,8 @@ def repo(request, released) -> tuple:
 
 
 def text_files(root: Path) -> dict[Path, str]:
-    return {path: path.read_text(encoding="utf-8") for path in root.rglob("*") if path.is_file()}
+    """Every file's text; a binary file (a tiny checkpoint) is searched too, its undecodable bytes replaced."""
+    return {path: path.read_bytes().decode("utf-8", errors="replace") for path in root.rglob("*") if path.is_file()}
 
 
 def code_lines(text: str, minimum: int = 40) -> set[str]:
