@@ -34,6 +34,7 @@ INTERFACE = Interface(
     Function("generate", "(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None)"),
     Function("save_checkpoint", "(model, optimizer, path)"),
     Function("load_checkpoint", "(path, model, optimizer=None, map_location=None)"),
+    Function("load_weights_into_gpt", "(gpt, params)"),
 )
 
 CHECKS = Checks("ch05_pretraining", INTERFACE)
@@ -472,3 +473,111 @@ def check_checkpoint_round_trip(ns):
     require(restored_optimizer.param_groups[0]["lr"] == 0.001 and len(restored_optimizer.state) == 2,
             "load_checkpoint did not restore the optimizer's state.",
             "load the file's 'optimizer_state_dict' entry into the optimizer when one is given.")
+
+
+# -- section 5.5: loading pretrained weights ----------------------------------------------------------------------
+
+# A made-up GPT-2 in the layout of openai-community/gpt2's model.safetensors: one block, emb_dim 8, 2 heads.
+FAKE_GPT2_CFG = {"vocab_size": 10, "context_length": 6, "emb_dim": 8, "n_heads": 2, "n_layers": 1, "drop_rate": 0.0,
+                 "qkv_bias": True}
+SHAPE_HINT = ("GPT-2's Conv1D layers store a weight as (in, out) and nn.Linear as (out, in): transpose each weight "
+              "matrix; c_attn holds the query, key and value projections side by side along its last dimension.")
+
+
+def fake_gpt2_params(seed=0, quiet_block=False):
+    """Seeded random tensors under GPT-2's names. With quiet_block, the block's output projections (attention's
+    c_proj, the feed forward's c_proj) are zero: the block then adds nothing to its input."""
+    generator = torch.Generator().manual_seed(seed)
+    emb, vocab, context = FAKE_GPT2_CFG["emb_dim"], FAKE_GPT2_CFG["vocab_size"], FAKE_GPT2_CFG["context_length"]
+    shapes = {"wte.weight": (vocab, emb), "wpe.weight": (context, emb),
+              "h.0.ln_1.weight": (emb,), "h.0.ln_1.bias": (emb,),
+              "h.0.attn.c_attn.weight": (emb, 3 * emb), "h.0.attn.c_attn.bias": (3 * emb,),
+              "h.0.attn.c_proj.weight": (emb, emb), "h.0.attn.c_proj.bias": (emb,),
+              "h.0.ln_2.weight": (emb,), "h.0.ln_2.bias": (emb,),
+              "h.0.mlp.c_fc.weight": (emb, 4 * emb), "h.0.mlp.c_fc.bias": (4 * emb,),
+              "h.0.mlp.c_proj.weight": (4 * emb, emb), "h.0.mlp.c_proj.bias": (emb,),
+              "ln_f.weight": (emb,), "ln_f.bias": (emb,)}
+    params = {name: torch.randn(shape, generator=generator) for name, shape in shapes.items()}
+    if quiet_block:
+        for name in ("h.0.attn.c_proj.weight", "h.0.attn.c_proj.bias", "h.0.mlp.c_proj.weight", "h.0.mlp.c_proj.bias"):
+            params[name] = torch.zeros_like(params[name])
+    return params
+
+
+def loaded_fake_gpt2(ns, params):
+    """A GPTModel of FAKE_GPT2_CFG filled by the student's load_weights_into_gpt; the caller's params are checked
+    unchanged afterwards."""
+    from reference.gpt import GPTModel
+
+    torch.manual_seed(0)
+    model = GPTModel(FAKE_GPT2_CFG)
+    copies = {name: tensor.clone() for name, tensor in params.items()}
+    ns["load_weights_into_gpt"](model, params)
+    require(set(params) == set(copies) and all(torch.equal(params[name], copies[name]) for name in copies),
+            "load_weights_into_gpt changed the params it was given.", "read the checkpoint's tensors, never write "
+            "into them or into the dict: the caller may load the same weights into a second model.")
+    return model.eval()
+
+
+@CHECKS.register("test_load_weights_into_gpt_parameters", subject="load_weights_into_gpt",
+                 description="load_weights_into_gpt puts a made-up GPT-2's c_attn (split in three, transposed), "
+                             "c_proj, c_fc, ln_1 and ln_f tensors into GPTModel's parameters", error_hint=SHAPE_HINT)
+def check_load_weights_into_gpt_parameters(ns):
+    params = fake_gpt2_params()
+    model = loaded_fake_gpt2(ns, params)
+    block, emb = model.trf_blocks[0], FAKE_GPT2_CFG["emb_dim"]
+    fused_weight, fused_bias = params["h.0.attn.c_attn.weight"], params["h.0.attn.c_attn.bias"]
+    expected = {  # (the model's parameter, the tensor it must hold, what to say)
+        "tok_emb.weight": (model.tok_emb.weight, params["wte.weight"]),
+        "pos_emb.weight": (model.pos_emb.weight, params["wpe.weight"]),
+        "trf_blocks[0].norm1.scale": (block.norm1.scale, params["h.0.ln_1.weight"]),
+        "trf_blocks[0].norm1.shift": (block.norm1.shift, params["h.0.ln_1.bias"]),
+        "final_norm.shift": (model.final_norm.shift, params["ln_f.bias"]),
+        "trf_blocks[0].ff.layers[0].bias": (block.ff.layers[0].bias, params["h.0.mlp.c_fc.bias"]),
+        "trf_blocks[0].ff.layers[2].weight": (block.ff.layers[2].weight, params["h.0.mlp.c_proj.weight"].T),
+        "trf_blocks[0].att.out_proj.weight": (block.att.out_proj.weight, params["h.0.attn.c_proj.weight"].T),
+    }
+    for part, name in enumerate(("W_query", "W_key", "W_value")):  # c_attn's columns: query | key | value
+        columns = slice(part * emb, (part + 1) * emb)
+        layer = getattr(block.att, name)
+        expected[f"trf_blocks[0].att.{name}.weight"] = (layer.weight, fused_weight[:, columns].T)
+        expected[f"trf_blocks[0].att.{name}.bias"] = (layer.bias, fused_bias[columns])
+    for name, (got, want) in expected.items():
+        expect_shape(got, tuple(want.shape), f"the model's {name} after loading", SHAPE_HINT)
+        require(torch.allclose(got.detach().float(), want, atol=1e-6),
+                f"the model's {name} after loading does not hold its GPT-2 tensor.",
+                "see the notebook's table: c_attn's last dimension holds query, key and value in that order, every "
+                "Conv1D weight is transposed, and ln_1, ln_2 and ln_f's weight is the scale, their bias the shift.")
+
+
+@CHECKS.register("test_load_weights_into_gpt_tied_head", subject="load_weights_into_gpt",
+                 description="load_weights_into_gpt ties the output head to the token embedding (wte)",
+                 error_hint=SHAPE_HINT)
+def check_load_weights_into_gpt_tied_head(ns):
+    params = fake_gpt2_params(seed=1)
+    model = loaded_fake_gpt2(ns, params)
+    require(torch.allclose(model.out_head.weight.detach().float(), params["wte.weight"], atol=1e-6),
+            "the model's out_head.weight after loading is not the token embedding wte.weight.",
+            "GPT-2 has no output head of its own: it reuses the token embedding (weight tying), shape "
+            "(vocab_size, emb_dim).")
+
+
+@CHECKS.register("test_load_weights_into_gpt_logits", subject="load_weights_into_gpt",
+                 description="a GPTModel loaded with a made-up GPT-2 whose block adds nothing gives the logits of its "
+                             "embeddings, final LayerNorm and tied head", error_hint=SHAPE_HINT)
+def check_load_weights_into_gpt_logits(ns):
+    params = fake_gpt2_params(seed=2, quiet_block=True)
+    model = loaded_fake_gpt2(ns, params)
+    ids = torch.tensor([[1, 5, 0, 9], [3, 3, 7, 2]])
+    with torch.no_grad():
+        logits = model(ids)
+    # The block adds zero to its input, so the logits are the final LayerNorm of token plus position embedding,
+    # times the token embedding (the tied head).
+    x = params["wte.weight"][ids] + params["wpe.weight"][:4]  # (2, 4, emb_dim)
+    x = F.layer_norm(x, (FAKE_GPT2_CFG["emb_dim"],), params["ln_f.weight"], params["ln_f.bias"], eps=1e-5)
+    expected = x @ params["wte.weight"].T  # (2, 4, vocab_size)
+    expect_shape(logits, (2, 4, FAKE_GPT2_CFG["vocab_size"]), "the loaded model's logits", SHAPE_HINT)
+    require(torch.allclose(logits.float(), expected, atol=1e-4), "the loaded model's logits for two sequences of "
+            f"4 tokens differ from the expected ones by up to {float((logits - expected).abs().max()):.4f}.",
+            "wte and wpe are the token and position embeddings, ln_f's weight and bias the final LayerNorm's scale and "
+            "shift, and the output head is wte (tied).")

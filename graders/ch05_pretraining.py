@@ -9,12 +9,16 @@ draws from the random generator) runs on the CPU, where a fixed seed gives the s
 A bug costs the points of its own function: the composites (calc_loss_loader, evaluate_model,
 generate_and_print_sample, train_model_simple) run on correct stand-ins of the parts they call
 (probe_kit/training_parts.py), so that, say, a broken calc_loss_batch costs only its own test. The checkpoint's
-round trip is the one test of two definitions together (PARTS_FIT). Beyond the book's outputs, the grader
-probes: batches used before they are moved to the device (probe_kit's OnHost batches fail on a CPU as a CPU
-batch fails on a GPU), a loss kept as a tensor where a float is promised (calc_loss_loader, the training loop's
-lists), a training loop that never switches the model to training mode (it is handed over in eval mode), top-k
-on a batch whose rows have different thresholds, and sampling from logits in the hundreds (a softmax computed
-by hand overflows). `generate`'s context_size has no default in the book or here, so a None context is not graded.
+round trip is the one test of two definitions together (PARTS_FIT). Section 5.5's load_weights_into_gpt fills
+chapter 4's GPTModel from a tiny random GPT-2 that transformers wrote (data/tiny-gpt2.safetensors): its parameters,
+its tied output head and its logits are compared with the reference's mapping and with transformers' logits.
+
+Beyond the book's outputs, the grader probes: batches used before they are moved to the device (probe_kit's OnHost
+batches fail on a CPU as a CPU batch fails on a GPU), a loss kept as a tensor where a float is promised
+(calc_loss_loader, the training loop's lists), a training loop that never switches the model to training mode (it is
+handed over in eval mode), top-k on a batch whose rows have different thresholds, and sampling from logits in the
+hundreds (a softmax computed by hand overflows). `generate`'s context_size has no default in the book or here, so a
+None context is not graded.
 
 Edge cases where the book's editions and the course differ, and what is accepted:
 - `generate` on a batch of several prompts with `top_k` or `eos_id`: the book's code handles one prompt at a
@@ -26,10 +30,14 @@ Edge cases where the book's editions and the course differ, and what is accepted
 - save_checkpoint/load_checkpoint are the course's names for the book's inline code (the file holds
   "model_state_dict" and "optimizer_state_dict"); `load_checkpoint`'s return value and the mode it leaves the
   model in are not graded.
+- load_weights_into_gpt: the book's returns nothing, the course's returns the model (the model handed over is
+  graded); the book's new parameters share memory with the caller's tensors, the course's are copies, and the
+  head is "tied" by value in both: only the values are compared.
 """
 
 import contextlib
 import io
+import itertools
 from functools import partial
 
 import pytest
@@ -42,6 +50,7 @@ from course.grading.contracts import Fields, ListOf
 from course.grading.imports import plain_imports
 from course.grading.inputs import randint
 from course.grading.mistakes import Mistake, name_mistake
+from graders.shared.checkpoints import tiny_checkpoint
 from graders.shared.gpt_training import (
     GPT2_TINY,
     LOSS_TYPE_HINT,
@@ -64,6 +73,8 @@ from graders.shared.gpt_training import (
 )
 
 with plain_imports():
+    from reference import gpt as ref_gpt
+    from reference import gpt2_weights
     from reference import pretraining as ref
     from reference.tiktoken_offline import get_gpt2_tokenizer
 
@@ -745,3 +756,182 @@ def test_checkpoint_round_trip(submission):
     expect_equal(got.restored_optimizer, optimizer_state, what="the state_dict of the loaded optimizer",
                  hint="load the file's 'optimizer_state_dict' entry into the optimizer when one is given: AdamW's "
                       "running averages and its learning rate are what let training go on where it stopped.")
+
+
+# -- section 5.5: loading OpenAI's pretrained weights ----------------------------------------------------------
+#
+# The student's load_weights_into_gpt fills chapter 4's GPTModel (the support code, built in the worker with a fixed
+# seed) from a tiny random GPT-2 that transformers wrote in the layout of openai-community/gpt2's model.safetensors
+# (data/tiny-gpt2.safetensors). Only the loader is the student's: the model it fills is the course's, so no stand-in
+# is needed. The book's loader returns nothing and the course's returns the model: the grader reads the model it
+# handed over. The tests compare each parameter with the reference's mapping (which names the parameter), the
+# output head with the token embedding, and the logits with those transformers computed for the same weights.
+
+TINY_GPT2 = tiny_checkpoint("gpt2")
+GPT2_CFG = {  # the tiny GPT-2's configuration in the book's vocabulary (qkv_bias: GPT-2's projections have biases)
+    "vocab_size": TINY_GPT2.config["vocab_size"],
+    "context_length": TINY_GPT2.config["n_positions"],
+    "emb_dim": TINY_GPT2.config["n_embd"],
+    "n_heads": TINY_GPT2.config["n_head"],
+    "n_layers": TINY_GPT2.config["n_layer"],
+    "drop_rate": 0.0,
+    "qkv_bias": True,
+}
+INIT_SEED = 321  # the seed of the GPTModel the weights are loaded into (what a parameter left alone keeps)
+QKV = ("W_query", "W_key", "W_value")
+LINEAR_WEIGHTS = (".att.W_query.weight", ".att.W_key.weight", ".att.W_value.weight", ".att.out_proj.weight",
+                  ".ff.layers.0.weight", ".ff.layers.2.weight")
+
+
+@probe(returns=Fields("state", "params_after", "logits"))
+def loaded_gpt2(student, cfg, params, input_ids, seed):
+    """Chapter 4's GPTModel(cfg), built on the CPU after torch.manual_seed(seed), filled by the student's
+    load_weights_into_gpt(model, params): its .state (masks left out), the caller's dict afterwards (.params_after)
+    and the model's logits for input_ids in eval mode (.logits)."""
+    from reference.gpt import GPTModel
+
+    params = {key: value.cpu() for key, value in params.items()}  # on the CPU, as the book loads a checkpoint
+    torch.manual_seed(seed)
+    model = GPTModel(cfg)
+    student.load_weights_into_gpt(model, params)
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids.cpu())
+    # Copies: the book's loader makes the model's parameters share memory with the caller's tensors.
+    state = {key: value.detach().clone() for key, value in model.state_dict().items() if not key.endswith(".mask")}
+    params_after = {key: value.detach().clone() if isinstance(value, torch.Tensor) else repr(value)[:100]
+                    for key, value in params.items()}
+    return {"state": state, "params_after": params_after, "logits": logits}
+
+
+def initial_state():
+    """The parameters of the GPTModel the probe builds, before loading: what a parameter left alone keeps."""
+    torch.manual_seed(INIT_SEED)
+    return ref_gpt.GPTModel(GPT2_CFG).state_dict()
+
+
+def gpt2_mapping(qkv_order=QKV, transposed=True, biases=True, norms_swapped=False, head_tied=True):
+    """GPTModel's state (masks left out) from the tiny GPT-2's tensors, as the reference maps them, or as one
+    classic mistake does: the query/key/value parts of c_attn in another order, the square Conv1D weights not
+    transposed (a weight of another shape would not fit), the biases left at their initial values, LayerNorm's
+    scale and shift swapped, the head left as initialised."""
+    state = dict(gpt2_weights.convert_gpt2_state_dict(TINY_GPT2.weights, GPT2_CFG))
+    initial = initial_state()
+    for b in range(GPT2_CFG["n_layers"]):
+        att = f"trf_blocks.{b}.att."
+        for kind in ("weight", "bias"):
+            parts = [state[f"{att}{name}.{kind}"] for name in QKV]
+            for name, part in zip(qkv_order, parts):
+                state[f"{att}{name}.{kind}"] = part
+        for norm in ("norm1", "norm2"):
+            if norms_swapped:
+                scale, shift = f"trf_blocks.{b}.{norm}.scale", f"trf_blocks.{b}.{norm}.shift"
+                state[scale], state[shift] = state[shift], state[scale]
+    if norms_swapped:
+        state["final_norm.scale"], state["final_norm.shift"] = state["final_norm.shift"], state["final_norm.scale"]
+    for key in state:
+        if not transposed and key.endswith(LINEAR_WEIGHTS) and state[key].shape[0] == state[key].shape[1]:
+            state[key] = state[key].T  # the Conv1D layout, (in, out): it fits a square weight (attention's) silently
+        if not biases and key.endswith(".bias"):
+            state[key] = initial[key]
+    if not head_tied:
+        state["out_head.weight"] = initial["out_head.weight"]
+    return state
+
+
+def gpt2_logits(state):
+    """The reference GPTModel's logits for the tiny checkpoint's input_ids, with the parameters `state`."""
+    model = ref_gpt.GPTModel(GPT2_CFG)
+    model.load_state_dict(state, strict=False)  # the masks stay the model's own
+    with torch.no_grad():
+        return model.eval()(TINY_GPT2.input_ids)
+
+
+QKV_ORDERS = [order for order in itertools.permutations(QKV) if order != QKV]
+WEIGHT_MISTAKES = [
+    *[Mistake("splitting c_attn in the wrong order (the query, key and value parts mixed up)",
+              "c_attn's last dimension holds the query, then the key, then the value projection, in that order.",
+              qkv_order=order) for order in QKV_ORDERS],
+    Mistake("the Conv1D weights without a transpose", "GPT-2's Conv1D layers store a weight as (in, out) and "
+            "nn.Linear as (out, in): transpose every weight matrix (c_attn's parts, c_proj, c_fc).",
+            gives="give", transposed=False),
+    Mistake("leaving the biases as the model initialised them", "load every bias too: c_attn's (split like its "
+            "weight), c_proj's and c_fc's.", biases=False),
+    Mistake("LayerNorm's scale and shift swapped", "ln_1, ln_2 and ln_f's weight is the LayerNorm's scale, its bias "
+            "the shift.", norms_swapped=True),
+    Mistake("an output head left as the model initialised it", "GPT-2 has no output head of its own: it reuses the "
+            "token embedding wte (weight tying), so out_head gets wte's weight.", head_tied=False),
+]
+
+HINT_MAPPING = ("each GPT-2 tensor goes to one parameter of GPTModel (section 5.5's table): split c_attn's last "
+                "dimension in three for the query, key and value, transpose each Conv1D weight (stored as (in, out)), "
+                "and map ln_1, ln_2 and ln_f's weight and bias to scale and shift.")
+HINT_TIED = ("GPT-2 ties its output head to the token embedding: the checkpoint has no head of its own, so out_head "
+             "gets the weight of wte, of the same shape (vocab_size, emb_dim).")
+HINT_UNCHANGED = ("leave the dict you are given as it is: take transposed and split copies into the model, but never "
+                  "write them back into params (nor change its tensors in place). The caller may load the same "
+                  "weights into a second model.")
+
+# The book's assign helper (and nn.Module's own checks) refuse a tensor of the wrong shape.
+shape_refused = error_mentions("Shape mismatch", "size mismatch", "shape", hint=(
+    "a tensor did not fit its parameter: GPT-2's Conv1D layers store a weight as (in, out), nn.Linear as (out, in), "
+    "so transpose every weight matrix; and c_attn holds three projections side by side (split its last dimension)."))
+
+
+def load_tiny_gpt2(submission):
+    """The student's loader on the tiny GPT-2, with errors explained."""
+    with explain_errors(shape_refused):
+        return submission.run(loaded_gpt2, cfg=GPT2_CFG, params=TINY_GPT2.weights, input_ids=TINY_GPT2.input_ids,
+                              seed=INIT_SEED)
+
+
+def expect_parameter(got, key, expected, *, hint):
+    """One parameter of the student's model equals the reference mapping's; a classic mistake is named."""
+    expect_true(key in got, what=f"the model's parameter {key}", problem="is missing from the model's state_dict "
+                "after loading.", hint="assign the new parameters to the model's own attributes (the names of "
+                "chapter 4's GPTModel).")
+    expect_close(got[key].float(), expected[key], what=f"the model's parameter {key} after loading", atol=1e-6,
+                 rtol=0, hint=hint, mistakes=WEIGHT_MISTAKES, mistaken=lambda **change: gpt2_mapping(**change)[key],
+                 yours="your values are")
+
+
+@pytest.mark.points(2)
+@pytest.mark.runs("load_weights_into_gpt")
+def test_load_weights_into_gpt_parameters(submission):
+    """load_weights_into_gpt: every parameter of GPTModel (the output head aside) holds its GPT-2 tensor, split and
+    transposed as the reference maps it, and the caller's params are left as they were."""
+    got = load_tiny_gpt2(submission)
+    expected = gpt2_mapping()
+    for key in expected:
+        if key != "out_head.weight":
+            expect_parameter(got.state, key, expected, hint=HINT_MAPPING)
+    params = TINY_GPT2.weights
+    expect_true(set(got.params_after) == set(params), what="the caller's params after loading", problem=(
+                f"the keys changed: {sorted(set(got.params_after) ^ set(params))[:3]} were added or removed."),
+                hint=HINT_UNCHANGED)
+    for key, tensor in params.items():
+        after = got.params_after[key]
+        expect_true(isinstance(after, torch.Tensor) and after.shape == tensor.shape and torch.equal(after, tensor),
+                    what=f"the caller's params[{key!r}] after loading", problem="changed (its shape or its "
+                    "values): load_weights_into_gpt must only read the tensors it is given.", hint=HINT_UNCHANGED)
+
+
+
+@pytest.mark.points(1)
+@pytest.mark.runs("load_weights_into_gpt")
+def test_load_weights_into_gpt_tied_head(submission):
+    """load_weights_into_gpt ties the output head to the token embedding: out_head's weight equals wte's."""
+    got = load_tiny_gpt2(submission)
+    expect_parameter(got.state, "out_head.weight", gpt2_mapping(), hint=HINT_TIED)
+
+
+@pytest.mark.points(2)
+@pytest.mark.depends_on("test_load_weights_into_gpt_parameters", "test_load_weights_into_gpt_tied_head")
+@pytest.mark.runs("load_weights_into_gpt")
+def test_load_weights_into_gpt_logits(submission):
+    """GPTModel loaded with load_weights_into_gpt computes the logits that transformers' GPT2LMHeadModel computes for
+    the same tiny random GPT-2 (to 1e-4)."""
+    got = load_tiny_gpt2(submission)
+    expect_close(got.logits, TINY_GPT2.logits, what="the logits of the loaded model for two sequences of 12 tokens",
+                 atol=1e-4, hint=HINT_MAPPING + " " + HINT_TIED, mistakes=WEIGHT_MISTAKES,
+                 mistaken=lambda **change: gpt2_logits(gpt2_mapping(**change)), yours="your logits are")

@@ -9,7 +9,9 @@ From an untrained :class:`~reference.gpt.GPTModel` to one that writes plausible 
    sample after every epoch (:func:`generate_and_print_sample`), and the loss plot (:func:`plot_losses`);
 4. decoding strategies that make the output less repetitive: temperature scaling and top-k sampling
    (:func:`generate`), with a stop token that works for batches;
-5. saving and loading the model and optimizer state (:func:`save_checkpoint`, :func:`load_checkpoint`).
+5. saving and loading the model and optimizer state (:func:`save_checkpoint`, :func:`load_checkpoint`);
+6. loading OpenAI's pretrained GPT-2 weights (the Hugging Face safetensors layout) into the model
+   (:func:`load_weights_into_gpt`, from :mod:`reference.gpt2_weights`, which explains the mapping).
 
 ``python -m reference.pretraining --plot loss.png`` trains the course's demo model
 (:data:`reference.gpt.GPT_CONFIG_DEMO`) on the project's own short story (``data/corpus/``) and writes
@@ -37,6 +39,7 @@ import torch
 from torch import nn
 
 from reference.gpt import GPT_CONFIG_DEMO, GPTModel, generate_text_simple
+from reference.gpt2_weights import load_weights_into_gpt  # section 5.5: GPT-2's weights into GPTModel
 
 if TYPE_CHECKING:  # matplotlib is imported by plot_losses only: it costs about a second to import
     from matplotlib.figure import Figure
@@ -55,6 +58,7 @@ __all__ = [
     "generate",
     "save_checkpoint",
     "load_checkpoint",
+    "load_weights_into_gpt",
     "plot_losses",
     "create_demo_loaders",
     "train_demo",

@@ -99,8 +99,9 @@ def test_validate_reports_tests_and_points():
     assert "16 points" in done.stdout
     # What course.yml no longer says, computed: the modules the student's code may import, the data files.
     assert "ch03_attention: 12 tests, 16 points; may import nothing from reference/; data: none" in done.stdout
-    assert ("ch05_pretraining: 12 tests, 20 points; may import attention, gpt, text_data, tiktoken_offline from "
-            "reference/; data: corpus/the-lamplighters-apprentice.txt") in done.stdout
+    assert ("ch05_pretraining: 15 tests, 25 points; may import attention, gpt, text_data, tiktoken_offline from "
+            "reference/; data: corpus/the-lamplighters-apprentice.txt, tiny-gpt2-logits.safetensors, "
+            "tiny-gpt2.safetensors") in done.stdout
     assert done.stdout.endswith("course.yml is valid\n")
 
 

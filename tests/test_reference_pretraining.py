@@ -504,3 +504,83 @@ def test_grader_training_probe_optimizer_is_adamw():
     expected = _steps(model, _loader(3), None, optimizer, "cpu", 2)
     torch.testing.assert_close(torch.tensor(run["result"]), torch.tensor(expected), rtol=1e-5, atol=1e-5)
     assert [lr for lr, _ in run["records"]] == [5e-3] * 6
+
+
+# --- section 5.5: GPT-2's weights (the tiny random GPT-2 that transformers wrote, data/tiny-gpt2.safetensors) ------
+
+
+def _tiny_gpt2():
+    """The tiny checkpoint and its configuration in the book's vocabulary (as the notebook and the grader read it)."""
+    from graders.shared.checkpoints import tiny_checkpoint
+
+    checkpoint = tiny_checkpoint("gpt2")
+    config = checkpoint.config
+    cfg = {"vocab_size": config["vocab_size"], "context_length": config["n_positions"], "emb_dim": config["n_embd"],
+           "n_heads": config["n_head"], "n_layers": config["n_layer"], "drop_rate": 0.0, "qkv_bias": True}
+    return checkpoint, cfg
+
+
+def test_load_weights_into_gpt_is_chapter_5s_name_for_the_gpt2_loader():
+    from reference import gpt2_weights
+
+    assert pretraining.load_weights_into_gpt is gpt2_weights.load_weights_into_gpt
+    assert "load_weights_into_gpt" in pretraining.__all__
+
+
+def test_load_weights_into_gpt_gives_transformers_logits_on_the_tiny_gpt2():
+    checkpoint, cfg = _tiny_gpt2()
+    torch.manual_seed(0)
+    model = GPTModel(cfg)
+    assert pretraining.load_weights_into_gpt(model, checkpoint.weights) is model
+    with torch.no_grad():
+        logits = model.eval()(checkpoint.input_ids)
+    torch.testing.assert_close(logits, checkpoint.logits, atol=1e-4, rtol=0)
+
+
+def test_load_weights_into_gpt_leaves_the_callers_params_alone():
+    checkpoint, cfg = _tiny_gpt2()
+    params = dict(checkpoint.weights)
+    copies = {name: tensor.clone() for name, tensor in params.items()}
+    pretraining.load_weights_into_gpt(GPTModel(cfg), params)
+    assert params.keys() == copies.keys()
+    assert all(torch.equal(params[name], copies[name]) for name in copies)
+
+
+def test_grader_gpt2_mapping_without_mistakes_is_the_reference_model():
+    from graders.ch05_pretraining import GPT2_CFG, gpt2_logits, gpt2_mapping
+
+    checkpoint, cfg = _tiny_gpt2()
+    assert GPT2_CFG == cfg
+    model = pretraining.load_weights_into_gpt(GPTModel(cfg), checkpoint.weights)
+    expected = {key: value for key, value in model.state_dict().items() if not key.endswith(".mask")}
+    mapping = gpt2_mapping()
+    assert mapping.keys() == expected.keys()
+    assert all(torch.equal(mapping[key], expected[key]) for key in expected)
+    torch.testing.assert_close(gpt2_logits(mapping), checkpoint.logits, atol=1e-4, rtol=0)
+
+
+def test_each_gpt2_mistake_of_the_grader_changes_the_logits():
+    """A Mistake whose result equals the right answer would name a mistake for a correct submission."""
+    from graders.ch05_pretraining import WEIGHT_MISTAKES, gpt2_logits, gpt2_mapping
+
+    right = gpt2_logits(gpt2_mapping())
+    for mistake in WEIGHT_MISTAKES:
+        assert (gpt2_logits(gpt2_mapping(**mistake.change)) - right).abs().max() > 1e-2, mistake.did
+
+
+def test_the_gpt2_loader_matches_transformers_block_by_block():
+    """The hidden states after each block of the loaded GPTModel equal those of transformers' GPT2LMHeadModel."""
+    transformers = pytest.importorskip("transformers", reason="the dev extra provides transformers")
+    checkpoint, cfg = _tiny_gpt2()
+    config = {key: value for key, value in checkpoint.config.items() if key != "torch_dtype"}
+    hf_model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**config)).eval()
+    hf_model.transformer.load_state_dict(checkpoint.weights, strict=False)  # the masks are the model's own
+    hf_model.tie_weights()
+    model = pretraining.load_weights_into_gpt(GPTModel(cfg), checkpoint.weights).eval()
+    with torch.no_grad():
+        hidden = hf_model(checkpoint.input_ids, output_hidden_states=True).hidden_states  # embeddings, blocks..., ln_f
+        x = model.drop_emb(model.tok_emb(checkpoint.input_ids) + model.pos_emb(torch.arange(12)))
+        torch.testing.assert_close(x, hidden[0], atol=1e-5, rtol=0)
+        for b, block in enumerate(model.trf_blocks[:-1]):
+            x = block(x)
+            torch.testing.assert_close(x, hidden[b + 1], atol=1e-4, rtol=0)

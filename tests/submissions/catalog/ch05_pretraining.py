@@ -1,6 +1,6 @@
 """Mutants and variants of chapter 5: pretraining on unlabeled data."""
 
-from tests.submissions.catalog.base import Variant, mutant
+from tests.submissions.catalog.base import Variant, mutant, rewrite
 
 CH05 = "ch05_pretraining"
 # The composites (calc_loss_loader, evaluate_model, generate_and_print_sample, train_model_simple) run on correct
@@ -17,6 +17,29 @@ EOS_STEP = '''        if eos_id is not None:
 TOP_K_STEP = '''            top_logits, _ = torch.topk(logits, top_k)  # (batch, top_k), largest first
             min_val = top_logits[:, -1:]  # (batch, 1): each row's k-th largest logit
             logits = torch.where(logits < min_val, torch.full_like(logits, -torch.inf), logits)'''
+
+GPT2_IN_PLACE = '''def load_weights_into_gpt(gpt, params):
+    # First the Conv1D weights into nn.Linear's layout, (out, in), written back into the caller's dict
+    for key in list(params):
+        if key.endswith(("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")):
+            params[key] = params[key].T
+    state = {"tok_emb.weight": params["wte.weight"], "pos_emb.weight": params["wpe.weight"],
+             "final_norm.scale": params["ln_f.weight"], "final_norm.shift": params["ln_f.bias"],
+             "out_head.weight": params["wte.weight"]}
+    for b in range(len(gpt.trf_blocks)):
+        h, t = f"h.{b}.", f"trf_blocks.{b}."
+        for name, w, bias in zip(("W_query", "W_key", "W_value"), params[h + "attn.c_attn.weight"].chunk(3, dim=0),
+                                 params[h + "attn.c_attn.bias"].chunk(3)):
+            state[t + f"att.{name}.weight"], state[t + f"att.{name}.bias"] = w, bias
+        for theirs, ours in (("attn.c_proj", "att.out_proj"), ("mlp.c_fc", "ff.layers.0"),
+                             ("mlp.c_proj", "ff.layers.2")):
+            state[t + ours + ".weight"] = params[h + theirs + ".weight"]
+            state[t + ours + ".bias"] = params[h + theirs + ".bias"]
+        for theirs, ours in (("ln_1", "norm1"), ("ln_2", "norm2")):
+            state[t + ours + ".scale"] = params[h + theirs + ".weight"]
+            state[t + ours + ".shift"] = params[h + theirs + ".bias"]
+    gpt.load_state_dict(state, strict=False)
+'''
 
 MUTANTS = [
     mutant("ids_without_batch_dimension", CH05, "text_to_token_ids",
@@ -101,6 +124,40 @@ MUTANTS = [
     mutant("checkpoint_without_optimizer", CH05, "save_checkpoint",
            [(', "optimizer_state_dict": optimizer.state_dict()}', "}")],
            {"test_checkpoint_round_trip"}, says="'optimizer_state_dict'"),
+    # Section 5.5, loading GPT-2's weights: each named mistake of the grader's WEIGHT_MISTAKES, and a loader that
+    # converts the caller's params in place.
+    mutant("gpt2_qkv_split_in_wrong_order", CH05, "load_weights_into_gpt",
+           [("q_w, k_w, v_w = torch.chunk", "k_w, q_w, v_w = torch.chunk"),
+            ("q_b, k_b, v_b = torch.chunk", "k_b, q_b, v_b = torch.chunk")],
+           {"test_load_weights_into_gpt_parameters", "test_load_weights_into_gpt_logits"},
+           says="splitting c_attn in the wrong order"),
+    # The attention's weights are square: without the transpose they still fit, silently wrong.
+    mutant("gpt2_attention_weights_not_transposed", CH05, "load_weights_into_gpt",
+           [("assign(att.W_query.weight, q_w.T)", "assign(att.W_query.weight, q_w)"),
+            ("assign(att.W_key.weight, k_w.T)", "assign(att.W_key.weight, k_w)"),
+            ("assign(att.W_value.weight, v_w.T)", "assign(att.W_value.weight, v_w)")],
+           {"test_load_weights_into_gpt_parameters", "test_load_weights_into_gpt_logits"},
+           says="the Conv1D weights without a transpose"),
+    mutant("gpt2_head_not_tied", CH05, "load_weights_into_gpt",
+           [('    gpt.out_head.weight = assign(gpt.out_head.weight, params["wte.weight"])\n', "")],
+           {"test_load_weights_into_gpt_tied_head", "test_load_weights_into_gpt_logits"},
+           says="an output head left as the model initialised it"),
+    mutant("gpt2_qkv_biases_dropped", CH05, "load_weights_into_gpt",
+           [("        att.W_query.bias = assign(att.W_query.bias, q_b)\n"
+             "        att.W_key.bias = assign(att.W_key.bias, k_b)\n"
+             "        att.W_value.bias = assign(att.W_value.bias, v_b)\n", "")],
+           {"test_load_weights_into_gpt_parameters", "test_load_weights_into_gpt_logits"},
+           says="leaving the biases as the model initialised them"),
+    mutant("gpt2_layer_norm_scale_and_shift_swapped", CH05, "load_weights_into_gpt",
+           [('norm1.scale, params[f"h.{b}.ln_1.weight"]', 'norm1.scale, params[f"h.{b}.ln_1.bias"]'),
+            ('norm1.shift, params[f"h.{b}.ln_1.bias"]', 'norm1.shift, params[f"h.{b}.ln_1.weight"]'),
+            ('norm2.scale, params[f"h.{b}.ln_2.weight"]', 'norm2.scale, params[f"h.{b}.ln_2.bias"]'),
+            ('norm2.shift, params[f"h.{b}.ln_2.bias"]', 'norm2.shift, params[f"h.{b}.ln_2.weight"]')],
+           {"test_load_weights_into_gpt_parameters", "test_load_weights_into_gpt_logits"},
+           says="LayerNorm's scale and shift swapped"),
+    # The model is right, but the caller's dict now holds transposed tensors: loading it again gives a wrong model.
+    rewrite("gpt2_params_transposed_in_place", CH05, {"load_weights_into_gpt": GPT2_IN_PLACE},
+            {"test_load_weights_into_gpt_parameters"}, says="changed (its shape or its values)"),
 ]
 
 
@@ -220,12 +277,67 @@ IDS_TEXT = '''def token_ids_to_text(token_ids, tokenizer):
     return tokenizer.decode(token_ids.reshape(-1).tolist())
 '''
 
+# Section 5.5 as a table of names and one load_state_dict (the model's masks kept, so that strict=True holds).
+LOADER_STATE_DICT = '''def load_weights_into_gpt(gpt, params):
+    emb = gpt.tok_emb.weight.shape[1]
+    state = dict(gpt.state_dict())  # the attention masks stay as they are
+    renamed = {"wte.weight": "tok_emb.weight", "wpe.weight": "pos_emb.weight", "ln_f.weight": "final_norm.scale",
+               "ln_f.bias": "final_norm.shift"}
+    for theirs, ours in renamed.items():
+        state[ours] = params[theirs]
+    state["out_head.weight"] = params["wte.weight"]
+    for b in range(len(gpt.trf_blocks)):
+        h, t = f"h.{b}.", f"trf_blocks.{b}."
+        weights = params[h + "attn.c_attn.weight"].T.split(emb, dim=0)  # 3 x (emb, emb), already (out, in)
+        biases = params[h + "attn.c_attn.bias"].split(emb)
+        for name, weight, bias in zip(("W_query", "W_key", "W_value"), weights, biases):
+            state[f"{t}att.{name}.weight"] = weight
+            state[f"{t}att.{name}.bias"] = bias
+        for theirs, ours in {"attn.c_proj": "att.out_proj", "mlp.c_fc": "ff.layers.0",
+                             "mlp.c_proj": "ff.layers.2"}.items():
+            state[t + ours + ".weight"] = params[h + theirs + ".weight"].t()
+            state[t + ours + ".bias"] = params[h + theirs + ".bias"]
+        for theirs, ours in {"ln_1": "norm1", "ln_2": "norm2"}.items():
+            state[t + ours + ".scale"] = params[h + theirs + ".weight"]
+            state[t + ours + ".shift"] = params[h + theirs + ".bias"]
+    gpt.load_state_dict(state, strict=True)
+'''
+
+# Section 5.5 copying into the model's own parameters under no_grad (c_attn viewed as (emb, 3, emb)).
+LOADER_COPY = '''def load_weights_into_gpt(gpt, params):
+    @torch.no_grad()
+    def put(parameter, tensor):
+        parameter.copy_(tensor)
+
+    put(gpt.tok_emb.weight, params["wte.weight"])
+    put(gpt.pos_emb.weight, params["wpe.weight"])
+    put(gpt.out_head.weight, params["wte.weight"])
+    put(gpt.final_norm.scale, params["ln_f.weight"])
+    put(gpt.final_norm.shift, params["ln_f.bias"])
+    for b, block in enumerate(gpt.trf_blocks):
+        p = params
+        fused = p[f"h.{b}.attn.c_attn.weight"].unflatten(-1, (3, -1))  # (emb, 3, emb)
+        fused_bias = p[f"h.{b}.attn.c_attn.bias"].unflatten(-1, (3, -1))  # (3, emb)
+        for i, linear in enumerate((block.att.W_query, block.att.W_key, block.att.W_value)):
+            put(linear.weight, fused[:, i, :].mT)
+            put(linear.bias, fused_bias[i])
+        for linear, name in ((block.att.out_proj, "attn.c_proj"), (block.ff.layers[0], "mlp.c_fc"),
+                             (block.ff.layers[2], "mlp.c_proj")):
+            put(linear.weight, p[f"h.{b}.{name}.weight"].permute(1, 0))
+            put(linear.bias, p[f"h.{b}.{name}.bias"])
+        for norm, name in ((block.norm1, "ln_1"), (block.norm2, "ln_2")):
+            put(norm.scale, p[f"h.{b}.{name}.weight"])
+            put(norm.shift, p[f"h.{b}.{name}.bias"])
+'''
+
 VARIANTS = [
     Variant("transposed_loss_islice_loader_sorted_top_k", CH05,
             {"calc_loss_batch": LOSS_TRANSPOSED, "calc_loss_loader": LOADER_ISLICE,
-             "train_model_simple": TRAIN_WHILE, "generate": GENERATE_SORTED}),
+             "train_model_simple": TRAIN_WHILE, "generate": GENERATE_SORTED,
+             "load_weights_into_gpt": LOADER_STATE_DICT}),
     Variant("log_softmax_loss_one_sequence_generate", CH05,
             {"calc_loss_batch": LOSS_LOG_SOFTMAX, "generate": GENERATE_ONE_SEQUENCE,
              "save_checkpoint": CHECKPOINT_SAVE, "load_checkpoint": CHECKPOINT_LOAD,
-             "text_to_token_ids": TEXT_IDS, "token_ids_to_text": IDS_TEXT}),
+             "text_to_token_ids": TEXT_IDS, "token_ids_to_text": IDS_TEXT,
+             "load_weights_into_gpt": LOADER_COPY}),
 ]
