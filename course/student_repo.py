@@ -42,6 +42,7 @@ REQUIREMENTS = [
     "numpy>=1.26",
     "pandas>=2.1",       # chapter 6 reads the spam data with pandas, as the book does
     "matplotlib>=3.8",   # the notebooks' loss and accuracy plots
+    "safetensors>=0.4",  # checkpoints: GPT-2's weights (chapter 5), the tiny Llama 3.2 and Qwen3
     "pyyaml>=6",
     "pydantic>=2.6,<3",
     "nbformat>=5.9",

@@ -231,6 +231,18 @@ def top_level(tree: ast.Module) -> set[ast.AST]:
     return found
 
 
+def optional_imports(tree: ast.AST) -> set[ast.AST]:
+    """The imports in the body of a `try` whose handler catches ImportError: the code runs on without them."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(
+                isinstance(handler.type, ast.Name) and handler.type.id in ("ImportError", "ModuleNotFoundError")
+                for handler in node.handlers):
+            found |= {n for statement in node.body for n in ast.walk(statement)
+                      if isinstance(n, ast.Import | ast.ImportFrom)}
+    return found
+
+
 def third_party_imports(root: Path) -> set[str]:
     """The top-level modules a student repository's notebook, checks and support code import that it does not
     hold itself (torch, tiktoken, pandas, ...). The `course` package is the same in every repository: the
@@ -249,7 +261,8 @@ def third_party_imports(root: Path) -> set[str]:
         # The notebook's code whole; of the modules, what they import when imported (a function's own import
         # runs only when called: e.g. safetensors, for GPT-2's weights, which no notebook loads offline).
         nodes = ast.walk(tree) if text in cells else (n for n in ast.walk(tree) if n in top_level(tree))
-        for node in nodes:
+        optional = optional_imports(tree)  # e.g. `tokenizers`, for the real Qwen3 weights' tokenizer only
+        for node in (n for n in nodes if n not in optional):
             if isinstance(node, ast.Import):
                 found |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

@@ -209,15 +209,20 @@ def test_a_probe_that_imports_a_module_the_worker_does_not_hold(tmp_path):
 def test_data_files_are_those_the_notebook_names(course):
     data = {a.id: a.data for a in course.assignments if a.data}
     assert data == {
-        "ch05_pretraining": ["corpus/the-lamplighters-apprentice.txt"],
+        "ch05_pretraining": ["corpus/the-lamplighters-apprentice.txt", "tiny-gpt2-logits.safetensors",
+                             "tiny-gpt2.safetensors"],
         "appd_training_loop": ["corpus/the-lamplighters-apprentice.txt"],
         "ch06_classification": ["sms_spam_sample.tsv"],
         "appe_lora": ["sms_spam_sample.tsv"],
         "ch07_instruction": ["instruction_data.json"],
         "ch07_dpo": ["instruction_data.json", "preference_data.json"],
+        "ch05_llama": ["tiny-llama32-logits.safetensors", "tiny-llama32.safetensors"],
+        "ch05_qwen3": ["tiny-qwen3-logits.safetensors", "tiny-qwen3.safetensors"],
     }
     ch05 = course.assignment("ch05_pretraining")
-    assert course.data_files(ch05) == [REPO / "data" / "corpus" / "the-lamplighters-apprentice.txt"]
+    assert course.data_files(ch05) == [REPO / "data" / "corpus" / "the-lamplighters-apprentice.txt",
+                                       REPO / "data" / "tiny-gpt2-logits.safetensors",
+                                       REPO / "data" / "tiny-gpt2.safetensors"]
 
 
 def test_an_explicit_data_list_wins(tmp_path):
