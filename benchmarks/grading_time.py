@@ -4,7 +4,9 @@ For each assignment it grades the solution notebook (full marks) and the untouch
 with the `course` command in a fresh process, several times, and prints the wall-clock median and range,
 plus the time the grading itself reports (without interpreter start-up and imports).
 
-    python benchmarks/grading_time.py [--repeat 5] [--markdown]
+    python benchmarks/grading_time.py [ID ...] [--repeat 5] [--markdown]
+
+Without IDs, every assignment of course.yml.
 
 Results, with the machine and the date, are kept in docs/benchmarks.md.
 """
@@ -40,6 +42,7 @@ def grade_once(submission: Path, checkout: Path = REPO, extra: tuple[str, ...] =
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ids", nargs="*", metavar="ID", help="assignment ids (default: all)")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table for docs/benchmarks.md")
     args = parser.parse_args()
@@ -49,7 +52,7 @@ def main() -> None:
 
     course = load_course(REPO)
     rows = []
-    for assignment in course.assignments:
+    for assignment in [course.assignment(i) for i in args.ids] if args.ids else course.assignments:
         for kind, notebook in (("solution", course.solution_notebook(assignment)),
                                ("untouched release", course.release_notebook(assignment))):
             grade_once(notebook)  # warm the file cache
