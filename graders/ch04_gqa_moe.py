@@ -102,7 +102,7 @@ def feed_forward_choice(record) -> str | None:
 @probe(returns=Fields("output"))
 def attention_output(student, init, state, x):
     """The student's GroupedQueryAttention built with `init`, loaded with `state`, on x (no cache): .output."""
-    from probe_kit.kv_parts import load_weights
+    from probe_kit.parts import load_weights
 
     module = load_weights(student.GroupedQueryAttention(**init).to(DEVICE), state).eval()
     with torch.no_grad():
@@ -128,7 +128,8 @@ def attention_sizes(student, init, bad_init):
 def attention_cached(student, init, state, x, pieces):
     """A fresh student attention fed x with the cache, pieces[0] tokens, then pieces[1], ...: .pieces (outputs
     stacked) and .cached_elements (the number of elements in cache_k afterwards; -1 without a cache_k tensor)."""
-    from probe_kit.kv_parts import fed_in_pieces, load_weights
+    from probe_kit.kv_parts import fed_in_pieces
+    from probe_kit.parts import load_weights
 
     module = load_weights(student.GroupedQueryAttention(**init).to(DEVICE), state).eval()
     stacked = fed_in_pieces(module, x, pieces)
@@ -139,7 +140,7 @@ def attention_cached(student, init, state, x, pieces):
 @probe(returns=Fields("output"))
 def moe_output(student, cfg, state, x):
     """The student's MoEFeedForward(cfg) loaded with `state`, on x: .output."""
-    from probe_kit.kv_parts import load_weights
+    from probe_kit.parts import load_weights
 
     module = load_weights(student.MoEFeedForward(cfg).to(DEVICE), state).eval()
     with torch.no_grad():
@@ -151,7 +152,8 @@ def composite_output(student, stand_ins, class_name, cfg, state, x, pieces):
     """The student's TransformerBlock or GPTModel built on stand-ins of its parts: .plain (forward(x)) and
     .pieces, a fresh one fed x with the cache, pieces[0] tokens, then pieces[1], ... (outputs stacked)."""
     from probe_kit.gqa_moe_parts import on_stand_ins
-    from probe_kit.kv_parts import fed_in_pieces, load_weights
+    from probe_kit.kv_parts import fed_in_pieces
+    from probe_kit.parts import load_weights
 
     with on_stand_ins(student, stand_ins):
         module = load_weights(getattr(student, class_name)(cfg).to(DEVICE), state).eval()

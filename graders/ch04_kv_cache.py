@@ -91,7 +91,7 @@ OVERFLOW = error_mentions("more than its context length", hint="the stand-in mod
 def attention_calls(student, init, state, x, calls):
     """One student attention called on x's first `tokens` tokens for each (tokens, use_cache) of `calls`, in
     order (use_cache None: the default, forward(x)); the outputs."""
-    from probe_kit.kv_parts import load_weights
+    from probe_kit.parts import load_weights
 
     module = load_weights(student.MultiHeadAttention(**init).to(DEVICE), state).eval()
     outputs = []
@@ -106,7 +106,8 @@ def attention_calls(student, init, state, x, calls):
 def attention_in_pieces(student, init, state, inputs):
     """For each (x, pieces): a fresh student attention fed `x` with the cache, pieces[0] tokens, then pieces[1],
     ...; the outputs stacked along the tokens."""
-    from probe_kit.kv_parts import fed_in_pieces, load_weights
+    from probe_kit.kv_parts import fed_in_pieces
+    from probe_kit.parts import load_weights
 
     results = []
     for x, pieces in inputs:
@@ -119,7 +120,7 @@ def attention_in_pieces(student, init, state, inputs):
 def attention_reset(student, init, state, x):
     """The student's attention after one cached call on x's first 3 tokens: .keys (its state_dict's keys), then
     reset_cache() and one cached call on all of x: .fresh."""
-    from probe_kit.kv_parts import load_weights
+    from probe_kit.parts import load_weights
 
     module = load_weights(student.MultiHeadAttention(**init).to(DEVICE), state).eval()
     with torch.no_grad():
@@ -135,7 +136,8 @@ def composite_in_pieces(student, stand_ins, class_name, cfg, state, x, pieces):
     """The student's TransformerBlock or GPTModel built on stand-ins of its parts: .plain (forward(x)), .again
     (forward(x, use_cache=False) right after), and .pieces, a fresh one fed x with the cache, pieces[0] tokens,
     then pieces[1], ... (outputs stacked; None without pieces)."""
-    from probe_kit.kv_parts import fed_in_pieces, load_weights, on_stand_ins
+    from probe_kit.kv_parts import fed_in_pieces, on_stand_ins
+    from probe_kit.parts import load_weights
 
     with on_stand_ins(student, stand_ins):
         module = load_weights(getattr(student, class_name)(cfg).to(DEVICE), state).eval()
@@ -152,7 +154,8 @@ def composite_in_pieces(student, stand_ins, class_name, cfg, state, x, pieces):
 def model_reset(student, stand_ins, cfg, state, first, second):
     """The student's GPTModel on stand-in blocks: .uncached (forward(second, use_cache=False)), then a cached
     call on `first`, reset_kv_cache() and a cached call on `second`: .fresh."""
-    from probe_kit.kv_parts import load_weights, on_stand_ins
+    from probe_kit.kv_parts import on_stand_ins
+    from probe_kit.parts import load_weights
 
     with on_stand_ins(student, stand_ins):
         model = load_weights(student.GPTModel(cfg).to(DEVICE), state).eval()

@@ -137,7 +137,8 @@ def attention_outputs(student, stand_ins, cases):
 def composite_outputs(student, stand_ins, class_name, cfg, state, inputs):
     """The student's TransformerBlock or Llama3Model built on stand-ins of its parts and loaded with `state`;
     a block gets (x, mask, cos, sin) from each input, a model the token ids."""
-    from probe_kit.llama_parts import load_weights, on_stand_ins
+    from probe_kit.llama_parts import on_stand_ins
+    from probe_kit.parts import load_weights
 
     cfg = {**cfg, "dtype": torch.float32}
     outputs = []

@@ -102,7 +102,8 @@ def qk_norm_width(record) -> str | None:
 def module_outputs(student, stand_ins, class_name, init, state, inputs):
     """The student's class built with `init` (its parts in `stand_ins` replaced by correct ones), loaded with the
     reference's parameters `state`, run without gradients on each list of arguments in `inputs`."""
-    from probe_kit.qwen3_parts import load_weights, on_stand_ins
+    from probe_kit.parts import load_weights
+    from probe_kit.qwen3_parts import on_stand_ins
 
     with on_stand_ins(student, stand_ins):
         module = load_weights(getattr(student, class_name)(**init).to(DEVICE), state).eval()

@@ -11,6 +11,7 @@ The notebooks of one assignment share one template worker launcher, and two assi
 
 from __future__ import annotations
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -60,6 +61,8 @@ def missed(checked, assignment_id: str) -> list[str]:
 def test_the_public_checks_catch_most_mutants(checked, assignment_id):
     count = len(checked[assignment_id])
     misses = missed(checked, assignment_id)
-    print(f"{assignment_id}: {count - len(misses)}/{count} mutants caught by a public check", misses or "")
+    # sys.__stdout__: printed through sys.stdout, the figures did not show, even with -s, once the checks had run.
+    print(f"{assignment_id}: {count - len(misses)}/{count} mutants caught by a public check", misses or "",
+          file=sys.__stdout__)
     assert count > 0
     assert (count - len(misses)) / count >= AGREEMENT, (f"{count - len(misses)}/{count} caught", misses)

@@ -109,15 +109,6 @@ class GPTModel(nn.Module):
         return self.out_head(self.final_norm(x))
 
 
-def load_weights(module, state):
-    """`module` with the reference's parameters `state` loaded by name; the student's own buffers (the mask,
-    persistent or not) stay as its __init__ built them. A parameter missing or unexpected raises torch's error."""
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    buffers = {name for name, _ in module.named_buffers()}
-    if unexpected or any(name not in buffers for name in missing):
-        module.load_state_dict(state, strict=True)  # raises the error that names the keys
-    return module
-
 
 def fed_in_pieces(module, x, pieces):
     """`x` fed to `module` with the cache, pieces[0] tokens, then pieces[1], ...; the outputs stacked along the

@@ -127,15 +127,6 @@ class Llama3Model(nn.Module):
         return self.out_head(self.final_norm(x))
 
 
-def load_weights(module, state):
-    """`module` with the reference's parameters `state` loaded by name; the student's own buffers (cos, sin,
-    persistent or not) stay as its __init__ built them. A parameter missing or unexpected raises torch's error."""
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    buffers = {name for name, _ in module.named_buffers()}
-    if unexpected or any(name not in buffers for name in missing):
-        module.load_state_dict(state, strict=True)  # raises the error that names the keys
-    return module
-
 
 STAND_INS = {part.__name__: part for part in (RMSNorm, FeedForward, compute_rope_params, apply_rope,
                                               GroupedQueryAttention, TransformerBlock, Llama3Model)}

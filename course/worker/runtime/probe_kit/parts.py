@@ -9,6 +9,9 @@ a probe builds and runs the composite, and puts the student's own back afterward
         model = student.GPTModel(cfg)
 
 A name the notebook does not define is added for the duration and removed afterwards.
+
+`load_weights(module, state)` loads the reference's parameters into a student's module (or a stand-in) by name,
+keeping the module's own buffers (a mask, RoPE's tables) as its `__init__` built them.
 """
 
 import contextlib
@@ -30,3 +33,13 @@ def replaced(student, **parts):
                 namespace.pop(name, None)
             else:
                 namespace[name] = value
+
+
+def load_weights(module, state):
+    """`module` with the parameters `state` loaded by name; the module's own buffers (a mask, RoPE's cos and sin,
+    persistent or not) stay as its __init__ built them. A parameter missing or unexpected raises torch's error."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    buffers = {name for name, _ in module.named_buffers()}
+    if unexpected or any(name not in buffers for name in missing):
+        module.load_state_dict(state, strict=True)  # raises the error that names the keys
+    return module

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from probe_kit.llama_parts import FeedForward, apply_rope  # the same in Llama 3.2 and Qwen3
 from probe_kit.parts import replaced
 
 
@@ -36,34 +37,12 @@ class RMSNorm(nn.Module):
         return out.to(x.dtype)
 
 
-class FeedForward(nn.Module):
-    """SiLU-gated: fc3(silu(fc1(x)) * fc2(x)), no biases."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        dtype = cfg.get("dtype")
-        self.fc1 = nn.Linear(cfg["emb_dim"], cfg["hidden_dim"], bias=False, dtype=dtype)
-        self.fc2 = nn.Linear(cfg["emb_dim"], cfg["hidden_dim"], bias=False, dtype=dtype)
-        self.fc3 = nn.Linear(cfg["hidden_dim"], cfg["emb_dim"], bias=False, dtype=dtype)
-
-    def forward(self, x):
-        return self.fc3(F.silu(self.fc1(x)) * self.fc2(x))
-
-
 def compute_rope_params(head_dim, theta_base=10_000, context_length=4096, dtype=torch.float32):
     """RoPE's (cos, sin) tables, each (context_length, head_dim): pair i turns at theta_base ** (-2i / head_dim)
     per position, its angle written in both halves."""
     inv_freq = theta_base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     angles = torch.outer(torch.arange(context_length, dtype=torch.float32), inv_freq).repeat(1, 2)
     return angles.cos(), angles.sin()
-
-
-def apply_rope(x, cos, sin):
-    """x (batch, heads, tokens, head_dim) rotated pairwise, dimension i with i + head_dim // 2."""
-    tokens, half = x.shape[2], x.shape[-1] // 2
-    first, second = x.split(half, dim=-1)
-    turned = torch.cat([-second, first], dim=-1)
-    return (x * cos[:tokens] + turned * sin[:tokens]).to(x.dtype)
 
 
 class GroupedQueryAttention(nn.Module):
@@ -144,15 +123,6 @@ class Qwen3Model(nn.Module):
             x = block(x, mask, self.cos, self.sin)
         return self.out_head(self.final_norm(x))
 
-
-def load_weights(module, state):
-    """`module` with the parameters `state` loaded by name; the module's own buffers (RoPE's tables, persistent or
-    not) stay as its __init__ built them. A parameter missing or unexpected raises torch's error."""
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    buffers = {name for name, _ in module.named_buffers()}
-    if unexpected or any(name not in buffers for name in missing):
-        module.load_state_dict(state, strict=True)  # raises the error that names the keys
-    return module
 
 
 STAND_INS = {part.__name__: part for part in (RMSNorm, FeedForward, compute_rope_params, apply_rope,
