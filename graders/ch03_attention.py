@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from checks.ch03_attention import INTERFACE as INTERFACE  # what the tests' @pytest.mark.runs name (public)
-from course.grading import DEVICE, ListOf, Mistake, expect_close, probe
+from course.grading import Mistake, expect_close
 from course.grading.diagnosis import explain_errors, shape_mismatch, state_dict_mismatch
 from course.grading.inputs import rand, reference_module
-from course.grading.probes import call_function
+from course.grading.probes import call_function, run_module
 from course.grading.properties import expect_causal, expect_dropout_in_training_only, expect_module_outputs
 from reference import attention as ref
 
@@ -89,19 +89,6 @@ def check_outputs(submission, cls, init, inputs, *, what, hint, seed=123, mistak
     expect_module_outputs(submission, model, cls.__name__, init, inputs, what=what, hint=hint, errors=errors,
                           mistakes=mistakes,
                           mistaken=lambda x, **change: attention_with(model, x, **{"causal": causal, **change}))
-
-
-@probe(returns=ListOf(length="inputs"))
-def run_module_on_parts(student, stand_ins, class_name, init, state, inputs):
-    """The student's class built with `init` while its parts `stand_ins` are replaced by correct ones
-    (probe_kit/gpt_parts.py), loaded with the reference's `state`, run on each input in eval mode."""
-    from probe_kit.gpt_parts import on_stand_ins
-
-    with on_stand_ins(student, stand_ins):
-        module = getattr(student, class_name)(**init).to(DEVICE).eval()
-        module.load_state_dict(state)
-        with torch.no_grad():
-            return [module(x) for x in inputs]
 
 
 def check_causal(submission, cls, init, *, what):
@@ -213,7 +200,7 @@ def test_wrapper_output(submission):
     model = reference_module(ref.MultiHeadAttentionWrapper, 123, **init)
     inputs = [rand(9, 2, 6, 3), rand(16, 1, 4, 3)]
     with explain_errors(state_dict_mismatch):
-        got = submission.run(run_module_on_parts, stand_ins=("CausalAttention",),
+        got = submission.run(run_module, stand_ins=("CausalAttention",), kit="gpt_parts",
                              class_name="MultiHeadAttentionWrapper", init=init, state=model.state_dict(),
                              inputs=inputs)
     for x, out in zip(inputs, got):

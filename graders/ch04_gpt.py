@@ -45,7 +45,7 @@ from course.grading.contracts import Fields
 from course.grading.diagnosis import explain_errors, shape_mismatch, state_dict_mismatch
 from course.grading.inputs import randint, randn, reference_module
 from course.grading.mistakes import name_mistake
-from course.grading.probes import run_eval_twice, run_module, run_module_with_gradients
+from course.grading.probes import OnStandIns, run_module, run_module_with_gradients
 from course.grading.properties import (
     HINT_GRADIENT,
     HINT_MASK,
@@ -63,6 +63,7 @@ CFG_BIAS = {"vocab_size": 40, "context_length": 6, "emb_dim": 8, "n_heads": 2, "
 
 # The student's parts that a composite calls, replaced by correct stand-ins (probe_kit/gpt_parts.py) while the
 # test runs it: a bug in a part then costs only the part's own tests.
+KIT = "gpt_parts"  # the probe_kit module of the stand-ins
 FF_PARTS = ("GELU",)
 BLOCK_PARTS = ("LayerNorm", "FeedForward")
 MODEL_PARTS = ("TransformerBlock", "LayerNorm")
@@ -127,67 +128,6 @@ def gpt_model(cfg: dict, seed: int):
 
 
 # -- probes (run in the worker) ------------------------------------------------------------------------------
-
-@probe(returns=ListOf(length="inputs"))
-def run_module_on_parts(student, stand_ins, class_name, init, state, inputs, train=False):
-    """run_module (course/grading/probes.py) with the student's parts `stand_ins` replaced by correct ones."""
-    from probe_kit.gpt_parts import on_stand_ins
-
-    with on_stand_ins(student, stand_ins):
-        module = getattr(student, class_name)(**init).to(DEVICE)
-        module.load_state_dict(state)
-        module.train(train)
-        with torch.no_grad():
-            return [module(x) for x in inputs]
-
-
-@probe(returns=Fields("first", "second"))
-def run_eval_twice_on_parts(student, stand_ins, class_name, init, state, x):
-    """run_eval_twice (course/grading/probes.py) with the student's parts `stand_ins` replaced by correct ones."""
-    from probe_kit.gpt_parts import on_stand_ins
-
-    with on_stand_ins(student, stand_ins):
-        module = getattr(student, class_name)(**init).to(DEVICE).eval()
-        module.load_state_dict(state)
-        with torch.no_grad():
-            torch.manual_seed(1)
-            first = module(x)
-            torch.manual_seed(2)
-            second = module(x)
-    return {"first": first, "second": second}
-
-
-@probe(returns=Fields("output", "gradients", "input_gradient"))
-def run_module_with_gradients_on_parts(student, stand_ins, class_name, init, state, x, upstream):
-    """run_module_with_gradients (course/grading/probes.py) with the student's parts `stand_ins` replaced by
-    correct ones."""
-    from probe_kit.gpt_parts import on_stand_ins
-
-    with on_stand_ins(student, stand_ins):
-        module = getattr(student, class_name)(**init).to(DEVICE).eval()
-        module.load_state_dict(state)
-        if x.is_floating_point():
-            x = x.clone().requires_grad_(True)
-        output = module(x)
-        (output * upstream).sum().backward()
-    gradients = {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
-    return {"output": output.detach(), "gradients": gradients,
-            "input_gradient": x.grad if x.is_floating_point() else None}
-
-
-class OnStandIns:
-    """The submission as the shared checks (course/grading/properties.py) use it, but with the student's `parts`
-    replaced by correct stand-ins in every probe they run: the check then grades the composite's own code."""
-
-    PROBES = {run_module: run_module_on_parts, run_eval_twice: run_eval_twice_on_parts,
-              run_module_with_gradients: run_module_with_gradients_on_parts}
-
-    def __init__(self, submission, parts):
-        self.submission, self.parts = submission, tuple(parts)
-
-    def run(self, probe_function, **kwargs):
-        return self.submission.run(self.PROBES[probe_function], stand_ins=self.parts, **kwargs)
-
 
 @probe(returns=Fields("eval", "train", "replayed"))
 def train_mode_replayed(student, stand_ins, class_name, cfg, state, x):
@@ -378,7 +318,7 @@ def test_feed_forward(submission):
     no_activation = Mistake("a feed-forward network without its activation", "self.layers holds three layers "
                             "(Linear, GELU, Linear): the input goes through all of them, in order.", activation=False)
     inputs = [randn(61, 2, 5, 12), randn(63, 1, 1, 12)]  # a batch, and one token of a batch of one
-    expect_module_gradients(OnStandIns(submission, FF_PARTS), ff, "FeedForward", {"cfg": CFG}, inputs,
+    expect_module_gradients(OnStandIns(submission, KIT, FF_PARTS), ff, "FeedForward", {"cfg": CFG}, inputs,
                             what="FeedForward output", hint="the three layers of self.layers, applied in order "
                             "(section 4.3, listing 4.4): (batch, num_tokens, emb_dim) in and out.", seed=62,
                             mistakes=[no_activation], mistaken=partial(feed_forward_with, ff))
@@ -410,7 +350,7 @@ def test_example_deep_neural_network(submission):
         flipped = Mistake(f"the network with use_shortcut={not use_shortcut}", "add a layer's input to its output "
                           "only when self.use_shortcut is True (and the shapes match).",
                           use_shortcut=not use_shortcut)
-        expect_module_gradients(OnStandIns(submission, FF_PARTS), model, "ExampleDeepNeuralNetwork", init,
+        expect_module_gradients(OnStandIns(submission, KIT, FF_PARTS), model, "ExampleDeepNeuralNetwork", init,
                                 [randn(75 + index, 2, layer_sizes[0])],
                                 what=f"ExampleDeepNeuralNetwork(layer_sizes={layer_sizes}, "
                                      f"use_shortcut={use_shortcut}) output",
@@ -468,7 +408,7 @@ def test_transformer_block(submission):
     for index, cfg in enumerate((CFG, CFG_BIAS)):
         block = randomise_norms(reference_module(ref.TransformerBlock, 90 + index, cfg=cfg), 92 + index)
         x = 4 * randn(94 + index, 2, cfg["context_length"], cfg["emb_dim"])  # a variance far above eps
-        expect_module_gradients(OnStandIns(submission, BLOCK_PARTS), block, "TransformerBlock", {"cfg": cfg}, [x],
+        expect_module_gradients(OnStandIns(submission, KIT, BLOCK_PARTS), block, "TransformerBlock", {"cfg": cfg}, [x],
                                 what=f"TransformerBlock output ({cfg['n_heads']} heads, qkv_bias={cfg['qkv_bias']})",
                                 hint=HINT_BLOCK, seed=96 + index, mistakes=BLOCK_MISTAKES,
                                 mistaken=partial(block_with, block), gradient_floor=COMPOSITE)
@@ -560,7 +500,8 @@ def test_gpt_model_logits(submission):
     for index, cfg in enumerate((CFG, CFG_BIAS)):
         model = gpt_model(cfg, 110 + index)
         idx = randint(112 + index, cfg["vocab_size"], 2, cfg["context_length"])
-        expect_module_gradients(OnStandIns(submission, MODEL_PARTS), model, "GPTModel", {"cfg": cfg}, [idx],
+        expect_module_gradients(OnStandIns(submission, KIT, MODEL_PARTS), model, "GPTModel", {"cfg": cfg},
+                                [idx],
                                 what=f"GPTModel logits ({cfg['n_layers']} blocks, qkv_bias={cfg['qkv_bias']})",
                                 hint=HINT_MODEL, seed=114 + index, mistakes=MODEL_MISTAKES,
                                 mistaken=partial(model_with, model), errors=(POSITION_IDS,), gradient_floor=COMPOSITE)
@@ -604,8 +545,8 @@ def test_gpt_model_shorter_input(submission):
     inputs = [randint(131, CFG["vocab_size"], 2, 5), randint(132, CFG["vocab_size"], 3, 1),
               randint(133, CFG["vocab_size"], 1, 6)]
     with explain_errors(state_dict_mismatch, shape_mismatch(HINT_POSITIONS), POSITION_IDS):
-        got = submission.run(run_module_on_parts, stand_ins=MODEL_PARTS, class_name="GPTModel", init={"cfg": CFG},
-                             state=model.state_dict(), inputs=inputs)
+        got = submission.run(run_module, stand_ins=MODEL_PARTS, kit=KIT, class_name="GPTModel",
+                             init={"cfg": CFG}, state=model.state_dict(), inputs=inputs)
     for idx, out in zip(inputs, got):
         with torch.no_grad():
             expected = model(idx)
@@ -622,8 +563,8 @@ def test_gpt_model_is_causal(submission):
     idx = randint(141, CFG["vocab_size"], 2, CFG["context_length"])
     try:
         with explain_errors(POSITION_IDS):
-            expect_causal(OnStandIns(submission, MODEL_PARTS), model, "GPTModel", {"cfg": dict(CFG, drop_rate=0.0)},
-                          idx, what="GPTModel logits", vocab_size=CFG["vocab_size"])
+            expect_causal(OnStandIns(submission, KIT, MODEL_PARTS), model, "GPTModel",
+                          {"cfg": dict(CFG, drop_rate=0.0)}, idx, what="GPTModel logits", vocab_size=CFG["vocab_size"])
     except GradingFailure as failure:
         # The attention (chapter 3's, from the setup cell) is masked: the hint about masking does not fit here.
         raise GradingFailure(str(failure).replace(HINT_MASK, HINT_MODEL_CAUSAL)) from None

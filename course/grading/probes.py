@@ -120,52 +120,65 @@ def call_function(student, name, inputs):
 
 
 @probe(returns=ListOf(length="inputs"))
-def run_module(student, class_name, init, state, inputs, train=False):
+def run_module(student, class_name, init, state, inputs, train=False, stand_ins=(), kit=None):
     """The student's class built with `init`, loaded with the reference's `state` (strictly), run on each input
-    without gradients, in eval mode unless `train`."""
-    module = getattr(student, class_name)(**init).to(DEVICE)
-    module.load_state_dict(state)
-    module.train(train)
-    with torch.no_grad():
-        return [module(x) for x in inputs]
+    without gradients, in eval mode unless `train`. `stand_ins`: parts built from probe_kit/<kit>.py's correct
+    ones instead of the student's (see OnStandIns)."""
+    from probe_kit.parts import stand_ins_of
+
+    with stand_ins_of(student, kit, stand_ins):  # while the module is built and run
+        module = getattr(student, class_name)(**init).to(DEVICE)
+        module.load_state_dict(state)
+        module.train(train)
+        with torch.no_grad():
+            return [module(x) for x in inputs]
 
 
 @probe(returns=Fields("eval", "train"))
-def run_train_and_eval(student, class_name, init, state, x):
+def run_train_and_eval(student, class_name, init, state, x, stand_ins=(), kit=None):
     """The same module on the same input in eval mode, then in train mode (seeded): .eval and .train outputs."""
-    module = getattr(student, class_name)(**init).to(DEVICE)
-    module.load_state_dict(state)
-    with torch.no_grad():
-        out_eval = module.eval()(x)
-        torch.manual_seed(1)
-        out_train = module.train()(x)
+    from probe_kit.parts import stand_ins_of
+
+    with stand_ins_of(student, kit, stand_ins):
+        module = getattr(student, class_name)(**init).to(DEVICE)
+        module.load_state_dict(state)
+        with torch.no_grad():
+            out_eval = module.eval()(x)
+            torch.manual_seed(1)
+            out_train = module.train()(x)
     return {"eval": out_eval, "train": out_train}
 
 
 @probe(returns=Fields("first", "second"))
-def run_eval_twice(student, class_name, init, state, x):
+def run_eval_twice(student, class_name, init, state, x, stand_ins=(), kit=None):
     """The same module on the same input twice in eval mode, after two different seeds (.first, .second): eval
     mode must not depend on the random state (dropout off)."""
-    module = getattr(student, class_name)(**init).to(DEVICE).eval()
-    module.load_state_dict(state)
-    with torch.no_grad():
-        torch.manual_seed(1)
-        first = module(x)
-        torch.manual_seed(2)
-        second = module(x)
+    from probe_kit.parts import stand_ins_of
+
+    with stand_ins_of(student, kit, stand_ins):
+        module = getattr(student, class_name)(**init).to(DEVICE).eval()
+        module.load_state_dict(state)
+        with torch.no_grad():
+            torch.manual_seed(1)
+            first = module(x)
+            torch.manual_seed(2)
+            second = module(x)
     return {"first": first, "second": second}
 
 
 @probe(returns=Fields("output", "gradients", "input_gradient"))
-def run_module_with_gradients(student, class_name, init, state, x, upstream):
+def run_module_with_gradients(student, class_name, init, state, x, upstream, stand_ins=(), kit=None):
     """Forward and backward through the student's module in eval mode, for the loss (output * upstream).sum():
     .output, .gradients ({parameter name: gradient}) and .input_gradient (None for integer inputs)."""
-    module = getattr(student, class_name)(**init).to(DEVICE).eval()
-    module.load_state_dict(state)
-    if x.is_floating_point():
-        x = x.clone().requires_grad_(True)
-    output = module(x)
-    (output * upstream).sum().backward()
+    from probe_kit.parts import stand_ins_of
+
+    with stand_ins_of(student, kit, stand_ins):
+        module = getattr(student, class_name)(**init).to(DEVICE).eval()
+        module.load_state_dict(state)
+        if x.is_floating_point():
+            x = x.clone().requires_grad_(True)
+        output = module(x)
+        (output * upstream).sum().backward()
     gradients = {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
     return {"output": output.detach(), "gradients": gradients,
             "input_gradient": x.grad if x.is_floating_point() else None}
@@ -186,3 +199,15 @@ def run_here(probe_function, module, **kwargs):
     probe. Gradients are on: a training run may be asked for inside a mistake search, which computes without."""
     with torch.enable_grad():
         return check_result(probe_function.probe_returns, probe_function(module, **kwargs), kwargs)
+
+
+class OnStandIns:
+    """The submission as the shared checks (course/grading/properties.py) use it, with the student's `parts`
+    replaced by the correct stand-ins of probe_kit/<kit>.py in every generic probe they run: the check then grades
+    the composite's own code (declare the parts with @pytest.mark.stand_ins)."""
+
+    def __init__(self, submission, kit: str, parts):
+        self.submission, self.kit, self.parts = submission, kit, tuple(parts)
+
+    def run(self, probe_function, **kwargs):
+        return self.submission.run(probe_function, stand_ins=self.parts, kit=self.kit, **kwargs)

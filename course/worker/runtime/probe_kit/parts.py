@@ -10,11 +10,15 @@ a probe builds and runs the composite, and puts the student's own back afterward
 
 A name the notebook does not define is added for the duration and removed afterwards.
 
+`stand_ins_of(student, kit, names)` does the same with the stand-ins of probe_kit/<kit>.py (its STAND_INS table),
+and nothing when `names` is empty: the generic probes (course/grading/probes.py) take `stand_ins` and `kit` so.
+
 `load_weights(module, state)` loads the reference's parameters into a student's module (or a stand-in) by name,
 keeping the module's own buffers (a mask, RoPE's tables) as its `__init__` built them.
 """
 
 import contextlib
+import importlib
 
 _ABSENT = object()
 
@@ -33,6 +37,15 @@ def replaced(student, **parts):
                 namespace.pop(name, None)
             else:
                 namespace[name] = value
+
+
+def stand_ins_of(student, kit, names):
+    """The student's module with each of `names` bound to its stand-in in probe_kit/<kit>.py (its STAND_INS) while
+    the block runs; the module as it is when `names` is empty."""
+    if not names:
+        return contextlib.nullcontext(student)
+    table = importlib.import_module(f"probe_kit.{kit}").STAND_INS
+    return replaced(student, **{name: table[name] for name in names})
 
 
 def load_weights(module, state):
